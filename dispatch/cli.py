@@ -1,0 +1,275 @@
+"""The ``dispatch`` command.
+
+Exit codes scripts can rely on: 0 success; 1 the command ran and found a
+problem (the demo did not add up, a run stopped on an error); 2 usage error;
+3 configuration error (missing or wrong queue, table, credentials); 4 not found.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, ParamSpec, TypeVar
+
+import click
+from rich.console import Console
+
+from dispatch import constants as c
+from dispatch.config import Endpoint, Settings, parse_task_modules
+from dispatch.errors import ConfigurationError, DispatchError, TaskNotFoundError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+EXIT_PROBLEM = 1
+EXIT_CONFIG = 3
+EXIT_NOT_FOUND = 4
+
+
+def _errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """Print Dispatch errors as one clear line and exit with their code."""
+
+    @wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except TaskNotFoundError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(EXIT_NOT_FOUND)
+        except ConfigurationError as exc:
+            click.echo(f"configuration error: {exc}", err=True)
+            sys.exit(EXIT_CONFIG)
+        except DispatchError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(EXIT_PROBLEM)
+
+    return wrapper
+
+
+def _load_tasks(tasks: str | None) -> tuple[str, ...]:
+    from dispatch.registry import default_registry
+
+    modules = parse_task_modules(tasks) if tasks else Settings.from_env().task_modules
+    default_registry.import_modules(modules)
+    return modules
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--log-level",
+    default=None,
+    help="structlog level (default: INFO for run, ERROR for the demo, WARNING otherwise).",
+)
+@click.option(
+    "--log-json/--log-console", default=None, help="Log format (default: JSON off a terminal)."
+)
+@click.pass_context
+def cli(ctx: click.Context, log_level: str | None, log_json: bool | None) -> None:
+    """Dispatch: throttled background work on AWS (SQS + DynamoDB)."""
+    from dispatch.logs import configure_logging
+
+    default = {"run": "INFO", "demo": "ERROR"}.get(ctx.invoked_subcommand or "", "WARNING")
+    configure_logging(level=log_level or default, json=log_json)
+
+
+@cli.command()
+@click.option(
+    "--orders",
+    default=240,
+    show_default=True,
+    type=click.IntRange(1, 5000),
+    help="Orders in the workload.",
+)
+@_errors
+def demo(orders: int) -> None:
+    """Run the example workload end to end on the embedded local AWS."""
+    from dispatch.local.demo import run_demo
+
+    result = run_demo(orders=orders, console=Console())
+    if not result.ok:
+        sys.exit(EXIT_PROBLEM)
+
+
+@cli.command()
+@click.option(
+    "--tasks",
+    "tasks",
+    metavar="MODULES",
+    help=f"Comma-separated task modules (default: ${c.ENV_TASKS}).",
+)
+@click.option(
+    "--until-empty",
+    is_flag=True,
+    help="Return when no message is visible, in flight or delayed and no task runs.",
+)
+@click.option(
+    "--for",
+    "for_s",
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    help="Run for this long, then stop.",
+)
+@click.option(
+    "--max-in-flight",
+    default=64,
+    show_default=True,
+    type=click.IntRange(1, 10_000),
+    help="Messages held at once.",
+)
+@_errors
+def run(tasks: str | None, until_empty: bool, for_s: float | None, max_in_flight: int) -> None:
+    """Run the dispatcher loop against the queue and table the environment names."""
+    if until_empty and for_s is not None:
+        raise click.UsageError("--until-empty and --for are alternatives; pass one")
+    settings = Settings.from_env()
+    _load_tasks(tasks)
+    stats = asyncio.run(
+        _run(settings, until_empty=until_empty, for_s=for_s, max_in_flight=max_in_flight)
+    )
+    click.echo(
+        json.dumps(
+            {
+                "received": stats.received,
+                "succeeded": stats.succeeded,
+                "retried": stats.retried,
+                "dead": stats.dead,
+                "dead_reasons": dict(stats.dead_reasons),
+                "duplicates": stats.duplicates,
+                "wall_s": round(stats.wall_s, 3),
+            }
+        )
+    )
+
+
+async def _run(
+    settings: Settings, *, until_empty: bool, for_s: float | None, max_in_flight: int
+) -> Any:
+    from dispatch.aws import async_clients
+    from dispatch.dispatcher import Dispatcher, DispatcherOptions
+
+    async with async_clients(settings) as clients:
+        dispatcher = Dispatcher(
+            settings, clients=clients, options=DispatcherOptions(max_in_flight=max_in_flight)
+        )
+        await dispatcher.check()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, dispatcher.stop)
+        try:
+            return await dispatcher.run(until_empty=until_empty, for_s=for_s)
+        finally:
+            await dispatcher.runner.aclose()
+
+
+@cli.command()
+@click.option(
+    "--prefix",
+    default="dispatch",
+    show_default=True,
+    help="Name prefix of the queue, DLQ and table.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print {queue_url, dlq_url, table} as JSON.")
+@_errors
+def init(prefix: str, as_json: bool) -> None:
+    """Create the queue, DLQ and table (idempotently) on the endpoint the environment names."""
+    from dispatch.aws import sync_clients
+    from dispatch.local.provision import provision
+
+    clients = sync_clients(Endpoint.from_env())
+    resources = provision(clients.sqs, clients.dynamodb, prefix=prefix)
+    if as_json:
+        click.echo(json.dumps(resources.as_json()))
+        return
+    for name, value in resources.as_env().items():
+        click.echo(f"export {name}={value}")
+
+
+@cli.command()
+@click.argument("task_name", metavar="TASK")
+@click.option(
+    "--args",
+    "args_json",
+    default="{}",
+    show_default=True,
+    help="JSON object (keyword arguments) or list (positional).",
+)
+@click.option(
+    "--tasks", "tasks", metavar="MODULES", help=f"Task modules (default: ${c.ENV_TASKS})."
+)
+@click.option(
+    "--delay-s",
+    type=click.FloatRange(min=0),
+    help="Run no earlier than this many seconds from now.",
+)
+@click.option("--idempotency-key", help="The same key enqueues the task once.")
+@_errors
+def enqueue(
+    task_name: str,
+    args_json: str,
+    tasks: str | None,
+    delay_s: float | None,
+    idempotency_key: str | None,
+) -> None:
+    """Enqueue one task; prints its id."""
+    from dispatch.envelope import Message, MessageOptions
+    from dispatch.queue import default_queue
+    from dispatch.registry import default_registry
+
+    try:
+        parsed = json.loads(args_json)
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--args") from exc
+    if not isinstance(parsed, dict | list):
+        raise click.BadParameter("must be a JSON object or list", param_hint="--args")
+    _load_tasks(tasks)
+    spec = default_registry.get(task_name)
+    args, kwargs = (tuple(parsed), {}) if isinstance(parsed, list) else ((), dict(parsed))
+    options = MessageOptions(delay_s=delay_s, idempotency_key=idempotency_key)
+    click.echo(default_queue().enqueue(Message.build(spec, args, kwargs, options)))
+
+
+@cli.command()
+@click.argument("task_id", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_errors
+def status(task_id: str | None, as_json: bool) -> None:
+    """Show one task's record (TASK_ID), or the queue's depth."""
+    if task_id is not None:
+        from dispatch.status import status as task_status
+
+        record = task_status(task_id).to_dict()
+        if as_json:
+            click.echo(json.dumps(record))
+        else:
+            for key, value in record.items():
+                click.echo(f"{key:>16}: {json.dumps(value) if isinstance(value, dict) else value}")
+        return
+    from dispatch.queue import default_queue
+
+    queue = default_queue()
+    sqs = queue.sync_clients().sqs
+    depth: dict[str, Any] = {}
+    for label, url in (("queue", queue.settings.queue_url), ("dlq", queue.settings.dlq_url)):
+        from dispatch.aws import aws_errors
+
+        with aws_errors("GetQueueAttributes"):
+            attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+        depth[label] = {
+            "visible": int(attrs.get("ApproximateNumberOfMessages", 0)),
+            "in_flight": int(attrs.get("ApproximateNumberOfMessagesNotVisible", 0)),
+            "delayed": int(attrs.get("ApproximateNumberOfMessagesDelayed", 0)),
+        }
+    if as_json:
+        click.echo(json.dumps(depth))
+    else:
+        for label, counts in depth.items():
+            click.echo(f"{label}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli()

@@ -1,0 +1,618 @@
+"""The loop: poll → validate → claim → run → settle.
+
+One :class:`Dispatcher` polls the queue with long polls of up to 10 messages,
+receiving only as many as it has room to start. Each message is handled in its
+own asyncio task:
+
+1. decode and validate the envelope; a bad one is dead-lettered at once with
+   the reason (never retried, never crashing the loop);
+2. claim the attempt in DynamoDB (a conditional write), so a duplicate delivery
+   of a finished task is deleted without running it again;
+3. hand it to the runner (the in-process :class:`~workers.pool.WorkerPool`, or
+   Lambda in the cloud topology);
+4. settle: success → record + delete; retryable failure → record + hide the
+   *same* message for the backoff delay; last attempt or permanent failure →
+   record + dead-letter copy with the reason + delete.
+
+While a message is held its visibility is extended (a heartbeat), so a long
+task is never delivered twice while it runs. Deletes and visibility changes
+go out in batches of 10 (:mod:`dispatch.batcher`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final
+
+import structlog
+
+from dispatch import constants as c
+from dispatch import state
+from dispatch.aws import AsyncClients, aws_errors
+from dispatch.batcher import Batcher, EntryResult
+from dispatch.config import Settings
+from dispatch.context import TaskContext
+from dispatch.deadletter import DeadLetter, Reason
+from dispatch.envelope import Envelope, decode, resolve
+from dispatch.errors import ConfigurationError, DispatchError, EnvelopeError
+from dispatch.registry import Registry, TaskSpec, default_registry
+from workers.outcome import ErrorInfo, Outcome, OutcomeKind
+
+if TYPE_CHECKING:
+    from workers.pool import TaskRunner
+
+__all__ = ["Dispatcher", "DispatcherOptions", "RunStats"]
+
+log = structlog.get_logger("dispatch.dispatcher")
+
+_QUEUE_COUNTERS: Final = (
+    "ApproximateNumberOfMessages",
+    "ApproximateNumberOfMessagesNotVisible",
+    "ApproximateNumberOfMessagesDelayed",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DispatcherOptions:
+    """How the loop polls and holds messages."""
+
+    max_in_flight: int = 64  # messages held at once (waiting to start or running)
+    wait_time_s: int = c.SQS_MAX_WAIT_S  # long-poll length
+    drain_wait_time_s: int = 1  # long-poll length in --until-empty mode, to notice the end
+    visibility_timeout_s: int = 30  # hidden for this long at receive; extended while held
+    flush_s: float = 0.05  # how long a batch of deletes/visibility changes may wait to fill
+
+    def __post_init__(self) -> None:
+        if self.max_in_flight < 1:
+            raise ConfigurationError(f"max_in_flight={self.max_in_flight}: must be >= 1")
+        if not 0 <= self.wait_time_s <= c.SQS_MAX_WAIT_S:
+            raise ConfigurationError(f"wait_time_s={self.wait_time_s}: must be 0 to 20")
+        if not 2 <= self.visibility_timeout_s <= c.SQS_MAX_VISIBILITY_S:
+            raise ConfigurationError(
+                f"visibility_timeout_s={self.visibility_timeout_s}: must be 2 to 43200"
+            )
+
+
+@dataclass(slots=True)
+class RunStats:
+    """What one run of the loop did."""
+
+    received: int = 0
+    started: int = 0
+    succeeded: int = 0
+    retried: int = 0
+    backpressure: int = 0
+    dead: int = 0
+    rejected: int = 0
+    duplicates: int = 0
+    deferred: int = 0
+    postponed: int = 0
+    peak_in_flight: int = 0
+    dead_reasons: Counter[str] = field(default_factory=Counter)
+    started_at: float = 0.0
+    finished_at: float = 0.0
+
+    @property
+    def wall_s(self) -> float:
+        """Seconds the run took."""
+        return max(0.0, self.finished_at - self.started_at)
+
+
+@dataclass(slots=True)
+class _Held:
+    receipt: str
+    message_id: str
+    visible_until: float
+    settling: bool = False
+
+
+class Dispatcher:
+    """Runs the poll → claim → run → settle loop against one queue, DLQ and table."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clients: AsyncClients,
+        registry: Registry | None = None,
+        runner: TaskRunner | None = None,
+        options: DispatcherOptions | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.options = options or DispatcherOptions()
+        self.registry = default_registry if registry is None else registry
+        if runner is None:
+            # Imported here: workers depends on dispatch, not the other way round at import time.
+            from workers.pool import WorkerPool
+
+            runner = WorkerPool(max_workers=self.options.max_in_flight)
+        self.runner: TaskRunner = runner
+        self.stats = RunStats()
+        self._clients = clients
+        self._clock = clock
+        self._state = state.StateStore(clients.dynamodb, settings.table)
+        self._held: dict[str, _Held] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._slot_freed = asyncio.Event()
+        self._stop = asyncio.Event()
+        sqs: Any = clients.sqs
+        queue, dlq = settings.queue_url, settings.dlq_url
+        flush_s = self.options.flush_s
+
+        async def delete(entries: list[dict[str, Any]]) -> Any:
+            return await sqs.delete_message_batch(QueueUrl=queue, Entries=entries)
+
+        async def hide(entries: list[dict[str, Any]]) -> Any:
+            return await sqs.change_message_visibility_batch(QueueUrl=queue, Entries=entries)
+
+        async def send_dlq(entries: list[dict[str, Any]]) -> Any:
+            return await sqs.send_message_batch(QueueUrl=dlq, Entries=entries)
+
+        async def send_main(entries: list[dict[str, Any]]) -> Any:
+            return await sqs.send_message_batch(QueueUrl=queue, Entries=entries)
+
+        self._deletes = Batcher("DeleteMessageBatch", delete, flush_s=flush_s)
+        self._visibility = Batcher("ChangeMessageVisibilityBatch", hide, flush_s=flush_s)
+        self._dlq = Batcher("SendMessageBatch(dlq)", send_dlq, flush_s=flush_s, size_of=_entry_size)
+        self._requeue = Batcher("SendMessageBatch", send_main, flush_s=flush_s, size_of=_entry_size)
+
+    # --- the loop -------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the loop to stop receiving; in-flight tasks finish and are settled."""
+        self._stop.set()
+
+    async def check(self) -> None:
+        """Fail fast, naming what is wrong, when the queue, DLQ or table is unusable."""
+        sqs: Any = self._clients.sqs
+        for name, url in (
+            (c.ENV_QUEUE_URL, self.settings.queue_url),
+            (c.ENV_DLQ_URL, self.settings.dlq_url),
+        ):
+            try:
+                with aws_errors("GetQueueAttributes"):
+                    await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"{name}={url}: {exc}", setting=name) from exc
+        await self._state.check()
+
+    async def run(self, *, until_empty: bool = False, for_s: float | None = None) -> RunStats:
+        """Run until stopped, for ``for_s`` seconds, or (``until_empty``) until no
+        message is visible, in flight or delayed and no task is running."""
+        self.stats = RunStats(started_at=self._clock())
+        deadline = None if for_s is None else self._clock() + for_s
+        heartbeat = asyncio.create_task(self._heartbeat())
+        try:
+            while not self._stop.is_set():
+                if deadline is not None and self._clock() >= deadline:
+                    break
+                room = min(c.SQS_MAX_BATCH_ENTRIES, self.options.max_in_flight - len(self._held))
+                if room <= 0:
+                    await self._wait_for_slot()
+                    continue
+                if until_empty and not self._held and await self._queue_is_empty():
+                    break
+                wait_s = self.options.drain_wait_time_s if until_empty else self.options.wait_time_s
+                if deadline is not None:
+                    wait_s = min(wait_s, max(0, math.floor(deadline - self._clock())))
+                for message in await self._receive(room, wait_s):
+                    self._spawn(message)
+        finally:
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+            await self._flush()
+            self.stats.finished_at = self._clock()
+        return self.stats
+
+    async def _wait_for_slot(self) -> None:
+        self._slot_freed.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._slot_freed.wait(), timeout=1.0)
+
+    async def _flush(self) -> None:
+        for batcher in (self._requeue, self._dlq, self._visibility, self._deletes):
+            await batcher.flush()
+
+    async def _queue_is_empty(self) -> bool:
+        await self._flush()
+        sqs: Any = self._clients.sqs
+        with aws_errors("GetQueueAttributes"):
+            answer = await sqs.get_queue_attributes(
+                QueueUrl=self.settings.queue_url, AttributeNames=list(_QUEUE_COUNTERS)
+            )
+        counts = answer.get("Attributes", {})
+        return all(int(counts.get(name, "0")) == 0 for name in _QUEUE_COUNTERS)
+
+    async def _receive(self, room: int, wait_s: int) -> list[dict[str, Any]]:
+        sqs: Any = self._clients.sqs
+        receive = asyncio.ensure_future(
+            sqs.receive_message(
+                QueueUrl=self.settings.queue_url,
+                MaxNumberOfMessages=room,
+                WaitTimeSeconds=wait_s,
+                VisibilityTimeout=self.options.visibility_timeout_s,
+                MessageSystemAttributeNames=["ApproximateReceiveCount"],
+            )
+        )
+        stopped = asyncio.ensure_future(self._stop.wait())
+        try:
+            done, _ = await asyncio.wait({receive, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        if receive not in done:
+            # Stopping: a message SQS hands out now comes back after its visibility timeout.
+            receive.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await receive
+            return []
+        try:
+            with aws_errors("ReceiveMessage"):
+                answer = receive.result()
+        except ConfigurationError:
+            raise
+        except DispatchError as exc:
+            log.error("receive_failed", error=str(exc))
+            await asyncio.sleep(1.0)
+            return []
+        messages: list[dict[str, Any]] = answer.get("Messages", [])
+        self.stats.received += len(messages)
+        return messages
+
+    def _spawn(self, message: dict[str, Any]) -> None:
+        receipt = message["ReceiptHandle"]
+        self._held[receipt] = _Held(
+            receipt=receipt,
+            message_id=message["MessageId"],
+            visible_until=self._clock() + self.options.visibility_timeout_s,
+        )
+        self.stats.peak_in_flight = max(self.stats.peak_in_flight, len(self._held))
+        task = asyncio.create_task(self._handle(message))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _handle(self, message: dict[str, Any]) -> None:
+        receipt = message["ReceiptHandle"]
+        try:
+            await self._process(message)
+        except Exception:
+            # Never crash the loop. The message stays on the queue and comes back
+            # after its visibility timeout; the claim in DynamoDB keeps it safe.
+            log.exception("message_handling_failed", message_id=message.get("MessageId"))
+        finally:
+            self._held.pop(receipt, None)
+            self._slot_freed.set()
+
+    # --- one message ----------------------------------------------------------------
+
+    async def _process(self, message: dict[str, Any]) -> None:
+        receipt, message_id = message["ReceiptHandle"], message["MessageId"]
+        try:
+            envelope = decode(message["Body"])
+        except EnvelopeError as exc:
+            await self._reject(message, exc, Reason.MALFORMED)
+            return
+        if envelope.seconds_until_due(self._clock()) >= 1.0:
+            await self._postpone(message, envelope)
+            return
+        try:
+            spec = resolve(envelope, self.registry)
+        except EnvelopeError as exc:
+            reason = (
+                Reason.UNKNOWN_TASK if envelope.task not in self.registry else Reason.BAD_ARGUMENTS
+            )
+            await self._reject(message, exc, reason, envelope)
+            return
+
+        bound = log.bind(task_id=envelope.id, task=envelope.task, message_id=message_id)
+        claim = await self._state.claim(
+            envelope, message_id=message_id, now=self._clock(), timeout_s=spec.timeout_s
+        )
+        record = claim.record
+        if claim.status in (state.ClaimStatus.DONE, state.ClaimStatus.DUPLICATE):
+            bound.info("duplicate_delivery", status=record.status.value, claim=claim.status.value)
+            self.stats.duplicates += 1
+            await self._delete(receipt)
+            return
+        if claim.status is state.ClaimStatus.DEAD:
+            if record.message_id == message_id:
+                # This message's last settlement stopped between the record and the
+                # dead-letter copy: make the copy now, from the record.
+                await self._dead_letter_from_record(message, envelope, record)
+            else:
+                self.stats.duplicates += 1
+                await self._delete(receipt)
+            return
+        if claim.status is state.ClaimStatus.BUSY:
+            hide_s = math.ceil((record.lease_until or self._clock()) - self._clock()) + 1
+            bound.info("task_busy_elsewhere", hide_s=hide_s)
+            self.stats.deferred += 1
+            await self._hide(receipt, hide_s)
+            return
+
+        bound = bound.bind(
+            attempt=record.attempts, resource=spec.resource.name if spec.resource else None
+        )
+        context = TaskContext(
+            task_id=envelope.id,
+            task=envelope.task,
+            attempt=record.attempts,
+            max_attempts=spec.retry.max_attempts,
+            enqueued_at=envelope.enqueued_at,
+        )
+        self.stats.started += 1
+        outcome = await self.runner.run(spec, envelope.args, envelope.kwargs, context)
+        held = self._held.get(receipt)
+        if held is not None:
+            held.settling = True
+        await self._settle(
+            message=message,
+            envelope=envelope,
+            spec=spec,
+            record=record,
+            outcome=outcome,
+            bound=bound,
+        )
+
+    async def _settle(
+        self,
+        *,
+        message: dict[str, Any],
+        envelope: Envelope,
+        spec: TaskSpec,
+        record: state.TaskRecord,
+        outcome: Outcome,
+        bound: Any,
+    ) -> None:
+        receipt, message_id = message["ReceiptHandle"], message["MessageId"]
+        table, now = self.settings.table, self._clock()
+        if outcome.succeeded:
+            owned = await self._state.update(
+                state.succeeded_params(
+                    table, envelope.id, message_id=message_id, now=now, result=outcome.result
+                )
+            )
+            if not owned:
+                bound.warning("settled_after_losing_claim", outcome="succeeded")
+            self.stats.succeeded += 1
+            bound.debug("task_succeeded", duration_s=round(outcome.duration_s, 4))
+            await self._delete(receipt)
+            return
+
+        error = outcome.error or ErrorInfo(type="Unknown", message="")
+        if outcome.kind is OutcomeKind.BACKPRESSURE:
+            delay_s = (
+                math.ceil(outcome.retry_after_s)
+                if outcome.retry_after_s is not None
+                else spec.retry.delay_s(1)
+            )
+            await self._state.update(
+                state.retrying_params(
+                    table,
+                    envelope.id,
+                    message_id=message_id,
+                    now=now,
+                    error=error,
+                    next_attempt_at=now + delay_s,
+                    refund_attempt=True,
+                )
+            )
+            self.stats.backpressure += 1
+            bound.info("task_backpressure", delay_s=delay_s, error=error.summary())
+            await self._hide(receipt, delay_s)
+            return
+
+        if outcome.kind is OutcomeKind.RETRYABLE and spec.retry.has_attempts_left(record.attempts):
+            delay_s = spec.retry.delay_s(record.attempts)
+            await self._state.update(
+                state.retrying_params(
+                    table,
+                    envelope.id,
+                    message_id=message_id,
+                    now=now,
+                    error=error,
+                    next_attempt_at=now + delay_s,
+                )
+            )
+            self.stats.retried += 1
+            bound.info("task_retry", delay_s=delay_s, error=error.summary())
+            await self._hide(receipt, delay_s)
+            return
+
+        reason = {
+            OutcomeKind.PERMANENT: Reason.PERMANENT_ERROR,
+            OutcomeKind.NOT_RETRYABLE: Reason.NOT_RETRYABLE,
+        }.get(outcome.kind, Reason.MAX_ATTEMPTS)
+        await self._state.update(
+            state.dead_params(
+                table, envelope.id, message_id=message_id, now=now, error=error, reason=reason.value
+            )
+        )
+        letter = DeadLetter(
+            body=message["Body"],
+            reason=reason,
+            error=error,
+            source_queue=self.settings.queue_url,
+            source_message_id=message_id,
+            dead_at=now,
+            task_id=envelope.id,
+            task=envelope.task,
+            attempts=record.attempts,
+            first_failure_at=record.first_failure_at or now,
+            last_failure_at=now,
+            receive_count=_receive_count(message),
+        )
+        bound.warning(
+            "task_dead", reason=reason.value, attempts=record.attempts, error=error.summary()
+        )
+        await self._send_dead_letter(letter, receipt)
+
+    async def _dead_letter_from_record(
+        self, message: dict[str, Any], envelope: Envelope, record: state.TaskRecord
+    ) -> None:
+        known = {member.value for member in Reason}
+        dead_reason = record.dead_reason or ""
+        reason = Reason(dead_reason) if dead_reason in known else Reason.MAX_ATTEMPTS
+        letter = DeadLetter(
+            body=message["Body"],
+            reason=reason,
+            error=record.last_error or ErrorInfo(type="Unknown", message=""),
+            source_queue=self.settings.queue_url,
+            source_message_id=message["MessageId"],
+            dead_at=record.finished_at or self._clock(),
+            task_id=envelope.id,
+            task=envelope.task,
+            attempts=record.attempts,
+            first_failure_at=record.first_failure_at,
+            last_failure_at=record.last_failure_at,
+            receive_count=_receive_count(message),
+        )
+        await self._send_dead_letter(letter, message["ReceiptHandle"])
+
+    async def _reject(
+        self,
+        message: dict[str, Any],
+        exc: EnvelopeError,
+        reason: Reason,
+        envelope: Envelope | None = None,
+    ) -> None:
+        """Dead-letter a message that can never run, with the reason; never retried."""
+        now = self._clock()
+        task_id = envelope.id if envelope else exc.task_id
+        task = envelope.task if envelope else exc.task
+        if task_id:
+            await self._state.update(
+                state.rejected_params(
+                    self.settings.table, task_id, task, now=now, reason=reason.value
+                )
+            )
+        log.warning(
+            "message_rejected",
+            reason=reason.value,
+            detail=exc.reason,
+            message_id=message["MessageId"],
+            task_id=task_id,
+            task=task,
+        )
+        self.stats.rejected += 1
+        letter = DeadLetter(
+            body=message["Body"],
+            reason=reason,
+            error=ErrorInfo(type=type(exc).__name__, message=exc.reason),
+            source_queue=self.settings.queue_url,
+            source_message_id=message["MessageId"],
+            dead_at=now,
+            task_id=task_id,
+            task=task,
+            first_failure_at=now,
+            last_failure_at=now,
+            receive_count=_receive_count(message),
+        )
+        await self._send_dead_letter(letter, message["ReceiptHandle"])
+
+    async def _send_dead_letter(self, letter: DeadLetter, receipt: str) -> None:
+        result = await self._dlq.submit(letter.send_entry("0"))
+        if not result.ok:
+            # Keep the message: it comes back after its visibility timeout and the
+            # dead-letter copy is made again. Never delete what was not copied.
+            log.error(
+                "dead_letter_send_failed",
+                code=result.code,
+                error=result.message,
+                task_id=letter.task_id,
+            )
+            return
+        self.stats.dead += 1
+        self.stats.dead_reasons[letter.reason.value] += 1
+        await self._delete(receipt)
+
+    async def _postpone(self, message: dict[str, Any], envelope: Envelope) -> None:
+        """A delay longer than SQS's 15 minutes: send the message again, due later."""
+        remaining = envelope.seconds_until_due(self._clock())
+        entry = {
+            "Id": "0",
+            "MessageBody": message["Body"],
+            "DelaySeconds": min(c.SQS_MAX_DELAY_S, math.ceil(remaining)),
+        }
+        result = await self._requeue.submit(entry)
+        if not result.ok:
+            log.error(
+                "postpone_failed", code=result.code, error=result.message, task_id=envelope.id
+            )
+            return
+        self.stats.postponed += 1
+        await self._delete(message["ReceiptHandle"])
+
+    # --- SQS settlement -------------------------------------------------------------------
+
+    async def _delete(self, receipt: str) -> None:
+        result = await self._deletes.submit({"ReceiptHandle": receipt})
+        _log_entry_failure("delete", result)
+
+    async def _hide(self, receipt: str, seconds: int) -> None:
+        seconds = max(0, min(c.SQS_MAX_VISIBILITY_S, seconds))
+        result = await self._visibility.submit(
+            {"ReceiptHandle": receipt, "VisibilityTimeout": seconds}
+        )
+        _log_entry_failure("change_visibility", result)
+
+    async def _heartbeat(self) -> None:
+        """Extend the visibility of held messages well before it runs out.
+
+        Every third of the visibility timeout, any held message with less than two
+        thirds of it left is hidden for a whole timeout again, so one late beat
+        (a busy loop, a slow batch) still leaves a third of the timeout in hand.
+        """
+        timeout = self.options.visibility_timeout_s
+        period = timeout / 3
+        while True:
+            await asyncio.sleep(period)
+            now = self._clock()
+            due = [
+                h
+                for h in self._held.values()
+                if not h.settling and h.visible_until - now <= 2 * period
+            ]
+            for held in due:
+                held.visible_until = now + timeout
+            if due:
+                await asyncio.gather(
+                    *(
+                        self._visibility.submit(
+                            {"ReceiptHandle": h.receipt, "VisibilityTimeout": timeout}
+                        )
+                        for h in due
+                    )
+                )
+
+
+def _receive_count(message: dict[str, Any]) -> int | None:
+    value = message.get("Attributes", {}).get("ApproximateReceiveCount")
+    return int(value) if value is not None else None
+
+
+def _entry_size(entry: dict[str, Any]) -> int:
+    size = len(str(entry.get("MessageBody", "")).encode("utf-8"))
+    for name, value in entry.get("MessageAttributes", {}).items():
+        size += (
+            len(name.encode())
+            + len(str(value.get("StringValue", "")).encode())
+            + len(value.get("DataType", ""))
+        )
+    return size
+
+
+def _log_entry_failure(action: str, result: EntryResult) -> None:
+    if not result.ok:
+        # The message is settled by DynamoDB's record already; at worst it comes
+        # back once and the claim deletes it without running it.
+        log.warning("sqs_entry_failed", action=action, code=result.code, error=result.message)

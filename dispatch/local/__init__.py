@@ -1,0 +1,1 @@
+"""The embedded local AWS: emulator process, provisioning from deploy/template.yaml."""

@@ -1,0 +1,214 @@
+"""`dispatch demo`: the example workload end to end on the embedded local AWS.
+
+Boots the emulator, creates the queue, DLQ and table from deploy/template.yaml,
+enqueues the workload from :mod:`examples.workload` (plus a foreign producer's
+malformed messages), drains the queue with one dispatcher and in-process
+workers, and prints what happened, with AWS requests per task counted from the
+requests actually sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from dispatch.aws import RequestCounter, async_clients, client_config
+from dispatch.config import Settings
+from dispatch.dispatcher import Dispatcher, RunStats
+from dispatch.local.emulator import LocalAWS
+from dispatch.local.provision import provision
+from dispatch.queue import Queue
+from dispatch.registry import default_registry
+
+__all__ = ["DemoResult", "run_demo"]
+
+
+@dataclass(frozen=True, slots=True)
+class DemoResult:
+    """The demo's figures; ``ok`` is False when anything did not add up."""
+
+    enqueued: int
+    foreign: int
+    stats: RunStats
+    requests: dict[tuple[str, str], int]
+    enqueue_s: float
+    problems: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        """True when every task ended where the workload says it must."""
+        return not self.problems
+
+
+def run_demo(*, orders: int = 240, console: Console | None = None) -> DemoResult:
+    """Run the demo on a fresh embedded local AWS; print progress and the summary."""
+    from examples import workload
+
+    console = console or Console()
+    with LocalAWS.start() as aws, _environment(aws.env()):
+        console.print(f"[bold]Embedded local AWS[/] on {aws.endpoint_url}")
+        session = boto3.session.Session()
+        config, region, url = client_config(), aws.region, aws.endpoint_url
+        sqs = session.client("sqs", config=config, region_name=region, endpoint_url=url)
+        dynamodb = session.client("dynamodb", config=config, region_name=region, endpoint_url=url)
+        resources = provision(sqs, dynamodb, prefix="demo")
+        settings = Settings(
+            queue_url=resources.queue_url,
+            dlq_url=resources.dlq_url,
+            table=resources.table,
+            region=aws.region,
+            endpoint_url=aws.endpoint_url,
+        )
+        console.print(
+            f"Created queue [cyan]{resources.queue_url.rsplit('/', 1)[-1]}[/], dead-letter queue "
+            f"[cyan]{resources.dlq_url.rsplit('/', 1)[-1]}[/] and table [cyan]{resources.table}[/] "
+            "from deploy/template.yaml"
+        )
+        counter = RequestCounter()
+        messages = workload.messages(orders)
+        queue = Queue(settings, counter=counter)
+        started = time.perf_counter()
+        with _progress(console) as progress:
+            bar = progress.add_task("enqueue", total=len(messages))
+            for start in range(0, len(messages), 50):
+                chunk = messages[start : start + 50]
+                queue.enqueue_many(chunk)
+                progress.advance(bar, len(chunk))
+        enqueue_s = time.perf_counter() - started
+        for body in workload.FOREIGN_BODIES:
+            sqs.send_message(QueueUrl=resources.queue_url, MessageBody=body)
+        console.print(
+            f"Enqueued {len(messages)} tasks in {enqueue_s:.2f} s, and "
+            f"{len(workload.FOREIGN_BODIES)} malformed messages from a foreign producer"
+        )
+        total = len(messages) + len(workload.FOREIGN_BODIES)
+        stats = asyncio.run(_drain(settings, counter, total, console))
+        expected = workload.expected(orders)
+        problems = _check(stats, expected, total)
+        result = DemoResult(
+            enqueued=len(messages),
+            foreign=len(workload.FOREIGN_BODIES),
+            stats=stats,
+            requests=counter.snapshot(),
+            enqueue_s=enqueue_s,
+            problems=tuple(problems),
+        )
+        _summary(console, result)
+        return result
+
+
+@contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """Point the AWS SDK at the emulator for the demo's duration, then restore."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("{task.description:>8}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
+async def _drain(
+    settings: Settings, counter: RequestCounter, total: int, console: Console
+) -> RunStats:
+    async with async_clients(settings, counter=counter) as clients:
+        dispatcher = Dispatcher(settings, clients=clients, registry=default_registry)
+        await dispatcher.check()
+        with _progress(console) as progress:
+            bar = progress.add_task("dispatch", total=total)
+
+            def finished() -> int:
+                s = dispatcher.stats
+                return s.succeeded + s.dead
+
+            watcher = asyncio.create_task(_watch(progress, bar, finished))
+            try:
+                stats = await dispatcher.run(until_empty=True)
+            finally:
+                watcher.cancel()
+            progress.update(bar, completed=finished())
+        await dispatcher.runner.aclose()
+        return stats
+
+
+async def _watch(progress: Progress, bar: Any, finished: Callable[[], int]) -> None:
+    while True:
+        progress.update(bar, completed=finished())
+        await asyncio.sleep(0.1)
+
+
+def _check(stats: RunStats, expected: Any, total: int) -> list[str]:
+    problems = []
+    if stats.succeeded + stats.dead != total:
+        problems.append(
+            f"{total} messages went in but {stats.succeeded} succeeded and {stats.dead} "
+            "were dead-lettered: some were lost or ran twice"
+        )
+    for name in ("succeeded", "dead", "retried", "rejected"):
+        got, want = getattr(stats, name), getattr(expected, name)
+        if got != want:
+            problems.append(f"{name}: {got}, expected {want}")
+    return problems
+
+
+def _summary(console: Console, result: DemoResult) -> None:
+    stats = result.stats
+    tasks = result.enqueued + result.foreign
+    table = Table(title="Dispatch demo", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    table.add_row("tasks enqueued", str(result.enqueued))
+    table.add_row("foreign malformed messages", str(result.foreign))
+    table.add_row("succeeded", f"[green]{stats.succeeded}[/]")
+    table.add_row("retries (same message, backoff)", str(stats.retried))
+    table.add_row("dead-lettered", f"[red]{stats.dead}[/]")
+    for reason, count in sorted(stats.dead_reasons.items()):
+        table.add_row(f"  reason: {reason}", str(count))
+    table.add_row("duplicate deliveries skipped", str(stats.duplicates))
+    table.add_row("peak tasks in flight", str(stats.peak_in_flight))
+    table.add_row("drain wall time", f"{stats.wall_s:.2f} s")
+    table.add_row(
+        "drain throughput",
+        f"{(stats.succeeded + stats.dead) / max(stats.wall_s, 1e-9):.0f} tasks/s",
+    )
+    console.print(table)
+
+    requests = Table(title="AWS requests per task (counted, all phases)", title_justify="left")
+    requests.add_column("service")
+    requests.add_column("action")
+    requests.add_column("requests", justify="right")
+    requests.add_column("per task", justify="right")
+    for (service, action), count in sorted(result.requests.items()):
+        requests.add_row(service, action, str(count), f"{count / tasks:.3f}")
+    total = sum(result.requests.values())
+    requests.add_row("[bold]all[/]", "", f"[bold]{total}[/]", f"[bold]{total / tasks:.3f}[/]")
+    console.print(requests)
+    if result.problems:
+        for problem in result.problems:
+            console.print(f"[bold red]problem:[/] {problem}")
+    else:
+        console.print("[bold green]Every task accounted for: none lost, none run twice.[/]")

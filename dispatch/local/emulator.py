@@ -1,0 +1,231 @@
+"""LocalAWS: the embedded local AWS (patched moto server) in a child process.
+
+::
+
+    with LocalAWS.start() as aws:
+        os.environ.update(aws.env())      # or pass aws.endpoint_url to your clients
+        ...
+        aws.reset()                       # forget every queue, table and message
+
+The emulator runs in its own process (``python -m dispatch.local.server``) so
+that its request threads never compete with the caller's for the GIL, and so
+that its state can be thrown away by stopping it. Its stdin is a pipe held by
+this process: if this process dies, the emulator sees end-of-file and exits.
+
+Importing this module starts nothing and makes no network call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from types import TracebackType
+from typing import IO, Final, Self
+
+from dispatch import constants as c
+from dispatch.errors import AWSError, DispatchError
+from dispatch.local.server import HOST, READY_PREFIX
+
+# moto accepts any credentials; these only have to exist so that botocore signs
+# requests instead of searching for real ones (and so that real ones are never sent).
+_DUMMY_ACCESS_KEY_ID: Final = "testing"
+_DUMMY_SECRET_ACCESS_KEY: Final = "testing"  # noqa: S105 - a placeholder moto ignores, not a secret
+_STDERR_TAIL_BYTES: Final = 4_000
+
+
+class LocalAWS:
+    """A running embedded local AWS (SQS, DynamoDB and friends) on 127.0.0.1.
+
+    Create it with :meth:`start`; stop it with :meth:`stop` or a ``with`` block.
+    """
+
+    region: Final[str] = c.DEFAULT_REGION
+
+    def __init__(
+        self, *, process: subprocess.Popen[bytes], endpoint_url: str, stderr: IO[bytes]
+    ) -> None:
+        """Wrap an already started server process (use :meth:`start` instead)."""
+        self._process = process
+        self._endpoint_url = endpoint_url
+        self._stderr = stderr
+
+    @classmethod
+    def start(
+        cls, *, port: int = 0, startup_timeout_s: float = 30.0, patch_moto: bool = True
+    ) -> LocalAWS:
+        """Start the emulator process and return once it accepts connections.
+
+        ``port=0`` picks a free port. ``patch_moto=False`` runs moto without
+        :mod:`dispatch.local.moto_patches` (only to reproduce moto's own bugs).
+        Raises :class:`~dispatch.errors.DispatchError` with the child's stderr if
+        it does not report ready within ``startup_timeout_s``.
+        """
+        command = [sys.executable, "-m", "dispatch.local.server", "--port", str(port)]
+        if not patch_moto:
+            command.append("--stock-moto")
+        # stderr goes to a file, not a pipe: nobody reads it while all is well,
+        # and a full pipe would block the server's request threads.
+        stderr = tempfile.TemporaryFile(prefix="dispatch-local-aws-", suffix=".log")  # noqa: SIM115 - owned by the LocalAWS, closed in stop()
+        try:
+            process = subprocess.Popen(  # noqa: S603 - fixed argv: this interpreter and our module
+                command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                # A session of its own: Ctrl-C in a terminal reaches only the
+                # parent, which can then finish its own shutdown against a still
+                # running emulator before it stops it.
+                start_new_session=True,
+            )
+        except OSError as exc:
+            stderr.close()
+            raise DispatchError(f"could not start the local AWS ({command!r}): {exc}") from exc
+
+        try:
+            endpoint_url = _read_ready_line(process, timeout_s=startup_timeout_s)
+        except DispatchError as exc:
+            _terminate(process, timeout_s=5.0)
+            _close_pipes(process)
+            detail = _tail(stderr)
+            stderr.close()
+            raise DispatchError(f"{exc}; its stderr ends with:\n{detail}") from None
+        return cls(process=process, endpoint_url=endpoint_url, stderr=stderr)
+
+    @property
+    def endpoint_url(self) -> str:
+        """``http://127.0.0.1:<port>``: the endpoint for every AWS client."""
+        return self._endpoint_url
+
+    @property
+    def pid(self) -> int:
+        """The emulator's process id."""
+        return self._process.pid
+
+    @property
+    def running(self) -> bool:
+        """True until the emulator process has exited."""
+        return self._process.poll() is None
+
+    def env(self) -> dict[str, str]:
+        """Environment variables that point boto3, aiobotocore and Dispatch at the emulator."""
+        return {
+            c.ENV_ENDPOINT_URL: self._endpoint_url,
+            c.ENV_REGION: self.region,
+            c.ENV_DEFAULT_REGION: self.region,
+            "AWS_ACCESS_KEY_ID": _DUMMY_ACCESS_KEY_ID,
+            "AWS_SECRET_ACCESS_KEY": _DUMMY_SECRET_ACCESS_KEY,
+        }
+
+    def reset(self, *, timeout_s: float = 10.0) -> None:
+        """Forget every resource and message (moto's ``POST /moto-api/reset``)."""
+        # The URL is our own loopback endpoint (http://127.0.0.1:<port>), never user input.
+        url = f"{self._endpoint_url}/moto-api/reset"
+        request = urllib.request.Request(url, method="POST")  # noqa: S310
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310
+                response.read()
+        except (urllib.error.URLError, OSError) as exc:
+            raise AWSError(
+                f"could not reset the local AWS at {self._endpoint_url}: {exc}",
+                operation="moto-api/reset",
+            ) from exc
+
+    def stop(self, *, timeout_s: float = 10.0) -> None:
+        """Stop the emulator and wait for it to exit (idempotent).
+
+        Closing its stdin is the polite request; SIGTERM, then SIGKILL, follow if
+        it is still running after ``timeout_s``.
+        """
+        if self._process.stdin is not None and not self._process.stdin.closed:
+            with contextlib.suppress(OSError):  # already gone: the pipe is broken
+                self._process.stdin.close()
+        try:
+            self._process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            _terminate(self._process, timeout_s=timeout_s)
+        _close_pipes(self._process)
+        self._stderr.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else f"exited {self._process.returncode}"
+        return f"LocalAWS({self._endpoint_url}, pid={self.pid}, {state})"
+
+
+def _read_ready_line(process: subprocess.Popen[bytes], *, timeout_s: float) -> str:
+    """Wait for the READY line on the child's stdout; return the endpoint it names."""
+    assert process.stdout is not None
+    stdout = process.stdout
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def read() -> None:
+        # A thread rather than select(): portable, and readline() may block.
+        try:
+            for raw in stdout:
+                line = raw.decode("utf-8", "replace").strip()
+                if line.startswith(READY_PREFIX):
+                    lines.put(line)
+                    return
+        except (OSError, ValueError):
+            pass  # the pipe was closed under us: the child is being stopped
+        lines.put(None)
+
+    threading.Thread(target=read, name="local-aws-ready", daemon=True).start()
+    deadline = time.monotonic() + timeout_s
+    try:
+        line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+    except queue.Empty:
+        raise DispatchError(
+            f"the local AWS (pid {process.pid}) did not report ready within {timeout_s:g} s"
+        ) from None
+    if line is None:
+        code = process.wait(timeout=5.0)
+        raise DispatchError(f"the local AWS exited with status {code} before it was ready")
+    endpoint_url = line.removeprefix(READY_PREFIX).strip()
+    if not endpoint_url.startswith(f"http://{HOST}:"):
+        raise DispatchError(f"the local AWS reported an unexpected endpoint: {line!r}")
+    return endpoint_url
+
+
+def _terminate(process: subprocess.Popen[bytes], *, timeout_s: float) -> None:
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def _close_pipes(process: subprocess.Popen[bytes]) -> None:
+    for pipe in (process.stdin, process.stdout):
+        if pipe is not None and not pipe.closed:
+            with contextlib.suppress(OSError):  # a broken pipe: the child is gone anyway
+                pipe.close()
+
+
+def _tail(stderr: IO[bytes]) -> str:
+    stderr.flush()
+    size = stderr.seek(0, os.SEEK_END)
+    stderr.seek(max(0, size - _STDERR_TAIL_BYTES))
+    text = stderr.read().decode("utf-8", "replace").strip()
+    return text or "(nothing)"

@@ -1,0 +1,553 @@
+"""The DynamoDB task-state store.
+
+One item per task, keyed ``pk = "task#<task id>"`` (docs/formats.md has every
+attribute). Every transition is a conditional write, so two deliveries of one
+message, or two dispatchers, can never both run a task or both settle it::
+
+    queued ──claim──▶ running ──▶ succeeded
+      ▲                 │  ▲
+      │                 │  └──claim── retrying ◀─┐
+      │                 ├──────────────────────▶─┘
+      │                 └──▶ dead
+      └── enqueue (written before the message is sent)
+
+The request parameters are built by pure functions; :class:`StateStore`
+(aiobotocore, for the dispatcher) and :class:`SyncStateStore` (boto3, for the
+enqueue API and the CLI) only send them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Final
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from botocore.exceptions import ClientError
+
+from dispatch import constants as c
+from dispatch.aws import aws_errors
+from dispatch.envelope import Envelope
+from dispatch.errors import ConfigurationError
+from workers.outcome import ErrorInfo
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+    from types_aiobotocore_dynamodb import DynamoDBClient as AioDynamoDBClient
+
+__all__ = [
+    "Claim",
+    "ClaimStatus",
+    "StateStore",
+    "Status",
+    "SyncStateStore",
+    "TaskRecord",
+    "task_key",
+]
+
+_SERIALIZER: Final = TypeSerializer()
+_DESERIALIZER: Final = TypeDeserializer()
+# Time allowed after a handler's timeout before its "running" claim may be taken over.
+LEASE_GRACE_S: Final = 30.0
+
+
+class Status(StrEnum):
+    """Where a task is in its life."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    DEAD = "dead"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        """True for the states a task never leaves."""
+        return self in (Status.SUCCEEDED, Status.DEAD, Status.CANCELLED)
+
+
+def task_key(task_id: str) -> dict[str, Any]:
+    """The DynamoDB key of a task record."""
+    return {c.TABLE_HASH_KEY: {"S": f"{c.TASK_KEY_PREFIX}{task_id}"}}
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRecord:
+    """A task record as stored (times are seconds since the epoch, UTC)."""
+
+    task_id: str
+    task: str
+    status: Status
+    attempts: int = 0
+    created_at: float | None = None
+    updated_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    first_failure_at: float | None = None
+    last_failure_at: float | None = None
+    next_attempt_at: float | None = None
+    lease_until: float | None = None
+    message_id: str | None = None
+    idempotency_key: str | None = None
+    last_error: ErrorInfo | None = None
+    dead_reason: str | None = None
+    result: Any = None
+    pending_send: bool = False
+
+    @classmethod
+    def from_item(cls, item: Mapping[str, Any]) -> TaskRecord:
+        """Build from a DynamoDB item (attribute-value form)."""
+        data = {key: _DESERIALIZER.deserialize(value) for key, value in item.items()}
+
+        def number(name: str) -> float | None:
+            value = data.get(name)
+            return float(value) if value is not None else None
+
+        error = data.get("last_error")
+        result = data.get("result")
+        return cls(
+            task_id=str(data.get("task_id", str(data[c.TABLE_HASH_KEY])[len(c.TASK_KEY_PREFIX) :])),
+            task=str(data.get("task", "")),
+            status=Status(str(data.get("status", Status.QUEUED))),
+            attempts=int(data.get("attempts", 0)),
+            created_at=number("created_at"),
+            updated_at=number("updated_at"),
+            started_at=number("started_at"),
+            finished_at=number("finished_at"),
+            first_failure_at=number("first_failure_at"),
+            last_failure_at=number("last_failure_at"),
+            next_attempt_at=number("next_attempt_at"),
+            lease_until=number("lease_until"),
+            message_id=data.get("message_id"),
+            idempotency_key=data.get("idempotency_key"),
+            last_error=ErrorInfo.from_dict(dict(error)) if isinstance(error, dict) else None,
+            dead_reason=data.get("dead_reason"),
+            result=json.loads(result) if isinstance(result, str) else None,
+            pending_send=bool(data.get("pending_send", False)),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form with ISO-8601 UTC times (what ``dispatch status`` prints)."""
+        out: dict[str, Any] = {
+            "task_id": self.task_id,
+            "task": self.task,
+            "status": self.status.value,
+            "attempts": self.attempts,
+        }
+        for name in (
+            "created_at",
+            "updated_at",
+            "started_at",
+            "finished_at",
+            "first_failure_at",
+            "last_failure_at",
+            "next_attempt_at",
+            "lease_until",
+        ):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = iso(value)
+        for name in ("message_id", "idempotency_key", "dead_reason"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        if self.last_error is not None:
+            out["last_error"] = self.last_error.to_dict()
+        if self.result is not None:
+            out["result"] = self.result
+        return out
+
+
+class ClaimStatus(StrEnum):
+    """What a claim on a delivered message found."""
+
+    CLAIMED = "claimed"  # run it: this delivery owns the attempt
+    DONE = "done"  # already succeeded or cancelled: delete the message, do not run
+    DEAD = "dead"  # already dead-lettered: delete (re-send to the DLQ if this message owned it)
+    BUSY = "busy"  # running elsewhere under a live lease: hide until the lease ends
+    DUPLICATE = "duplicate"  # another message owns this task: delete this one
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """The answer to a claim: what to do with the delivery, and the record."""
+
+    status: ClaimStatus
+    record: TaskRecord
+
+
+def iso(epoch_s: float) -> str:
+    """An epoch time as ISO-8601 UTC with milliseconds and a Z."""
+    moment = dt.datetime.fromtimestamp(epoch_s, tz=dt.UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _values(**values: Any) -> dict[str, Any]:
+    """ExpressionAttributeValues from Python values (floats become Decimals)."""
+    return {f":{name}": _SERIALIZER.serialize(_decimalize(value)) for name, value in values.items()}
+
+
+def _decimalize(value: Any) -> Any:
+    if isinstance(value, float):
+        return Decimal(repr(round(value, 3)))
+    if isinstance(value, dict):
+        return {key: _decimalize(item) for key, item in value.items()}
+    return value
+
+
+def _ttl(now: float) -> int:
+    return int(now) + c.RECORD_TTL_S
+
+
+# --- request builders (pure) ---------------------------------------------------
+
+
+def queued_item(envelope: Envelope, now: float) -> dict[str, Any]:
+    """The item written at enqueue time."""
+    item: dict[str, Any] = {
+        c.TABLE_HASH_KEY: f"{c.TASK_KEY_PREFIX}{envelope.id}",
+        "task_id": envelope.id,
+        "task": envelope.task,
+        "status": Status.QUEUED.value,
+        "attempts": 0,
+        "created_at": now,
+        "updated_at": now,
+        c.TABLE_TTL_ATTRIBUTE: _ttl(now),
+    }
+    if envelope.idempotency_key is not None:
+        item["idempotency_key"] = envelope.idempotency_key
+    return {key: _SERIALIZER.serialize(_decimalize(value)) for key, value in item.items()}
+
+
+def put_queued_params(table: str, envelope: Envelope, now: float) -> dict[str, Any]:
+    """PutItem that creates an idempotent task's record only if its id is new.
+
+    The record is marked ``pending_send`` until the message is on the queue, so
+    a later enqueue with the same key can tell a task whose producer died
+    between the two steps (it sends the message again) from one already queued.
+    """
+    item = queued_item(envelope, now)
+    item["pending_send"] = {"BOOL": True}
+    return {
+        "TableName": table,
+        "Item": item,
+        "ConditionExpression": "attribute_not_exists(pk)",
+        "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+    }
+
+
+def sent_params(table: str, task_id: str) -> dict[str, Any]:
+    """UpdateItem: the idempotent task's message is on the queue."""
+    return {
+        "TableName": table,
+        "Key": task_key(task_id),
+        "UpdateExpression": "REMOVE pending_send",
+        "ConditionExpression": "attribute_exists(pk)",
+    }
+
+
+def unsent_params(table: str, task_id: str) -> dict[str, Any]:
+    """DeleteItem: the message could not be sent, so the queued record must not stay."""
+    return {
+        "TableName": table,
+        "Key": task_key(task_id),
+        "ConditionExpression": "#s = :queued",
+        "ExpressionAttributeNames": {"#s": "status"},
+        "ExpressionAttributeValues": _values(queued=Status.QUEUED.value),
+    }
+
+
+def claim_params(
+    table: str, envelope: Envelope, *, message_id: str, now: float, timeout_s: float
+) -> dict[str, Any]:
+    """UpdateItem that starts an attempt, if no other delivery owns the task."""
+    return {
+        "TableName": table,
+        "Key": task_key(envelope.id),
+        "UpdateExpression": (
+            "SET #s = :running, attempts = if_not_exists(attempts, :zero) + :one, "
+            "task_id = :id, task = :task, message_id = :mid, started_at = :now, "
+            "updated_at = :now, lease_until = :lease, "
+            "created_at = if_not_exists(created_at, :now), expires_at = :ttl "
+            "REMOVE next_attempt_at"
+        ),
+        "ConditionExpression": (
+            "attribute_not_exists(pk) OR #s IN (:queued, :retrying) "
+            "OR (#s = :running AND lease_until < :now)"
+        ),
+        "ExpressionAttributeNames": {"#s": "status"},
+        "ExpressionAttributeValues": _values(
+            running=Status.RUNNING.value,
+            queued=Status.QUEUED.value,
+            retrying=Status.RETRYING.value,
+            zero=0,
+            one=1,
+            id=envelope.id,
+            task=envelope.task,
+            mid=message_id,
+            now=now,
+            lease=now + timeout_s + LEASE_GRACE_S,
+            ttl=_ttl(now),
+        ),
+        "ReturnValues": "ALL_NEW",
+        "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+    }
+
+
+def claim_refused(old: TaskRecord, *, message_id: str) -> Claim:
+    """Classify a refused claim from the record that refused it."""
+    if old.status in (Status.SUCCEEDED, Status.CANCELLED):
+        return Claim(ClaimStatus.DONE, old)
+    if old.status is Status.DEAD:
+        return Claim(ClaimStatus.DEAD, old)
+    if old.message_id == message_id:
+        return Claim(ClaimStatus.BUSY, old)
+    return Claim(ClaimStatus.DUPLICATE, old)
+
+
+def _owned_update(
+    table: str,
+    task_id: str,
+    message_id: str,
+    *,
+    set_clause: str,
+    remove: str = "lease_until",
+    **values: Any,
+) -> dict[str, Any]:
+    return {
+        "TableName": table,
+        "Key": task_key(task_id),
+        "UpdateExpression": f"SET {set_clause} REMOVE {remove}",
+        "ConditionExpression": "#s = :running AND message_id = :mid",
+        "ExpressionAttributeNames": {"#s": "status"},
+        "ExpressionAttributeValues": _values(
+            running=Status.RUNNING.value, mid=message_id, **values
+        ),
+    }
+
+
+def succeeded_params(
+    table: str, task_id: str, *, message_id: str, now: float, result: Any
+) -> dict[str, Any]:
+    """UpdateItem: the owning attempt succeeded (the result kept when small)."""
+    encoded = json.dumps(result, separators=(",", ":")) if result is not None else None
+    if encoded is not None and len(encoded.encode()) <= c.MAX_RESULT_BYTES:
+        return _owned_update(
+            table,
+            task_id,
+            message_id,
+            set_clause="#s = :done, finished_at = :now, updated_at = :now, #r = :result",
+            done=Status.SUCCEEDED.value,
+            now=now,
+            result=encoded,
+        ) | {"ExpressionAttributeNames": {"#s": "status", "#r": "result"}}
+    return _owned_update(
+        table,
+        task_id,
+        message_id,
+        set_clause="#s = :done, finished_at = :now, updated_at = :now",
+        done=Status.SUCCEEDED.value,
+        now=now,
+    )
+
+
+def retrying_params(
+    table: str,
+    task_id: str,
+    *,
+    message_id: str,
+    now: float,
+    error: ErrorInfo,
+    next_attempt_at: float,
+    refund_attempt: bool = False,
+) -> dict[str, Any]:
+    """UpdateItem: the attempt failed and another follows at ``next_attempt_at``.
+
+    ``refund_attempt`` takes the attempt back (backpressure is not the task's fault).
+    """
+    clause = (
+        "#s = :retrying, last_error = :error, last_failure_at = :now, "
+        "first_failure_at = if_not_exists(first_failure_at, :now), "
+        "next_attempt_at = :next, updated_at = :now"
+    )
+    values: dict[str, Any] = {
+        "retrying": Status.RETRYING.value,
+        "error": error.to_dict(),
+        "now": now,
+        "next": next_attempt_at,
+    }
+    if refund_attempt:
+        clause += ", attempts = attempts - :one"
+        values["one"] = 1
+    return _owned_update(table, task_id, message_id, set_clause=clause, **values)
+
+
+def dead_params(
+    table: str, task_id: str, *, message_id: str, now: float, error: ErrorInfo, reason: str
+) -> dict[str, Any]:
+    """UpdateItem: the owning attempt was the last one; the task is dead."""
+    return _owned_update(
+        table,
+        task_id,
+        message_id,
+        set_clause=(
+            "#s = :dead, last_error = :error, last_failure_at = :now, "
+            "first_failure_at = if_not_exists(first_failure_at, :now), finished_at = :now, "
+            "updated_at = :now, dead_reason = :reason"
+        ),
+        dead=Status.DEAD.value,
+        error=error.to_dict(),
+        now=now,
+        reason=reason,
+    )
+
+
+def rejected_params(
+    table: str, envelope_id: str, task: str | None, *, now: float, reason: str
+) -> dict[str, Any]:
+    """UpdateItem: a message with a task id was refused before running (bad envelope).
+
+    Never overwrites a final state: a malformed copy cannot undo a success.
+    """
+    return {
+        "TableName": table,
+        "Key": task_key(envelope_id),
+        "UpdateExpression": (
+            "SET #s = :dead, task_id = :id, task = :task, dead_reason = :reason, "
+            "finished_at = :now, updated_at = :now, created_at = if_not_exists(created_at, :now), "
+            "attempts = if_not_exists(attempts, :zero), expires_at = :ttl"
+        ),
+        "ConditionExpression": "attribute_not_exists(pk) OR #s IN (:queued, :retrying)",
+        "ExpressionAttributeNames": {"#s": "status"},
+        "ExpressionAttributeValues": _values(
+            dead=Status.DEAD.value,
+            queued=Status.QUEUED.value,
+            retrying=Status.RETRYING.value,
+            id=envelope_id,
+            task=task or "",
+            reason=reason,
+            now=now,
+            zero=0,
+            ttl=_ttl(now),
+        ),
+    }
+
+
+def _is_condition_failure(exc: ClientError) -> bool:
+    return exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
+
+
+def old_item(exc: ClientError) -> dict[str, Any] | None:
+    """The item a failed conditional write returned (ReturnValuesOnConditionCheckFailure)."""
+    item: Any = dict(exc.response).get("Item")
+    return dict(item) if item else None
+
+
+def _check_table(description: Mapping[str, Any], table: str) -> None:
+    schema = description.get("KeySchema", [])
+    expected = [{"AttributeName": c.TABLE_HASH_KEY, "KeyType": "HASH"}]
+    if list(schema) != expected:
+        raise ConfigurationError(
+            f"table {table!r} has key schema {list(schema)}, expected a single string hash "
+            f"key {c.TABLE_HASH_KEY!r} (create it with `dispatch init`)",
+            setting=c.ENV_TABLE,
+        )
+
+
+# --- the stores ------------------------------------------------------------------
+
+
+class StateStore:
+    """Task records over aiobotocore (the dispatcher's side)."""
+
+    def __init__(self, client: AioDynamoDBClient, table: str) -> None:
+        self._client = client
+        self.table = table
+
+    async def check(self) -> None:
+        """Fail fast, naming the problem, when the table is missing or has another key."""
+        with aws_errors("DescribeTable"):
+            answer = await self._client.describe_table(TableName=self.table)
+        _check_table(answer["Table"], self.table)
+
+    async def claim(
+        self, envelope: Envelope, *, message_id: str, now: float, timeout_s: float
+    ) -> Claim:
+        """Start an attempt for this delivery, or say why not."""
+        params = claim_params(
+            self.table, envelope, message_id=message_id, now=now, timeout_s=timeout_s
+        )
+        try:
+            answer = await self._client.update_item(**params)
+        except ClientError as exc:
+            if not _is_condition_failure(exc):
+                with aws_errors("UpdateItem"):
+                    raise
+            old = old_item(exc) or await self._get_item(envelope.id)
+            if old is None:  # deleted between the two calls; try once more
+                return await self.claim(
+                    envelope, message_id=message_id, now=now, timeout_s=timeout_s
+                )
+            return claim_refused(TaskRecord.from_item(old), message_id=message_id)
+        return Claim(ClaimStatus.CLAIMED, TaskRecord.from_item(answer["Attributes"]))
+
+    async def update(self, params: dict[str, Any]) -> bool:
+        """Send one owned transition; False when the condition no longer holds."""
+        try:
+            await self._client.update_item(**params)
+        except ClientError as exc:
+            if _is_condition_failure(exc):
+                return False
+            with aws_errors("UpdateItem"):
+                raise
+        return True
+
+    async def get(self, task_id: str) -> TaskRecord | None:
+        """The record of ``task_id``, or None."""
+        item = await self._get_item(task_id)
+        return TaskRecord.from_item(item) if item else None
+
+    async def _get_item(self, task_id: str) -> dict[str, Any] | None:
+        with aws_errors("GetItem"):
+            answer = await self._client.get_item(
+                TableName=self.table, Key=task_key(task_id), ConsistentRead=True
+            )
+        item = answer.get("Item")
+        return dict(item) if item else None
+
+
+class SyncStateStore:
+    """Task records over boto3 (the enqueue API and the CLI)."""
+
+    def __init__(self, client: DynamoDBClient, table: str) -> None:
+        self._client = client
+        self.table = table
+
+    def check(self) -> None:
+        """Fail fast, naming the problem, when the table is missing or has another key."""
+        with aws_errors("DescribeTable"):
+            answer = self._client.describe_table(TableName=self.table)
+        _check_table(answer["Table"], self.table)
+
+    def get(self, task_id: str) -> TaskRecord | None:
+        """The record of ``task_id``, or None."""
+        with aws_errors("GetItem"):
+            answer = self._client.get_item(
+                TableName=self.table, Key=task_key(task_id), ConsistentRead=True
+            )
+        item = answer.get("Item")
+        return TaskRecord.from_item(item) if item else None
+
+
+def chunks(items: Iterable[Any], size: int) -> list[list[Any]]:
+    """Split into lists of at most ``size`` (AWS batch limits)."""
+    out: list[list[Any]] = []
+    for item in items:
+        if not out or len(out[-1]) >= size:
+            out.append([])
+        out[-1].append(item)
+    return out

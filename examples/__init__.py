@@ -1,0 +1,1 @@
+"""The example application used by the demo and the SAM template."""

@@ -1,0 +1,1 @@
+"""Dispatch execution plane: runs handlers, reports outcomes, owns no state."""
