@@ -42,6 +42,8 @@ from dispatch.deadletter import DeadLetter, Reason
 from dispatch.envelope import Envelope, decode, resolve
 from dispatch.errors import ConfigurationError, DispatchError, EnvelopeError
 from dispatch.registry import Registry, TaskSpec, default_registry
+from dispatch.shared_throttle import Coordinator
+from dispatch.throttle import Permit, Resource, ResourceThrottle, ThrottleSnapshot
 from workers.outcome import ErrorInfo, Outcome, OutcomeKind
 
 if TYPE_CHECKING:
@@ -67,6 +69,7 @@ class DispatcherOptions:
     drain_wait_time_s: int = 1  # long-poll length in --until-empty mode, to notice the end
     visibility_timeout_s: int = 30  # hidden for this long at receive; extended while held
     flush_s: float = 0.05  # how long a batch of deletes/visibility changes may wait to fill
+    throttle_horizon_s: float = 5.0  # a task that cannot start within this is deferred
 
     def __post_init__(self) -> None:
         if self.max_in_flight < 1:
@@ -94,6 +97,7 @@ class RunStats:
     deferred: int = 0
     postponed: int = 0
     peak_in_flight: int = 0
+    throttle_wait_s: float = 0.0
     dead_reasons: Counter[str] = field(default_factory=Counter)
     started_at: float = 0.0
     finished_at: float = 0.0
@@ -139,6 +143,12 @@ class Dispatcher:
         self._clock = clock
         self._state = state.StateStore(clients.dynamodb, settings.table)
         self._held: dict[str, _Held] = {}
+        self._coordinator = Coordinator(
+            clients.dynamodb,
+            settings.table,
+            lease_horizon_s=self.options.throttle_horizon_s / 2,
+        )
+        self._waiting: Counter[str] = Counter()
         self._tasks: set[asyncio.Task[None]] = set()
         self._slot_freed = asyncio.Event()
         self._stop = asyncio.Event()
@@ -168,6 +178,15 @@ class Dispatcher:
     def stop(self) -> None:
         """Ask the loop to stop receiving; in-flight tasks finish and are settled."""
         self._stop.set()
+
+    def throttle_snapshots(self) -> tuple[ThrottleSnapshot, ...]:
+        """Per resource: configured and effective rate, tokens, in flight vs cap, waits."""
+        return self._coordinator.throttle.snapshots()
+
+    @property
+    def coordination_requests(self) -> int:
+        """DynamoDB requests spent on the shared throttle so far."""
+        return self._coordinator.requests
 
     async def check(self) -> None:
         """Fail fast, naming what is wrong, when the queue, DLQ or table is unusable."""
@@ -211,6 +230,7 @@ class Dispatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
             await self._flush()
+            await self._coordinator.aclose()
             self.stats.finished_at = self._clock()
         return self.stats
 
@@ -295,7 +315,7 @@ class Dispatcher:
     # --- one message ----------------------------------------------------------------
 
     async def _process(self, message: dict[str, Any]) -> None:
-        receipt, message_id = message["ReceiptHandle"], message["MessageId"]
+        message_id = message["MessageId"]
         try:
             envelope = decode(message["Body"])
         except EnvelopeError as exc:
@@ -314,6 +334,29 @@ class Dispatcher:
             return
 
         bound = log.bind(task_id=envelope.id, task=envelope.task, message_id=message_id)
+        if spec.resource is None:
+            await self._claim_and_run(message, envelope, spec, bound)
+            return
+        throttle = self._coordinator.for_resource(spec.resource)
+        permit = await self._acquire(throttle, message, bound)
+        if permit is None:
+            return
+        try:
+            outcome = await self._claim_and_run(message, envelope, spec, bound)
+        finally:
+            permit.release()
+        if outcome is None:
+            return
+        if outcome.succeeded:
+            throttle.on_success()
+        elif outcome.kind is OutcomeKind.BACKPRESSURE and throttle.on_backpressure():
+            bound.info("resource_slowed", effective_rate_per_s=throttle.effective_rate_per_s)
+
+    async def _claim_and_run(
+        self, message: dict[str, Any], envelope: Envelope, spec: TaskSpec, bound: Any
+    ) -> Outcome | None:
+        """Claim the attempt in DynamoDB, run it, settle it; None when it did not run."""
+        receipt, message_id = message["ReceiptHandle"], message["MessageId"]
         claim = await self._state.claim(
             envelope, message_id=message_id, now=self._clock(), timeout_s=spec.timeout_s
         )
@@ -322,7 +365,7 @@ class Dispatcher:
             bound.info("duplicate_delivery", status=record.status.value, claim=claim.status.value)
             self.stats.duplicates += 1
             await self._delete(receipt)
-            return
+            return None
         if claim.status is state.ClaimStatus.DEAD:
             if record.message_id == message_id:
                 # This message's last settlement stopped between the record and the
@@ -331,13 +374,13 @@ class Dispatcher:
             else:
                 self.stats.duplicates += 1
                 await self._delete(receipt)
-            return
+            return None
         if claim.status is state.ClaimStatus.BUSY:
             hide_s = math.ceil((record.lease_until or self._clock()) - self._clock()) + 1
             bound.info("task_busy_elsewhere", hide_s=hide_s)
             self.stats.deferred += 1
             await self._hide(receipt, hide_s)
-            return
+            return None
 
         bound = bound.bind(
             attempt=record.attempts, resource=spec.resource.name if spec.resource else None
@@ -362,6 +405,73 @@ class Dispatcher:
             outcome=outcome,
             bound=bound,
         )
+        return outcome
+
+    # --- the throttle ---------------------------------------------------------------
+
+    def _wait_room(self, resource: Resource) -> int:
+        """How many messages may wait here for this resource: what it can start within
+        the horizon. The rest are deferred at once, so a saturated resource never
+        fills the dispatcher's slots and blocks other resources' tasks."""
+        horizon = self.options.throttle_horizon_s
+        rate_part = math.ceil((resource.rate_per_s or 0.0) * horizon) + (resource.burst or 0)
+        return max(1, rate_part + (resource.max_concurrency or 0))
+
+    async def _acquire(
+        self, throttle: ResourceThrottle, message: dict[str, Any], bound: Any
+    ) -> Permit | None:
+        """A permit to start now or soon; None when the message was deferred instead.
+
+        Waiting is not failing: a wait never spends an attempt. A message that could
+        not start within ``throttle_horizon_s`` is hidden until its turn is likely.
+        """
+        name = throttle.resource.name
+        if self._waiting[name] >= self._wait_room(throttle.resource):
+            backlog_s = self._waiting[name] / (throttle.effective_rate_per_s or 1.0)
+            await self._defer(message, backlog_s, bound, reason="backlog")
+            return None
+        self._waiting[name] += 1
+        started = time.monotonic()
+        try:
+            while True:
+                answer = throttle.try_start()
+                waited = time.monotonic() - started
+                if isinstance(answer, Permit):
+                    if waited > 0.001:
+                        throttle.note_wait(waited)
+                        self.stats.throttle_wait_s += waited
+                    return answer
+                if waited + answer > self.options.throttle_horizon_s or self._stop.is_set():
+                    throttle.note_wait(waited)
+                    self.stats.throttle_wait_s += waited
+                    await self._defer(message, answer, bound, reason="throttled")
+                    return None
+                await asyncio.sleep(answer)
+        finally:
+            self._waiting[name] -= 1
+
+    async def _defer(
+        self, message: dict[str, Any], wait_s: float, bound: Any, *, reason: str
+    ) -> None:
+        """Hide a message the throttle cannot start soon; no attempt is spent.
+
+        Each receive counts toward the queue's redrive limit, so a message deferred
+        many times is sent again as a fresh copy instead (receive count back to 0).
+        """
+        delay_s = max(1, min(c.SQS_MAX_VISIBILITY_S, math.ceil(wait_s)))
+        self.stats.deferred += 1
+        bound.debug("task_deferred", reason=reason, delay_s=delay_s)
+        if (_receive_count(message) or 0) >= c.REDRIVE_MAX_RECEIVE_COUNT // 2:
+            entry = {
+                "Id": "0",
+                "MessageBody": message["Body"],
+                "DelaySeconds": min(c.SQS_MAX_DELAY_S, delay_s),
+            }
+            result = await self._requeue.submit(entry)
+            if result.ok:
+                await self._delete(message["ReceiptHandle"])
+            return
+        await self._hide(message["ReceiptHandle"], delay_s)
 
     async def _settle(
         self,

@@ -68,6 +68,7 @@ __all__ = [
     "ThrottleSnapshot",
     # the seam for a shared bucket
     "TokenSource",
+    "SlotSource",
     "Clock",
     # building blocks
     "TokenBucket",
@@ -260,6 +261,33 @@ class TokenSource(Protocol):
 
     def set_rate(self, rate_per_s: float) -> None:
         """Refill at ``rate_per_s`` tokens per second from now on."""
+        ...
+
+
+class SlotSource(Protocol):
+    """Where a :class:`ResourceThrottle` takes its concurrency slots from.
+
+    :class:`ConcurrencyLimiter` is the in-process one; a cap shared by every
+    dispatcher (slots leased from DynamoDB) implements the same operations, with
+    :meth:`try_acquire` non-blocking like :meth:`TokenSource.try_take`.
+    """
+
+    @property
+    def limit(self) -> int | None:
+        """The cap (``None``: no cap)."""
+        ...
+
+    @property
+    def in_flight(self) -> int:
+        """Slots this process holds for running tasks."""
+        ...
+
+    def try_acquire(self) -> bool:
+        """Take a slot if one is free here; never blocks."""
+        ...
+
+    def release(self) -> None:
+        """Give back a slot taken by :meth:`try_acquire`."""
         ...
 
 
@@ -483,6 +511,21 @@ class AdaptiveRate:
         self._rate_per_s = max(self._floor_rate_per_s, self._rate_per_s * self._decrease_factor)
         return True
 
+    def adopt(self, rate_per_s: float) -> bool:
+        """Take a lower rate decided elsewhere (another dispatcher saw the overload).
+
+        Only decreases are adopted, never below the floor; the adoption starts a
+        cool-down like a local decrease. Returns True when the rate changed.
+        """
+        lowered = max(self._floor_rate_per_s, min(self._configured_rate_per_s, rate_per_s))
+        if lowered >= self._rate_per_s:
+            return False
+        now_s = self._clock()
+        self._rate_per_s = lowered
+        self._last_decrease_s = now_s
+        self._credit_from_s = max(self._credit_from_s, now_s)
+        return True
+
     def on_success(self) -> None:
         """A task using the resource succeeded: credit the seconds since the last
         signal toward recovery, at ``increase_per_s`` per second."""
@@ -591,6 +634,7 @@ class ResourceThrottle:
 
     ``token_source`` replaces the in-process :class:`TokenBucket` (for a bucket shared
     across dispatchers); it is only meaningful for a resource with a rate.
+    ``slot_source`` likewise replaces the in-process :class:`ConcurrencyLimiter`.
     """
 
     def __init__(
@@ -599,11 +643,14 @@ class ResourceThrottle:
         *,
         clock: Clock = time.monotonic,
         token_source: TokenSource | None = None,
+        slot_source: SlotSource | None = None,
     ) -> None:
         self._resource = resource
         self._clock = clock
         self._lock = threading.Lock()
-        self._limiter = ConcurrencyLimiter(resource.max_concurrency)
+        self._limiter: SlotSource = (
+            slot_source if slot_source is not None else ConcurrencyLimiter(resource.max_concurrency)
+        )
         self._source: TokenSource | None = None
         self._adaptive: AdaptiveRate | None = None
         rate_per_s = resource.rate_per_s
@@ -688,6 +735,15 @@ class ResourceThrottle:
             self._apply_rate()
             return True
 
+    def adopt_rate(self, rate_per_s: float) -> bool:
+        """Adopt a lower effective rate decided by another dispatcher (see
+        :meth:`AdaptiveRate.adopt`); True when the rate changed."""
+        with self._lock:
+            if self._adaptive is None or not self._adaptive.adopt(rate_per_s):
+                return False
+            self._apply_rate()
+            return True
+
     def note_wait(self, wait_s: float) -> None:
         """Record that a task waited ``wait_s`` seconds in total before it started.
 
@@ -745,9 +801,11 @@ class Throttle:
         *,
         clock: Clock = time.monotonic,
         token_source_factory: Callable[[Resource], TokenSource] | None = None,
+        slot_source_factory: Callable[[Resource], SlotSource] | None = None,
     ) -> None:
         self._clock = clock
         self._token_source_factory = token_source_factory
+        self._slot_source_factory = slot_source_factory
         self._lock = threading.Lock()
         self._by_name: dict[str, ResourceThrottle] = {}
 
@@ -771,7 +829,12 @@ class Throttle:
             token_source = None
             if resource.rate_per_s is not None and self._token_source_factory is not None:
                 token_source = self._token_source_factory(resource)
-            created = ResourceThrottle(resource, clock=self._clock, token_source=token_source)
+            slot_source = None
+            if resource.max_concurrency is not None and self._slot_source_factory is not None:
+                slot_source = self._slot_source_factory(resource)
+            created = ResourceThrottle(
+                resource, clock=self._clock, token_source=token_source, slot_source=slot_source
+            )
             self._by_name[resource.name] = created
             return created
 

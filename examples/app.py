@@ -8,14 +8,20 @@ shows one behaviour a user cares about:
 - ``sync_inventory`` fails every time for broken SKUs and is dead-lettered
   after its last attempt;
 - ``refund`` raises PermanentError for an order that cannot be refunded, and
-  is dead-lettered at once.
+  is dead-lettered at once;
+- ``reserve_stock`` calls the warehouse API (examples/backend.py: 4 requests at
+  a time, 503 beyond) through the ``warehouse-api`` resource, so the throttle
+  keeps it from ever being overloaded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 
-from dispatch import PermanentError, Retry, current_task, task
+import aiohttp
+
+from dispatch import Backpressure, PermanentError, Resource, Retry, current_task, task
 
 # Short delays keep the demo quick; production values are seconds to minutes.
 QUICK_RETRY = Retry(max_attempts=3, base_delay_s=1.0, max_delay_s=2.0)
@@ -50,3 +56,20 @@ def refund(order_id: str) -> str:
     if order_id == "13":
         raise PermanentError(f"order {order_id} was already refunded")
     return order_id
+
+
+# The warehouse API serves 4 requests at once, about 50 ms each: at most ~80/s.
+WAREHOUSE = Resource("warehouse-api", rate_per_s=40, burst=5, max_concurrency=4)
+BACKEND_URL_ENV = "EXAMPLE_BACKEND_URL"
+
+
+@task(resource=WAREHOUSE, retry=QUICK_RETRY, timeout_s=10)
+async def reserve_stock(order_id: str, sku: str) -> str:
+    """Reserve stock at the warehouse; a 503 means it is overloaded (Backpressure)."""
+    url = f"{os.environ[BACKEND_URL_ENV]}/work?ms=50"
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        if response.status == 503:
+            retry_after = float(response.headers.get("Retry-After", "1"))
+            raise Backpressure("warehouse API overloaded (503)", retry_after_s=retry_after)
+        response.raise_for_status()
+    return f"{sku} reserved for order {order_id}"

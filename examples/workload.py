@@ -26,6 +26,7 @@ def messages(orders: int = 240) -> list[Message]:
         order = str(n)
         out.append(app.charge.message(order_id=order, amount_cents=100 * n))
         out.append(app.send_receipt.message(order_id=order, email=f"buyer{n}@example.com"))
+        out.append(app.reserve_stock.message(order_id=order, sku=f"SKU-{n % 20}"))
     for n in range(20):
         sku = f"SKU-{n}" + ("-X" if n % 10 == 3 else "")
         out.append(app.sync_inventory.message(sku=sku, delta=n))
@@ -49,7 +50,7 @@ def expected(orders: int = 240) -> Expected:
     broken_skus = sum(1 for n in range(20) if n % 10 == 3)
     flaky = orders // 10
     return Expected(
-        succeeded=2 * orders + (20 - broken_skus) + 1,
+        succeeded=3 * orders + (20 - broken_skus) + 1,
         dead=broken_skus + 1 + len(FOREIGN_BODIES),
         retried=flaky + broken_skus * (app.QUICK_RETRY.max_attempts - 1),
         rejected=len(FOREIGN_BODIES),

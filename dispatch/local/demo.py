@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import boto3
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -29,8 +30,24 @@ from dispatch.local.emulator import LocalAWS
 from dispatch.local.provision import provision
 from dispatch.queue import Queue
 from dispatch.registry import default_registry
+from dispatch.throttle import ThrottleSnapshot
 
 __all__ = ["DemoResult", "run_demo"]
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceReport:
+    """How one protected resource fared: the point of the throttle, in figures."""
+
+    name: str
+    rate_limit_per_s: float | None
+    achieved_rate_per_s: float
+    max_concurrency: int | None
+    peak_concurrency: int
+    overloads: int
+    overloads_without_throttle: int
+    waits: int
+    wait_total_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +59,7 @@ class DemoResult:
     stats: RunStats
     requests: dict[tuple[str, str], int]
     enqueue_s: float
+    resources: tuple[ResourceReport, ...]
     problems: tuple[str, ...]
 
     @property
@@ -52,11 +70,19 @@ class DemoResult:
 
 def run_demo(*, orders: int = 240, console: Console | None = None) -> DemoResult:
     """Run the demo on a fresh embedded local AWS; print progress and the summary."""
-    from examples import workload
+    from examples import app, workload
+    from examples.backend import Backend
 
     console = console or Console()
-    with LocalAWS.start() as aws, _environment(aws.env()):
-        console.print(f"[bold]Embedded local AWS[/] on {aws.endpoint_url}")
+    with (
+        LocalAWS.start() as aws,
+        Backend.start(capacity=app.WAREHOUSE.max_concurrency or 1) as backend,
+        _environment({**aws.env(), app.BACKEND_URL_ENV: backend.url}),
+    ):
+        console.print(
+            f"[bold]Embedded local AWS[/] on {aws.endpoint_url}; warehouse API on {backend.url} "
+            f"(serves {backend.stats().capacity} requests at once, 503 beyond)"
+        )
         session = boto3.session.Session()
         config, region, url = client_config(), aws.region, aws.endpoint_url
         sqs = session.client("sqs", config=config, region_name=region, endpoint_url=url)
@@ -73,6 +99,13 @@ def run_demo(*, orders: int = 240, console: Console | None = None) -> DemoResult
             f"Created queue [cyan]{resources.queue_url.rsplit('/', 1)[-1]}[/], dead-letter queue "
             f"[cyan]{resources.dlq_url.rsplit('/', 1)[-1]}[/] and table [cyan]{resources.table}[/] "
             "from deploy/template.yaml"
+        )
+        warehouse_calls = orders
+        unthrottled = asyncio.run(_burst_without_throttle(backend.url, warehouse_calls))
+        backend.reset()
+        console.print(
+            f"Without a throttle, the same {warehouse_calls} warehouse calls at once got "
+            f"[red]{unthrottled} overload (503) answers[/]"
         )
         counter = RequestCounter()
         messages = workload.messages(orders)
@@ -92,19 +125,54 @@ def run_demo(*, orders: int = 240, console: Console | None = None) -> DemoResult
             f"{len(workload.FOREIGN_BODIES)} malformed messages from a foreign producer"
         )
         total = len(messages) + len(workload.FOREIGN_BODIES)
-        stats = asyncio.run(_drain(settings, counter, total, console))
-        expected = workload.expected(orders)
-        problems = _check(stats, expected, total)
+        stats, snapshots = asyncio.run(_drain(settings, counter, total, console))
+        seen = backend.stats()
+        reports = tuple(
+            ResourceReport(
+                name=snap.name,
+                rate_limit_per_s=snap.configured_rate_per_s,
+                achieved_rate_per_s=_achieved_rate(seen.arrivals),
+                max_concurrency=snap.max_concurrency,
+                peak_concurrency=seen.peak_in_flight,
+                overloads=seen.overloads,
+                overloads_without_throttle=unthrottled,
+                waits=snap.waits,
+                wait_total_s=snap.wait_total_s,
+            )
+            for snap in snapshots
+            if snap.name == app.WAREHOUSE.name
+        )
+        problems = _check(stats, workload.expected(orders), total, reports)
         result = DemoResult(
             enqueued=len(messages),
             foreign=len(workload.FOREIGN_BODIES),
             stats=stats,
             requests=counter.snapshot(),
             enqueue_s=enqueue_s,
+            resources=reports,
             problems=tuple(problems),
         )
         _summary(console, result)
         return result
+
+
+async def _burst_without_throttle(base_url: str, calls: int) -> int:
+    """Fire ``calls`` requests at once, as unthrottled Lambda workers would; count 503s."""
+    async with aiohttp.ClientSession() as session:
+
+        async def one() -> int:
+            async with session.get(f"{base_url}/work?ms=50") as response:
+                return response.status
+
+        statuses = await asyncio.gather(*(one() for _ in range(calls)))
+    return sum(1 for status in statuses if status == 503)
+
+
+def _achieved_rate(arrivals: list[float]) -> float:
+    """Requests per second between the first and the last arrival."""
+    if len(arrivals) < 2:
+        return 0.0
+    return (len(arrivals) - 1) / (max(arrivals) - min(arrivals))
 
 
 @contextmanager
@@ -134,7 +202,7 @@ def _progress(console: Console) -> Progress:
 
 async def _drain(
     settings: Settings, counter: RequestCounter, total: int, console: Console
-) -> RunStats:
+) -> tuple[RunStats, tuple[ThrottleSnapshot, ...]]:
     async with async_clients(settings, counter=counter) as clients:
         dispatcher = Dispatcher(settings, clients=clients, registry=default_registry)
         await dispatcher.check()
@@ -152,7 +220,7 @@ async def _drain(
                 watcher.cancel()
             progress.update(bar, completed=finished())
         await dispatcher.runner.aclose()
-        return stats
+        return stats, dispatcher.throttle_snapshots()
 
 
 async def _watch(progress: Progress, bar: Any, finished: Callable[[], int]) -> None:
@@ -161,8 +229,18 @@ async def _watch(progress: Progress, bar: Any, finished: Callable[[], int]) -> N
         await asyncio.sleep(0.1)
 
 
-def _check(stats: RunStats, expected: Any, total: int) -> list[str]:
+def _check(
+    stats: RunStats, expected: Any, total: int, reports: tuple[ResourceReport, ...]
+) -> list[str]:
     problems = []
+    for report in reports:
+        if report.overloads:
+            problems.append(f"{report.name}: {report.overloads} overloads despite the throttle")
+        if report.max_concurrency is not None and report.peak_concurrency > report.max_concurrency:
+            problems.append(
+                f"{report.name}: {report.peak_concurrency} at once, over the cap of "
+                f"{report.max_concurrency}"
+            )
     if stats.succeeded + stats.dead != total:
         problems.append(
             f"{total} messages went in but {stats.succeeded} succeeded and {stats.dead} "
@@ -196,6 +274,27 @@ def _summary(console: Console, result: DemoResult) -> None:
         f"{(stats.succeeded + stats.dead) / max(stats.wall_s, 1e-9):.0f} tasks/s",
     )
     console.print(table)
+
+    for report in result.resources:
+        limit = f"{report.rate_limit_per_s:g}/s" if report.rate_limit_per_s else "no limit"
+        cap = str(report.max_concurrency) if report.max_concurrency else "no cap"
+        mean = report.wait_total_s / report.waits if report.waits else 0.0
+        throttle = Table(
+            title=f"Protected resource {report.name} (as its backend saw it)",
+            show_header=False,
+            title_justify="left",
+        )
+        throttle.add_column(style="bold")
+        throttle.add_column(justify="right")
+        throttle.add_row("rate achieved / limit", f"{report.achieved_rate_per_s:.1f}/s / {limit}")
+        throttle.add_row("peak at once / cap", f"{report.peak_concurrency} / {cap}")
+        throttle.add_row("overload answers (503)", f"[green]{report.overloads}[/]")
+        throttle.add_row(
+            "  same calls without a throttle", f"[red]{report.overloads_without_throttle}[/]"
+        )
+        throttle.add_row("tasks that waited for it", str(report.waits))
+        throttle.add_row("  mean wait", f"{mean:.2f} s")
+        console.print(throttle)
 
     requests = Table(title="AWS requests per task (counted, all phases)", title_justify="left")
     requests.add_column("service")

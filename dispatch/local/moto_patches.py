@@ -775,7 +775,9 @@ def _backend_change_message_visibility(
                 "[43200 seconds]"
             )
         message.change_visibility(visibility_timeout)
-        if table.file(message, now_ms):
+        # A fresh clock reading, as moto's check of message.visible: with
+        # VisibilityTimeout=0 the message is no longer in flight from now on.
+        if table.file(message, _now_ms()):
             queue._messages_lock.notify_all()  # a long poll may have less to wait now
 
 

@@ -207,7 +207,7 @@ def provision(
         url, arn, name = _ensure_queue(
             sqs, _physical_name(prefix, logical_id, properties), properties
         )
-        resolver.queues[logical_id] = {"Ref": url, "Arn": arn, "QueueName": name, "QueueUrl": url}
+        resolver.add_queue(logical_id, url=url, arn=arn, name=name)
     table_properties = resolver.resolve(resources[STATE_TABLE_ID].get("Properties") or {})
     table = _physical_name(prefix, STATE_TABLE_ID, table_properties)
     _ensure_table(dynamodb, table, table_properties)
@@ -267,7 +267,7 @@ class _Resolver:
 
     def __init__(self, *, prefix: str, region: str) -> None:
         self.queues: dict[str, dict[str, str]] = {}
-        self._pseudo = {
+        self._pseudo: dict[str, str | None] = {
             "AWS::Region": region,
             "AWS::StackName": prefix,
             "AWS::Partition": "aws",
@@ -280,6 +280,13 @@ class _Resolver:
             "Fn::Sub": self._sub,
             "Fn::Join": self._join,
         }
+
+    def add_queue(self, logical_id: str, *, url: str, arn: str, name: str) -> None:
+        """Make a created queue's Ref and attributes available to later resources."""
+        self.queues[logical_id] = {"Ref": url, "Arn": arn, "QueueName": name, "QueueUrl": url}
+        # arn:<partition>:sqs:<region>:<account>:<name>: the account is known now.
+        partition, account = arn.split(":")[1], arn.split(":")[4]
+        self._pseudo.update({"AWS::Partition": partition, "AWS::AccountId": account})
 
     def resolve(self, value: Any) -> Any:
         """``value`` with every supported intrinsic function replaced by its result."""
@@ -301,6 +308,11 @@ class _Resolver:
     def _ref(self, name: Any) -> Any:
         if name in self._pseudo:
             return self._pseudo[name]
+        if str(name).startswith("AWS::"):
+            raise ConfigurationError(
+                f"the template uses {name} before provisioning can know it (AWS::AccountId "
+                "is known once a queue exists)"
+            )
         return self._attribute(str(name), "Ref")
 
     def _get_att(self, arg: Any) -> str:

@@ -1,0 +1,700 @@
+"""The throttle shared by every dispatcher: token buckets and concurrency caps in DynamoDB.
+
+N dispatchers (overlapping Lambda invocations, several processes) must stay under
+one global rate and one global cap together. Each resource has two items in the
+state table, written with conditional updates:
+
+``bucket#<resource>`` — the token bucket
+    ``tokens`` at ``updated_at`` (epoch s), refilling at ``rate`` up to
+    ``capacity``. A dispatcher *leases* a chunk of tokens in one UpdateItem: it
+    computes the bucket's level now, subtracts the chunk, and writes the new level
+    on condition that nobody wrote since it read (``updated_at`` unchanged). The
+    chunk may exceed the tokens present: the level goes negative, and the chunk's
+    tokens become valid one by one at the times the bucket would have refilled
+    them. So every token ever granted is a token the one global bucket had, and
+    the chunk is sized to the dispatcher's own consumption over a short horizon:
+    one request per chunk, not per task.
+
+``slots#<resource>`` — the concurrency cap
+    ``held`` slots in total, and ``holders``: a map of dispatcher id to
+    ``{n, until}``. A dispatcher takes ``k`` more slots with ``held <= cap - k``
+    as the condition, keeps them while it has work (no request per task), renews
+    its ``until`` every ``slot_ttl_s / 3`` and gives back slots idle for a second.
+    A crashed dispatcher's entry expires; the next dispatcher refused at the cap
+    removes it (conditional on the ``until`` it saw) and takes its slots back.
+
+Exactness of the rate. Tasks never start before their token is valid; a token
+not used within ``late_s`` of its valid time is dropped, and the bucket's
+capacity is ``burst - 1`` with ``late_s = 1 / rate``, so over any window of
+``w`` seconds at most ``rate * w + burst`` tasks start, across all dispatchers.
+
+Adaptive rate. The writer of a lease also writes its effective rate; a
+dispatcher that sees a lower rate in the item adopts it (see
+:meth:`dispatch.throttle.ResourceThrottle.adopt_rate`), so one dispatcher's
+backpressure slows them all down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import socket
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Final
+
+import structlog
+from botocore.exceptions import BotoCoreError, ClientError
+
+from dispatch import constants as c
+from dispatch.aws import translate_error
+from dispatch.state import old_item
+from dispatch.throttle import Resource, ResourceThrottle, Throttle
+
+if TYPE_CHECKING:
+    from types_aiobotocore_dynamodb import DynamoDBClient
+
+__all__ = ["Coordinator", "SharedSlots", "SharedTokenSource", "dispatcher_id"]
+
+log = structlog.get_logger("dispatch.shared_throttle")
+
+RETRY_HINT_S: Final = 0.02
+"""Seconds a task waits before asking again while a lease is on its way."""
+SLOT_TTL_S: Final = 30.0
+"""A dispatcher's slot holding expires this long after its last renewal."""
+SLOT_IDLE_RELEASE_S: Final = 1.0
+"""Slots unused for this long go back to the shared pool."""
+ITEM_TTL_S: Final = 24 * 3600
+_CONFLICT_RETRIES: Final = 6
+# Several of these attribute names are DynamoDB reserved words ("capacity"): always alias.
+_BUCKET_NAMES: Final = {
+    "#tokens": "tokens",
+    "#updated": "updated_at",
+    "#rate": "rate",
+    "#capacity": "capacity",
+}
+
+
+def dispatcher_id() -> str:
+    """A unique id for this dispatcher process: host, pid and a random suffix."""
+    return f"{socket.gethostname()[:40]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _n(value: float) -> dict[str, str]:
+    """A DynamoDB number: whole numbers without a fraction, others to the microsecond."""
+    if float(value).is_integer():
+        return {"N": str(int(value))}
+    return {"N": str(Decimal(repr(round(value, 6))))}
+
+
+def _num(item: dict[str, Any], name: str, default: float = 0.0) -> float:
+    value = item.get(name)
+    return float(value["N"]) if value and "N" in value else default
+
+
+def _is_condition_failure(exc: BaseException) -> bool:
+    return (
+        isinstance(exc, ClientError)
+        and exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
+    )
+
+
+class _Background:
+    """Runs the coroutines a source starts from synchronous calls; logs their failures."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def start(self, coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("shared_throttle_call_failed", exc_info=task.exception())
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+class SharedTokenSource:
+    """A :class:`~dispatch.throttle.TokenSource` serving tokens leased from ``bucket#<name>``."""
+
+    def __init__(
+        self,
+        resource: Resource,
+        *,
+        client: DynamoDBClient,
+        table: str,
+        background: _Background,
+        clock: Callable[[], float] = time.time,
+        on_remote_rate: Callable[[float], None] | None = None,
+        max_horizon_s: float = 10.0,
+    ) -> None:
+        if resource.rate_per_s is None or resource.burst is None:
+            raise ValueError(f"Resource {resource.name!r} has no rate to share")
+        self.resource = resource
+        self._client = client
+        self._table = table
+        self._background = background
+        self._clock = clock
+        self._on_remote_rate = on_remote_rate
+        self._max_horizon_s = max_horizon_s
+        self._key = {c.TABLE_HASH_KEY: {"S": f"{c.BUCKET_KEY_PREFIX}{resource.name}"}}
+        self._rate = resource.rate_per_s
+        burst = resource.burst
+        self.capacity = float(burst - 1 if burst >= 2 else 1)
+        self._valid: deque[float] = deque()  # valid-at times of the leased tokens, ascending
+        self._leasing = False
+        self._next_lease_at = 0.0
+        self._seen: dict[str, Any] | None = None  # the bucket item as last read or written
+        self._takes: deque[float] = deque()  # times of recent takes (demand estimate)
+        self._misses = 0
+        self.requests = 0
+        self.dropped = 0
+
+    # -- TokenSource -----------------------------------------------------------------
+
+    @property
+    def tokens(self) -> float:
+        """Leased tokens valid now (the local view)."""
+        now = self._clock()
+        return float(sum(1 for t in self._valid if t <= now))
+
+    def try_take(self, n: float = 1.0) -> float:
+        """Take one leased token if one is valid now, else say how long to wait."""
+        if n != 1.0:
+            raise ValueError("the shared bucket hands out one token per task")
+        now = self._clock()
+        self._drop_late(now)
+        if self._valid and self._valid[0] <= now:
+            self._valid.popleft()
+            self._takes.append(now)
+            self._maybe_lease(now)
+            return 0.0
+        self._misses += 1
+        self._maybe_lease(now)
+        if self._valid:
+            return max(0.001, self._valid[0] - now)
+        return max(RETRY_HINT_S, self._next_lease_at - now)
+
+    def set_rate(self, rate_per_s: float) -> None:
+        """Lease at ``rate_per_s`` from now on; a decrease drops tokens not yet valid."""
+        if rate_per_s < self._rate:
+            now = self._clock()
+            kept = deque(t for t in self._valid if t <= now)
+            self.dropped += len(self._valid) - len(kept)
+            self._valid = kept
+        self._rate = rate_per_s
+
+    # -- leasing ---------------------------------------------------------------------
+
+    @property
+    def late_s(self) -> float:
+        """How late a leased token may still be used (see the module docstring)."""
+        if self.resource.burst is not None and self.resource.burst >= 2:
+            return 1.0 / self._rate
+        return min(0.25 / self._rate, 0.05)
+
+    @property
+    def horizon_s(self) -> float:
+        """How far ahead one lease may reserve: about 20 tokens' worth, at least 0.5 s,
+        and at most ``max_horizon_s`` (half the dispatcher's wait horizon, so another
+        dispatcher never waits longer for its share than it is willing to)."""
+        return max(0.5, min(self._max_horizon_s, max(1.0, 20.0 / self._rate)))
+
+    def _drop_late(self, now: float) -> None:
+        while self._valid and self._valid[0] < now - self.late_s:
+            self._valid.popleft()
+            self.dropped += 1
+
+    def _want(self, now: float) -> int:
+        while self._takes and self._takes[0] < now - 1.0:
+            self._takes.popleft()
+        per_s = len(self._takes)
+        most = max(1, math.floor(self._rate * self.horizon_s))
+        return max(1, min(most, max(self._misses, math.ceil(per_s * self.horizon_s))))
+
+    def _maybe_lease(self, now: float) -> None:
+        if self._leasing or now < self._next_lease_at:
+            return
+        while self._takes and self._takes[0] < now - 1.0:
+            self._takes.popleft()
+        # Lease again when what is left would last less than half a second.
+        if len(self._valid) > max(0, math.ceil(len(self._takes) * 0.5)) or (
+            not self._misses and self._valid
+        ):
+            return
+        self._leasing = True
+        self._background.start(self._lease(self._want(now)))
+
+    async def _lease(self, want: int) -> None:
+        try:
+            for _ in range(_CONFLICT_RETRIES):
+                done = await self._try_lease(want)
+                if done:
+                    return
+        finally:
+            self._leasing = False
+
+    async def _try_lease(self, want: int) -> bool:
+        """One conditional write; True when finished (leased, or nothing to lease yet)."""
+        now = self._clock()
+        seen = self._seen
+        if seen is None:
+            level, rate, condition = self.capacity, self._rate, "attribute_not_exists(pk)"
+            values: dict[str, Any] = {}
+        else:
+            rate = _num(seen, "rate", self._rate)
+            last = _num(seen, "updated_at", now)
+            level = min(self.capacity, _num(seen, "tokens") + max(0.0, now - last) * rate)
+            condition = "#updated = :seen"
+            values = {":seen": seen["updated_at"]}
+            if rate < self._rate * 0.999 and self._on_remote_rate is not None:
+                self._on_remote_rate(rate)  # another dispatcher slowed the resource down
+        take = min(want, math.floor(level + self._rate * self.horizon_s))
+        if take < 1:
+            self._next_lease_at = now + (1.0 - level) / self._rate
+            return True
+        item_values = {
+            ":tokens": _n(level - take),
+            ":now": _n(now),
+            ":rate": _n(self._rate),
+            ":capacity": _n(self.capacity),
+            ":ttl": {"N": str(int(now) + ITEM_TTL_S)},
+            **values,
+        }
+        try:
+            self.requests += 1
+            await self._client.update_item(
+                TableName=self._table,
+                Key=self._key,
+                UpdateExpression=(
+                    "SET #tokens = :tokens, #updated = :now, #rate = :rate, "
+                    "#capacity = :capacity, expires_at = :ttl"
+                ),
+                ConditionExpression=condition,
+                ExpressionAttributeNames=_BUCKET_NAMES,
+                ExpressionAttributeValues=item_values,
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except (ClientError, BotoCoreError) as exc:
+            if isinstance(exc, ClientError) and _is_condition_failure(exc):
+                self._seen = old_item(exc)  # someone else wrote: start from their state
+                return False
+            log.warning(
+                "bucket_lease_failed",
+                resource=self.resource.name,
+                error=str(translate_error(exc, "UpdateItem")),
+            )
+            self._next_lease_at = now + 0.5
+            return True
+        self._seen = {
+            "tokens": item_values[":tokens"],
+            "updated_at": item_values[":now"],
+            "rate": item_values[":rate"],
+        }
+        self._misses = 0
+        ready = max(0, math.floor(level))
+        # Tokens the bucket holds now are valid at once; the rest as it refills them.
+        leased = [now if j < ready else now + (j + 1 - level) / self._rate for j in range(take)]
+        self._valid = deque(sorted([*self._valid, *leased]))
+        return True
+
+    async def give_back(self) -> None:
+        """Return leased tokens not used yet to the bucket (on shutdown)."""
+        unused = len(self._valid)
+        self._valid.clear()
+        if unused == 0 or self._seen is None:
+            return
+        try:
+            self.requests += 1
+            await self._client.update_item(
+                TableName=self._table,
+                Key=self._key,
+                UpdateExpression="ADD #tokens :unused",
+                ExpressionAttributeNames={"#tokens": "tokens"},
+                ExpressionAttributeValues={":unused": _n(float(unused))},
+            )
+        except (ClientError, BotoCoreError) as exc:
+            log.warning("bucket_give_back_failed", resource=self.resource.name, error=str(exc))
+
+
+class SharedSlots:
+    """A :class:`~dispatch.throttle.SlotSource` holding slots leased from ``slots#<name>``."""
+
+    def __init__(
+        self,
+        resource: Resource,
+        *,
+        client: DynamoDBClient,
+        table: str,
+        owner: str,
+        background: _Background,
+        clock: Callable[[], float] = time.time,
+        ttl_s: float = SLOT_TTL_S,
+    ) -> None:
+        if resource.max_concurrency is None:
+            raise ValueError(f"Resource {resource.name!r} has no concurrency cap to share")
+        self.resource = resource
+        self._cap = resource.max_concurrency
+        self._client = client
+        self._table = table
+        self._owner = owner
+        self._background = background
+        self._clock = clock
+        self._ttl_s = ttl_s
+        self._key = {c.TABLE_HASH_KEY: {"S": f"slots#{resource.name}"}}
+        self._granted = 0
+        self._in_flight = 0
+        self._wanted = 0
+        self._busy = False
+        self._next_try_at = 0.0
+        self._backoff_s = 0.05
+        self._idle_since: float | None = None
+        self._fair_share: int | None = None  # set when other dispatchers wait for slots
+        self._last_waiter_note = 0.0
+        self.requests = 0
+
+    @property
+    def limit(self) -> int | None:
+        """The global cap."""
+        return self._cap
+
+    @property
+    def in_flight(self) -> int:
+        """Slots in use by this dispatcher."""
+        return self._in_flight
+
+    @property
+    def granted(self) -> int:
+        """Slots this dispatcher holds (in use or idle)."""
+        return self._granted
+
+    def try_acquire(self) -> bool:
+        """Use a held slot, or ask for more in the background and say no for now."""
+        if self._in_flight < self._granted:
+            self._in_flight += 1
+            self._idle_since = None
+            return True
+        self._wanted = min(self._cap, self._wanted + 1)
+        now = self._clock()
+        if not self._busy and now >= self._next_try_at:
+            self._busy = True
+            self._background.start(self._acquire(self._wanted))
+        return False
+
+    def release(self) -> None:
+        """A task using a slot ended; the slot stays held for the next task, unless
+        other dispatchers wait and this one holds more than its fair share."""
+        if self._in_flight <= 0:
+            raise RuntimeError("release() without a matching try_acquire()")
+        self._in_flight -= 1
+        if self._fair_share is not None and self._granted > self._fair_share:
+            self._granted -= 1
+            self._background.start(self._write_entry(1, self._clock(), granted=self._granted + 1))
+            return
+        if self._in_flight < self._granted and self._idle_since is None:
+            self._idle_since = self._clock()
+
+    def _holder_name(self) -> dict[str, str]:
+        return {"#h": "holders", "#me": self._owner}
+
+    async def _acquire(self, want: int) -> None:
+        try:
+            for _ in range(_CONFLICT_RETRIES):
+                k = max(1, min(want, self._cap - self._granted))
+                if self._granted >= self._cap:
+                    return
+                now = self._clock()
+                try:
+                    self.requests += 1
+                    await self._client.update_item(
+                        TableName=self._table,
+                        Key=self._key,
+                        UpdateExpression=(
+                            "SET held = if_not_exists(held, :zero) + :k, #h.#me = :entry, "
+                            "expires_at = :ttl"
+                        ),
+                        ConditionExpression=(
+                            "(attribute_not_exists(held) AND :k <= :cap) OR held <= :room"
+                        ),
+                        ExpressionAttributeNames=self._holder_name(),
+                        ExpressionAttributeValues={
+                            ":zero": _n(0),
+                            ":k": _n(k),
+                            ":cap": _n(self._cap),
+                            ":room": _n(self._cap - k),
+                            ":entry": {
+                                "M": {"n": _n(self._granted + k), "until": _n(now + self._ttl_s)}
+                            },
+                            ":ttl": {"N": str(int(now) + ITEM_TTL_S)},
+                        },
+                        ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                    )
+                except ClientError as exc:
+                    if exc.response.get("Error", {}).get("Code") == "ValidationException":
+                        # The map does not exist yet: create the item, then try again.
+                        await self._create()
+                        continue
+                    if not _is_condition_failure(exc):
+                        raise
+                    old = old_item(exc) or {}
+                    if await self._reclaim_expired(old, now):
+                        continue
+                    held = int(_num(old, "held"))
+                    free = self._cap - held
+                    if free >= 1 and k > 1:
+                        want = free
+                        continue
+                    await self._note_waiting(now)
+                    self._next_try_at = now + self._backoff_s
+                    self._backoff_s = min(1.0, self._backoff_s * 2)
+                    return
+                self._granted += k
+                self._wanted = max(0, self._wanted - k)
+                self._backoff_s = 0.05
+                return
+        except (ClientError, BotoCoreError) as exc:
+            log.warning(
+                "slot_lease_failed",
+                resource=self.resource.name,
+                error=str(translate_error(exc, "UpdateItem")),
+            )
+            self._next_try_at = self._clock() + 0.5
+        finally:
+            self._busy = False
+
+    async def _note_waiting(self, now: float) -> None:
+        """Tell the holders this dispatcher waits, so they shrink to a fair share."""
+        if now - self._last_waiter_note < SLOT_IDLE_RELEASE_S:
+            return
+        self._last_waiter_note = now
+        try:
+            self.requests += 1
+            await self._client.update_item(
+                TableName=self._table,
+                Key=self._key,
+                UpdateExpression="SET #w.#me = :until",
+                ExpressionAttributeNames={"#w": "waiters", "#me": self._owner},
+                ExpressionAttributeValues={":until": _n(now + 3 * SLOT_IDLE_RELEASE_S)},
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "ValidationException":
+                raise
+            await self._create()
+
+    def _update_fair_share(self, item: dict[str, Any], now: float) -> None:
+        """From the item: how many dispatchers hold or want slots; our share of the cap."""
+        holders = item.get("holders", {}).get("M", {})
+        waiters = item.get("waiters", {}).get("M", {})
+        active = {o for o, e in holders.items() if _num(e.get("M", {}), "until") >= now}
+        active |= {o for o, e in waiters.items() if _num({"v": e}, "v") >= now}
+        active.add(self._owner)
+        others_wait = any(o != self._owner for o in waiters if o in active and o not in holders)
+        self._fair_share = max(1, self._cap // len(active)) if others_wait else None
+
+    async def _create(self) -> None:
+        try:
+            self.requests += 1
+            await self._client.update_item(
+                TableName=self._table,
+                Key=self._key,
+                UpdateExpression="SET held = :zero, #h = :empty, #w = :empty",
+                ConditionExpression="attribute_not_exists(held)",
+                ExpressionAttributeNames={"#h": "holders", "#w": "waiters"},
+                ExpressionAttributeValues={":zero": _n(0), ":empty": {"M": {}}},
+            )
+        except ClientError as exc:
+            if not _is_condition_failure(exc):
+                raise
+
+    async def _reclaim_expired(self, item: dict[str, Any], now: float) -> bool:
+        """Take back the slots of holders whose lease expired; True if any were."""
+        holders = item.get("holders", {}).get("M", {})
+        reclaimed = False
+        for owner, entry in holders.items():
+            fields = entry.get("M", {})
+            until = _num(fields, "until")
+            if owner == self._owner or until >= now:
+                continue
+            n = _num(fields, "n")
+            try:
+                self.requests += 1
+                await self._client.update_item(
+                    TableName=self._table,
+                    Key=self._key,
+                    UpdateExpression="SET held = held - :n REMOVE #h.#other",
+                    ConditionExpression="#h.#other.#u = :until",
+                    ExpressionAttributeNames={"#h": "holders", "#other": owner, "#u": "until"},
+                    ExpressionAttributeValues={":n": _n(n), ":until": fields["until"]},
+                )
+                log.info("slots_reclaimed", resource=self.resource.name, owner=owner, slots=int(n))
+                reclaimed = True
+            except ClientError as exc:
+                if not _is_condition_failure(exc):
+                    raise
+        return reclaimed
+
+    async def maintain(self) -> None:
+        """Renew this dispatcher's holding and give back slots idle for a while."""
+        now = self._clock()
+        idle = self._granted - self._in_flight
+        if (
+            idle > 0
+            and self._idle_since is not None
+            and now - self._idle_since >= SLOT_IDLE_RELEASE_S
+        ):
+            await self._give_back(idle, now)
+        elif self._granted > 0:
+            await self._write_entry(0, now)
+
+    async def _give_back(self, k: int, now: float) -> None:
+        self._granted -= k
+        self._idle_since = None
+        await self._write_entry(k, now, granted=self._granted + k)
+
+    async def _write_entry(self, give_back: int, now: float, *, granted: int | None = None) -> None:
+        """Renew this holder's entry, giving back ``give_back`` of its ``granted`` slots."""
+        held_before = self._granted if granted is None else granted
+        remaining = held_before - give_back
+        try:
+            self.requests += 1
+            if remaining > 0:
+                answer = await self._client.update_item(
+                    TableName=self._table,
+                    Key=self._key,
+                    UpdateExpression="SET held = held - :k, #h.#me = :entry",
+                    ExpressionAttributeNames=self._holder_name(),
+                    ExpressionAttributeValues={
+                        ":k": _n(give_back),
+                        ":entry": {"M": {"n": _n(remaining), "until": _n(now + self._ttl_s)}},
+                    },
+                    ReturnValues="ALL_NEW",
+                )
+                self._update_fair_share(dict(answer.get("Attributes", {})), now)
+            else:
+                await self._client.update_item(
+                    TableName=self._table,
+                    Key=self._key,
+                    UpdateExpression="SET held = held - :k REMOVE #h.#me",
+                    ConditionExpression="attribute_exists(#h.#me)",
+                    ExpressionAttributeNames=self._holder_name(),
+                    ExpressionAttributeValues={":k": _n(give_back)},
+                )
+                self._fair_share = None
+        except (ClientError, BotoCoreError) as exc:
+            if not _is_condition_failure(exc):
+                log.warning("slot_renew_failed", resource=self.resource.name, error=str(exc))
+
+    async def give_back_all(self) -> None:
+        """Return every held slot (on shutdown)."""
+        if self._granted > 0:
+            await self._give_back(self._granted, self._clock())
+
+
+class Coordinator:
+    """One dispatcher's share of the global throttle: builds a :class:`Throttle`
+    whose buckets and caps live in DynamoDB, and keeps its slot leases alive."""
+
+    def __init__(
+        self,
+        client: DynamoDBClient,
+        table: str,
+        *,
+        owner: str | None = None,
+        clock: Callable[[], float] = time.time,
+        slot_ttl_s: float = SLOT_TTL_S,
+        lease_horizon_s: float = 2.5,
+    ) -> None:
+        self._client = client
+        self._lease_horizon_s = lease_horizon_s
+        self._table = table
+        self.owner = owner or dispatcher_id()
+        self._clock = clock
+        self._slot_ttl_s = slot_ttl_s
+        self._background = _Background()
+        self.buckets: dict[str, SharedTokenSource] = {}
+        self.slots: dict[str, SharedSlots] = {}
+        self._maintenance: asyncio.Task[None] | None = None
+        self.throttle = Throttle(
+            token_source_factory=self._bucket_for, slot_source_factory=self._slots_for
+        )
+
+    def _bucket_for(self, resource: Resource) -> SharedTokenSource:
+        def adopt(rate: float) -> None:
+            self.throttle.for_resource(resource).adopt_rate(rate)
+
+        source = SharedTokenSource(
+            resource,
+            client=self._client,
+            table=self._table,
+            background=self._background,
+            clock=self._clock,
+            on_remote_rate=adopt,
+            max_horizon_s=self._lease_horizon_s,
+        )
+        self.buckets[resource.name] = source
+        return source
+
+    def _slots_for(self, resource: Resource) -> SharedSlots:
+        source = SharedSlots(
+            resource,
+            client=self._client,
+            table=self._table,
+            owner=self.owner,
+            background=self._background,
+            clock=self._clock,
+            ttl_s=self._slot_ttl_s,
+        )
+        self.slots[resource.name] = source
+        return source
+
+    def for_resource(self, resource: Resource) -> ResourceThrottle:
+        """The shared throttle of ``resource``."""
+        if self._maintenance is None:
+            self._maintenance = asyncio.get_running_loop().create_task(self._maintain())
+        return self.throttle.for_resource(resource)
+
+    @property
+    def requests(self) -> int:
+        """DynamoDB requests made for coordination so far."""
+        return sum(b.requests for b in self.buckets.values()) + sum(
+            s.requests for s in self.slots.values()
+        )
+
+    async def _maintain(self) -> None:
+        period = min(self._slot_ttl_s / 3, SLOT_IDLE_RELEASE_S)
+        renew_every = self._slot_ttl_s / 3
+        last_renew = self._clock()
+        while True:
+            await asyncio.sleep(period)
+            now = self._clock()
+            for slots in list(self.slots.values()):
+                idle = slots.granted - slots.in_flight
+                # Holding slots busy, others may be waiting: renew every period and
+                # learn our fair share from the answer.
+                if idle > 0 or slots.granted > 1 or now - last_renew >= renew_every:
+                    await slots.maintain()
+            if now - last_renew >= renew_every:
+                last_renew = now
+
+    async def aclose(self) -> None:
+        """Stop renewing; return unused tokens and every held slot."""
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            await asyncio.gather(self._maintenance, return_exceptions=True)
+        await self._background.aclose()
+        for bucket in self.buckets.values():
+            await bucket.give_back()
+        for slots in self.slots.values():
+            await slots.give_back_all()
