@@ -46,8 +46,19 @@ class _Pending:
     future: asyncio.Future[EntryResult]
 
 
+def _receipt_handle(entry: dict[str, Any]) -> str | None:
+    handle = entry.get("ReceiptHandle")
+    return str(handle) if handle is not None else None
+
+
 class Batcher:
-    """Sends entries of one SQS batch action in groups of up to 10."""
+    """Sends entries of one batch action in groups of up to ``max_entries``.
+
+    ``send`` gets the entries, each with an ``Id`` added, and answers like SQS:
+    ``{"Failed": [{"Id": ..., "Code": ..., "Message": ...}]}`` for the entries
+    that failed. ``key_of`` names the thing an entry is about (default: its SQS
+    receipt handle); a later entry about the same thing replaces a waiting one.
+    """
 
     def __init__(
         self,
@@ -56,9 +67,13 @@ class Batcher:
         *,
         flush_s: float = 0.05,
         size_of: Callable[[dict[str, Any]], int] | None = None,
+        max_entries: int = c.SQS_MAX_BATCH_ENTRIES,
+        key_of: Callable[[dict[str, Any]], str | None] = _receipt_handle,
     ) -> None:
         self.name = name
         self._size_of = size_of
+        self._max_entries = max_entries
+        self._key_of = key_of
         self._send = send
         self._flush_s = flush_s
         self._pending: list[_Pending] = []
@@ -69,16 +84,16 @@ class Batcher:
     async def submit(self, entry: dict[str, Any]) -> EntryResult:
         """Queue one entry (without its ``Id``); wait for SQS's answer to it."""
         future: asyncio.Future[EntryResult] = asyncio.get_running_loop().create_future()
-        handle = entry.get("ReceiptHandle")
-        if handle is not None:
+        key = self._key_of(entry)
+        if key is not None:
             for waiting in self._pending:
-                if waiting.entry.get("ReceiptHandle") == handle:
+                if self._key_of(waiting.entry) == key:
                     # Superseded: the newer entry decides; the older caller sees success.
                     waiting.future.set_result(EntryResult(ok=True, code="Superseded"))
                     self._pending.remove(waiting)
                     break
         self._pending.append(_Pending(entry, future))
-        if len(self._pending) >= c.SQS_MAX_BATCH_ENTRIES:
+        if len(self._pending) >= self._max_entries:
             self._start_send()
         elif self._timer is None:
             self._timer = asyncio.create_task(self._flush_later())
@@ -100,7 +115,7 @@ class Batcher:
             self._start_send()
 
     def _start_send(self) -> None:
-        take = min(len(self._pending), c.SQS_MAX_BATCH_ENTRIES)
+        take = min(len(self._pending), self._max_entries)
         if self._size_of is not None:
             # SendMessageBatch also limits the sum of the bodies to 1 MiB.
             total = 0

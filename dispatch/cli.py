@@ -17,6 +17,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import click
 from rich.console import Console
+from rich.table import Table
 
 from dispatch import constants as c
 from dispatch.config import Endpoint, Settings, parse_task_modules
@@ -237,7 +238,8 @@ def enqueue(
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @_errors
 def status(task_id: str | None, as_json: bool) -> None:
-    """Show one task's record (TASK_ID), or the queue's depth."""
+    """Show one task's record (TASK_ID), or the queues' depth and every throttled
+    resource's state: rates, tokens, tasks in flight and waiting, time spent waiting."""
     if task_id is not None:
         from dispatch.status import status as task_status
 
@@ -248,26 +250,54 @@ def status(task_id: str | None, as_json: bool) -> None:
             for key, value in record.items():
                 click.echo(f"{key:>16}: {json.dumps(value) if isinstance(value, dict) else value}")
         return
+    import time
+
+    from dispatch.aws import aws_errors
     from dispatch.queue import default_queue
+    from dispatch.throttle_status import read_status
 
     queue = default_queue()
-    sqs = queue.sync_clients().sqs
-    depth: dict[str, Any] = {}
+    clients = queue.sync_clients()
+    report: dict[str, Any] = {}
     for label, url in (("queue", queue.settings.queue_url), ("dlq", queue.settings.dlq_url)):
-        from dispatch.aws import aws_errors
-
         with aws_errors("GetQueueAttributes"):
-            attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
-        depth[label] = {
-            "visible": int(attrs.get("ApproximateNumberOfMessages", 0)),
-            "in_flight": int(attrs.get("ApproximateNumberOfMessagesNotVisible", 0)),
-            "delayed": int(attrs.get("ApproximateNumberOfMessagesDelayed", 0)),
+            attrs = clients.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])
+        counts = attrs["Attributes"]
+        report[label] = {
+            "visible": int(counts.get("ApproximateNumberOfMessages", 0)),
+            "in_flight": int(counts.get("ApproximateNumberOfMessagesNotVisible", 0)),
+            "delayed": int(counts.get("ApproximateNumberOfMessagesDelayed", 0)),
         }
+    resources = read_status(clients.dynamodb, queue.settings.table, now=time.time())
+    report["resources"] = [r.to_dict() for r in resources]
     if as_json:
-        click.echo(json.dumps(depth))
-    else:
-        for label, counts in depth.items():
-            click.echo(f"{label}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        click.echo(json.dumps(report))
+        return
+    for label in ("queue", "dlq"):
+        click.echo(f"{label}: " + ", ".join(f"{k} {v}" for k, v in report[label].items()))
+    if not resources:
+        click.echo("resources: none reported by a live dispatcher")
+        return
+    table = Table(title="throttled resources (all live dispatchers)", title_justify="left")
+    for column in ("resource", "rate: effective / limit", "tokens", "in flight / cap", "waiting",
+                   "waited", "mean wait", "backpressure", "dispatchers"):  # fmt: skip
+        table.add_column(column, justify="left" if column == "resource" else "right")
+    for r in resources:
+        limit = f"{r.configured_rate_per_s:g}/s" if r.configured_rate_per_s else "-"
+        effective = f"{r.effective_rate_per_s:.3g}/s" if r.effective_rate_per_s else "-"
+        cap = str(r.max_concurrency) if r.max_concurrency else "-"
+        table.add_row(
+            r.name,
+            f"{effective} / {limit}",
+            f"{r.tokens:.1f}" if r.tokens is not None else "-",
+            f"{r.in_flight} / {cap}",
+            str(r.waiting),
+            str(r.waits),
+            f"{r.mean_wait_s:.2f} s",
+            str(r.backpressure_signals),
+            str(r.dispatchers),
+        )
+    Console().print(table)
 
 
 def main() -> None:

@@ -44,6 +44,7 @@ from dispatch.errors import ConfigurationError, DispatchError, EnvelopeError
 from dispatch.registry import Registry, TaskSpec, default_registry
 from dispatch.shared_throttle import Coordinator
 from dispatch.throttle import Permit, Resource, ResourceThrottle, ThrottleSnapshot
+from dispatch.throttle_status import PUBLISH_EVERY_S, publish_params
 from workers.outcome import ErrorInfo, Outcome, OutcomeKind
 
 if TYPE_CHECKING:
@@ -68,7 +69,7 @@ class DispatcherOptions:
     wait_time_s: int = c.SQS_MAX_WAIT_S  # long-poll length
     drain_wait_time_s: int = 1  # long-poll length in --until-empty mode, to notice the end
     visibility_timeout_s: int = 30  # hidden for this long at receive; extended while held
-    flush_s: float = 0.05  # how long a batch of deletes/visibility changes may wait to fill
+    flush_s: float = 0.2  # how long a batch (deletes, visibility changes, records) may wait to fill
     throttle_horizon_s: float = 5.0  # a task that cannot start within this is deferred
 
     def __post_init__(self) -> None:
@@ -168,6 +169,19 @@ class Dispatcher:
         async def send_main(entries: list[dict[str, Any]]) -> Any:
             return await sqs.send_message_batch(QueueUrl=queue, Entries=entries)
 
+        dynamodb: Any = clients.dynamodb
+        table = settings.table
+
+        async def write_records(entries: list[dict[str, Any]]) -> Any:
+            return await _batch_write(dynamodb, table, entries)
+
+        self._records = Batcher(
+            "BatchWriteItem",
+            write_records,
+            flush_s=flush_s,
+            max_entries=c.DDB_MAX_BATCH_WRITE,
+            key_of=lambda entry: str(entry["PutRequest"]["Item"][c.TABLE_HASH_KEY]["S"]),
+        )
         self._deletes = Batcher("DeleteMessageBatch", delete, flush_s=flush_s)
         self._visibility = Batcher("ChangeMessageVisibilityBatch", hide, flush_s=flush_s)
         self._dlq = Batcher("SendMessageBatch(dlq)", send_dlq, flush_s=flush_s, size_of=_entry_size)
@@ -208,6 +222,7 @@ class Dispatcher:
         self.stats = RunStats(started_at=self._clock())
         deadline = None if for_s is None else self._clock() + for_s
         heartbeat = asyncio.create_task(self._heartbeat())
+        publisher = asyncio.create_task(self._publish_loop())
         try:
             while not self._stop.is_set():
                 if deadline is not None and self._clock() >= deadline:
@@ -226,9 +241,11 @@ class Dispatcher:
         finally:
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
+            for background in (heartbeat, publisher):
+                background.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await background
+            await self._publish()
             await self._flush()
             await self._coordinator.aclose()
             self.stats.finished_at = self._clock()
@@ -240,7 +257,7 @@ class Dispatcher:
             await asyncio.wait_for(self._slot_freed.wait(), timeout=1.0)
 
     async def _flush(self) -> None:
-        for batcher in (self._requeue, self._dlq, self._visibility, self._deletes):
+        for batcher in (self._records, self._requeue, self._dlq, self._visibility, self._deletes):
             await batcher.flush()
 
     async def _queue_is_empty(self) -> bool:
@@ -402,6 +419,7 @@ class Dispatcher:
             envelope=envelope,
             spec=spec,
             record=record,
+            item=claim.item,
             outcome=outcome,
             bound=bound,
         )
@@ -480,19 +498,25 @@ class Dispatcher:
         envelope: Envelope,
         spec: TaskSpec,
         record: state.TaskRecord,
+        item: dict[str, Any],
         outcome: Outcome,
         bound: Any,
     ) -> None:
         receipt, message_id = message["ReceiptHandle"], message["MessageId"]
         table, now = self.settings.table, self._clock()
         if outcome.succeeded:
-            owned = await self._state.update(
-                state.succeeded_params(
-                    table, envelope.id, message_id=message_id, now=now, result=outcome.result
-                )
+            written = await self._records.submit(
+                {"PutRequest": {"Item": state.succeeded_item(item, now=now, result=outcome.result)}}
             )
-            if not owned:
-                bound.warning("settled_after_losing_claim", outcome="succeeded")
+            if not written.ok:
+                # The batch did not go through: write this one record on its own.
+                owned = await self._state.update(
+                    state.succeeded_params(
+                        table, envelope.id, message_id=message_id, now=now, result=outcome.result
+                    )
+                )
+                if not owned:
+                    bound.warning("settled_after_losing_claim", outcome="succeeded")
             self.stats.succeeded += 1
             bound.debug("task_succeeded", duration_s=round(outcome.duration_s, 4))
             await self._delete(receipt)
@@ -675,6 +699,29 @@ class Dispatcher:
         )
         _log_entry_failure("change_visibility", result)
 
+    async def _publish_loop(self) -> None:
+        while True:
+            await asyncio.sleep(PUBLISH_EVERY_S)
+            await self._publish()
+
+    async def _publish(self) -> None:
+        """Log each resource's throttle state and publish it for `dispatch status`."""
+        snapshots = self.throttle_snapshots()
+        if not snapshots:
+            return
+        for snapshot in snapshots:
+            log.info("throttle_state", **_snapshot_fields(snapshot, self._waiting[snapshot.name]))
+        put, directory = publish_params(
+            self.settings.table, self._coordinator.owner, snapshots, self._waiting, self._clock()
+        )
+        dynamodb: Any = self._clients.dynamodb
+        try:
+            with aws_errors("PutItem"):
+                await dynamodb.put_item(**put)
+                await dynamodb.update_item(**directory)
+        except DispatchError as exc:
+            log.warning("throttle_state_not_published", error=str(exc))
+
     async def _heartbeat(self) -> None:
         """Extend the visibility of held messages well before it runs out.
 
@@ -703,6 +750,35 @@ class Dispatcher:
                         for h in due
                     )
                 )
+
+
+async def _batch_write(client: Any, table: str, entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """BatchWriteItem with retries of unprocessed items; answers like an SQS batch call."""
+    ids = {str(e["PutRequest"]["Item"][c.TABLE_HASH_KEY]["S"]): e["Id"] for e in entries}
+    requests = [{"PutRequest": e["PutRequest"]} for e in entries]
+    for attempt in range(6):
+        answer = await client.batch_write_item(RequestItems={table: requests})
+        requests = list(answer.get("UnprocessedItems", {}).get(table, []))
+        if not requests:
+            return {"Failed": []}
+        await asyncio.sleep(min(1.0, 0.05 * 2**attempt))
+    failed = [ids[str(r["PutRequest"]["Item"][c.TABLE_HASH_KEY]["S"])] for r in requests]
+    return {
+        "Failed": [{"Id": i, "Code": "Unprocessed", "Message": "left unprocessed"} for i in failed]
+    }
+
+
+def _snapshot_fields(snapshot: ThrottleSnapshot, waiting: int) -> dict[str, Any]:
+    return {
+        "resource": snapshot.name,
+        "configured_rate_per_s": snapshot.configured_rate_per_s,
+        "effective_rate_per_s": snapshot.effective_rate_per_s,
+        "in_flight": snapshot.in_flight,
+        "max_concurrency": snapshot.max_concurrency,
+        "waiting": waiting,
+        "waits": snapshot.waits,
+        "mean_wait_s": round(snapshot.mean_wait_s, 4),
+    }
 
 
 def _receive_count(message: dict[str, Any]) -> int | None:

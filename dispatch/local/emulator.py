@@ -27,9 +27,11 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from types import TracebackType
 from typing import IO, Final, Self
 
+import dispatch
 from dispatch import constants as c
 from dispatch.errors import AWSError, DispatchError
 from dispatch.local.server import HOST, READY_PREFIX
@@ -72,14 +74,16 @@ class LocalAWS:
         if not patch_moto:
             command.append("--stock-moto")
         # stderr goes to a file, not a pipe: nobody reads it while all is well,
-        # and a full pipe would block the server's request threads.
-        stderr = tempfile.TemporaryFile(prefix="dispatch-local-aws-", suffix=".log")  # noqa: SIM115 - owned by the LocalAWS, closed in stop()
+        # and a full pipe would block the server's request threads. The LocalAWS
+        # owns the file and closes it in stop().
+        stderr = tempfile.TemporaryFile(prefix="dispatch-local-aws-", suffix=".log")  # noqa: SIM115
         try:
             process = subprocess.Popen(  # noqa: S603 - fixed argv: this interpreter and our module
                 command,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=stderr,
+                env=_child_env(),
                 # A session of its own: Ctrl-C in a terminal reaches only the
                 # parent, which can then finish its own shutdown against a still
                 # running emulator before it stops it.
@@ -168,6 +172,22 @@ class LocalAWS:
     def __repr__(self) -> str:
         state = "running" if self.running else f"exited {self._process.returncode}"
         return f"LocalAWS({self._endpoint_url}, pid={self.pid}, {state})"
+
+
+def _child_env() -> dict[str, str]:
+    """The child's environment: ours, plus the source checkout on its path if we run from one.
+
+    ``-m dispatch.local.server`` must import the same ``dispatch`` as this
+    process. Installed, it does; run from a checkout that is not installed (or
+    with only the test runner's path tweaks), the checkout's root has to be on
+    the child's PYTHONPATH. An installed package's site-packages is never added
+    there, where it would come before the standard library.
+    """
+    env = dict(os.environ)
+    root = Path(dispatch.__file__).resolve().parent.parent
+    if (root / "pyproject.toml").is_file():
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+    return env
 
 
 def _read_ready_line(process: subprocess.Popen[bytes], *, timeout_s: float) -> str:

@@ -2,8 +2,9 @@
 
 :func:`apply` replaces a few methods of ``moto.sqs.models.Queue`` and
 ``SQSBackend`` in the current process (the emulator process calls it before it
-serves). It refuses any other moto version: these patches replace moto's code
-line for line, and a silent mismatch would be worse than none.
+serves). It refuses any other moto version: most patches are edited copies of
+whole moto methods, and a silent mismatch with another release would be worse
+than no patch.
 
 What moto 5.2.5 gets wrong, and what is done about it:
 
@@ -30,9 +31,11 @@ What moto 5.2.5 gets wrong, and what is done about it:
    Here a queue's messages live in a :class:`MessageTable`: send order, a
    receipt-handle index, a heap of messages that can be received (by send order)
    and a heap of messages that will become receivable (by time). Send, receive,
-   delete and change-visibility cost O(log n) in the queue's depth; only
-   GetQueueAttributes still counts by one pass over the queue (under the lock,
-   so its three counters are one consistent snapshot).
+   delete and change-visibility cost O(log n) in the queue's depth, whether the
+   messages are visible, delayed or in flight (a FIFO receive also steps over
+   the messages of groups it must skip). Only GetQueueAttributes still counts
+   in one pass over the queue, under the lock, so its three counters are one
+   consistent snapshot.
 
 Smaller corrections ride along. Two things grow without bound in a long
 ``dispatch dev`` session: moto keeps every ``Message`` ever created (and each
@@ -46,12 +49,18 @@ Observable SQS behaviour is moto's (and AWS's): receive order is send order,
 receive counts and receipt handles (old handles still delete), visibility and
 delays, redrive to the DLQ once ``ApproximateReceiveCount`` reaches
 ``maxReceiveCount``, FIFO message groups (a group with a message in flight is
-skipped; one receive may return several messages of a free group) and
-deduplication. Two deliberate differences, both AWS's behaviour: a message past
-the retention period is dropped when a receive reaches it (moto marked it
-received and stopped the receive), and FIFO deduplication remembers an id for
-five minutes after the first send even if that message was deleted (moto only
-compared with messages still queued).
+skipped; one receive may return several messages of a free group, in order) and
+deduplication. Three deliberate differences, each what AWS does:
+
+* a message past the retention period is dropped when a receive reaches it
+  (moto marked it received and ended the receive);
+* FIFO deduplication remembers an id for five minutes after its first send even
+  if that message was deleted or purged (moto compared only with messages still
+  queued);
+* which FIFO groups are blocked is decided once per receive, from the messages
+  in flight when it starts (moto re-derived it mid-scan whenever it met a
+  message whose visibility had expired, which could skip a group's earlier
+  messages and deliver later ones first, out of FIFO order).
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 from dispatch import Backpressure, Resource, current_task, task
@@ -13,6 +14,7 @@ from dispatch.queue import Queue
 from dispatch.registry import Registry
 from dispatch.state import Status, SyncStateStore
 from tests.integration.conftest import drain
+from tests.integration.test_cli import dispatch_cli
 
 
 def max_in_any_window(times: list[float], rate: float) -> float:
@@ -206,3 +208,28 @@ async def test_slots_of_a_crashed_dispatcher_come_back_when_its_lease_expires(
     item = clients.dynamodb.get_item(TableName=aws_env.table, Key={"pk": {"S": "slots#crash-pool"}})
     assert "dead-dispatcher" not in item["Item"]["holders"]["M"]
     assert float(item["Item"]["held"]["N"]) == 0
+
+
+async def test_status_shows_each_resource_across_dispatchers(
+    aws_env: Settings, registry: Registry, queue: Queue
+) -> None:
+    """Given a dispatcher that ran tasks on a throttled resource, when a user runs
+    `dispatch status --json`, then the resource is listed with its configured rate,
+    its cap, the tasks started, the waits, and the shared bucket's tokens."""
+    api = Resource("status-api", rate_per_s=20, burst=2, max_concurrency=3)
+
+    @task(registry=registry, resource=api)
+    def call(n: int) -> None: ...
+
+    queue.enqueue_many([call.message(n) for n in range(8)])
+    await drain(aws_env, registry)
+
+    shown = dispatch_cli("status", "--json")
+
+    assert shown.returncode == 0, shown.stderr
+    (resource,) = json.loads(shown.stdout)["resources"]
+    assert resource["name"] == "status-api"
+    assert (resource["configured_rate_per_s"], resource["max_concurrency"]) == (20, 3)
+    assert resource["started"] == 8 and resource["dispatchers"] == 1
+    assert resource["waits"] >= 1 and resource["wait_total_s"] > 0
+    assert resource["tokens"] is not None and resource["in_flight"] == 0
