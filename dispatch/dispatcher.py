@@ -97,6 +97,7 @@ class RunStats:
     duplicates: int = 0
     deferred: int = 0
     postponed: int = 0
+    released: int = 0
     peak_in_flight: int = 0
     throttle_wait_s: float = 0.0
     dead_reasons: Counter[str] = field(default_factory=Counter)
@@ -144,6 +145,8 @@ class Dispatcher:
         self._clock = clock
         self._state = state.StateStore(clients.dynamodb, settings.table)
         self._held: dict[str, _Held] = {}
+        self._claimed: dict[str, str] = {}  # receipt handle -> task id, while claimed here
+        self._releasing = False
         self._coordinator = Coordinator(
             clients.dynamodb,
             settings.table,
@@ -216,9 +219,22 @@ class Dispatcher:
                 raise ConfigurationError(f"{name}={url}: {exc}", setting=name) from exc
         await self._state.check()
 
-    async def run(self, *, until_empty: bool = False, for_s: float | None = None) -> RunStats:
+    async def run(
+        self,
+        *,
+        until_empty: bool = False,
+        for_s: float | None = None,
+        finish_by: float | None = None,
+    ) -> RunStats:
         """Run until stopped, for ``for_s`` seconds, or (``until_empty``) until no
-        message is visible, in flight or delayed and no task is running."""
+        message is visible, in flight or delayed and no task is running.
+
+        Once receiving stops, tasks in flight finish and are settled. ``finish_by``
+        (a time on this dispatcher's clock, e.g. a Lambda invocation's deadline less
+        a margin) bounds that: whatever has not finished by then is released, its
+        message visible again at once and its attempt given back, so nothing waits
+        for a stale visibility timeout.
+        """
         self.stats = RunStats(started_at=self._clock())
         deadline = None if for_s is None else self._clock() + for_s
         heartbeat = asyncio.create_task(self._heartbeat())
@@ -239,8 +255,7 @@ class Dispatcher:
                 for message in await self._receive(room, wait_s):
                     self._spawn(message)
         finally:
-            if self._tasks:
-                await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self._finish(finish_by)
             for background in (heartbeat, publisher):
                 background.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -250,6 +265,19 @@ class Dispatcher:
             await self._coordinator.aclose()
             self.stats.finished_at = self._clock()
         return self.stats
+
+    async def _finish(self, finish_by: float | None) -> None:
+        """Let the tasks in flight finish; release those still running at ``finish_by``."""
+        if not self._tasks:
+            return
+        timeout = None if finish_by is None else max(0.0, finish_by - self._clock())
+        _, unfinished = await asyncio.wait(set(self._tasks), timeout=timeout)
+        if unfinished:
+            log.warning("releasing_unfinished_tasks", count=len(unfinished))
+            self._releasing = True
+            for task in unfinished:
+                task.cancel()
+            await asyncio.gather(*unfinished, return_exceptions=True)
 
     async def _wait_for_slot(self) -> None:
         self._slot_freed.clear()
@@ -321,6 +349,10 @@ class Dispatcher:
         receipt = message["ReceiptHandle"]
         try:
             await self._process(message)
+        except asyncio.CancelledError:
+            if self._releasing:
+                await self._release(message)
+            raise
         except Exception:
             # Never crash the loop. The message stays on the queue and comes back
             # after its visibility timeout; the claim in DynamoDB keeps it safe.
@@ -328,6 +360,22 @@ class Dispatcher:
         finally:
             self._held.pop(receipt, None)
             self._slot_freed.set()
+
+    async def _release(self, message: dict[str, Any]) -> None:
+        """Give back a message this dispatcher cannot finish: attempt refunded, visible now."""
+        receipt = message["ReceiptHandle"]
+        envelope_id = self._claimed.pop(receipt, None)
+        if envelope_id is not None:
+            await self._state.update(
+                state.released_params(
+                    self.settings.table,
+                    envelope_id,
+                    message_id=message["MessageId"],
+                    now=self._clock(),
+                )
+            )
+        self.stats.released += 1
+        await self._hide(receipt, 0)
 
     # --- one message ----------------------------------------------------------------
 
@@ -399,6 +447,7 @@ class Dispatcher:
             await self._hide(receipt, hide_s)
             return None
 
+        self._claimed[receipt] = envelope.id
         bound = bound.bind(
             attempt=record.attempts, resource=spec.resource.name if spec.resource else None
         )
@@ -414,6 +463,7 @@ class Dispatcher:
         held = self._held.get(receipt)
         if held is not None:
             held.settling = True
+        self._claimed.pop(receipt, None)
         await self._settle(
             message=message,
             envelope=envelope,

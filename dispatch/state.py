@@ -406,6 +406,26 @@ def retrying_params(
     return _owned_update(table, task_id, message_id, set_clause=clause, **values)
 
 
+def released_params(table: str, task_id: str, *, message_id: str, now: float) -> dict[str, Any]:
+    """UpdateItem: the claiming dispatcher gives the attempt back unfinished (a deadline)."""
+    return {
+        "TableName": table,
+        "Key": task_key(task_id),
+        "UpdateExpression": (
+            "SET #s = :retrying, attempts = attempts - :one, updated_at = :now REMOVE lease_until"
+        ),
+        "ConditionExpression": "#s = :running AND message_id = :mid",
+        "ExpressionAttributeNames": {"#s": "status"},
+        "ExpressionAttributeValues": _values(
+            retrying=Status.RETRYING.value,
+            running=Status.RUNNING.value,
+            one=1,
+            now=now,
+            mid=message_id,
+        ),
+    }
+
+
 def dead_params(
     table: str, task_id: str, *, message_id: str, now: float, error: ErrorInfo, reason: str
 ) -> dict[str, Any]:

@@ -318,3 +318,39 @@ async def test_delays_longer_than_sqs_allows_are_carried_by_the_envelope(
 
     assert stats.postponed == 1 and stats.succeeded == 1
     assert len(ran) == 1 and ran[0] >= soon["eta"] - 1
+
+
+async def test_work_that_cannot_finish_by_the_deadline_is_released_at_once(
+    aws_env: Settings, registry: Registry, queue: Queue, clients
+) -> None:
+    """Given a task still running when the dispatcher's finish_by deadline comes (a Lambda
+    invocation about to end), when the run ends, then the message is visible again at
+    once (no stale visibility timeout), the attempt is given back, and the next run
+    completes it as attempt 1."""
+    from dispatch.aws import async_clients
+    from dispatch.dispatcher import Dispatcher
+
+    attempts: list[int] = []
+
+    @task(registry=registry, timeout_s=60)
+    async def slow() -> None:
+        attempts.append(current_task().attempt)
+        if len(attempts) == 1:
+            await asyncio.sleep(60)
+
+    task_id = queue.enqueue(slow.message())
+    async with async_clients(aws_env) as aio:
+        dispatcher = Dispatcher(aws_env, clients=aio, registry=registry)
+        started = time.monotonic()
+        stats = await dispatcher.run(for_s=1, finish_by=time.time() + 2)
+        await dispatcher.runner.aclose()
+
+    assert time.monotonic() - started < 10
+    assert stats.released == 1 and stats.succeeded == 0
+    assert queue_counts(clients, aws_env.queue_url)["visible"] == 1
+    released = record(clients, aws_env, task_id)
+    assert (released.status, released.attempts) == (Status.RETRYING, 0)
+
+    stats = await drain(aws_env, registry)
+
+    assert stats.succeeded == 1 and attempts == [1, 1]
