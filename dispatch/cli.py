@@ -300,6 +300,187 @@ def status(task_id: str | None, as_json: bool) -> None:
     Console().print(table)
 
 
+@cli.command("task")
+@click.argument("task_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_errors
+def task_record(task_id: str, as_json: bool) -> None:
+    """Show one task's full record: status, attempts, times, last error, result."""
+    from dispatch.status import status as task_status
+
+    record = task_status(task_id).to_dict()
+    if as_json:
+        click.echo(json.dumps(record))
+        return
+    for key, value in record.items():
+        if key == "last_error":
+            click.echo(f"{'last_error':>16}: {value['type']}: {value['message']}")
+            for line in value.get("traceback", "").rstrip().splitlines():
+                click.echo(f"{'':>18}{line}")
+            continue
+        click.echo(f"{key:>16}: {json.dumps(value) if isinstance(value, dict) else value}")
+
+
+@cli.command()
+@click.argument("task_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
+@_errors
+def cancel(task_id: str, as_json: bool) -> None:
+    """Cancel a queued or retrying task: it will not run (its message is dropped)."""
+    from dispatch.queue import default_queue
+    from dispatch.status import cancel as cancel_task
+
+    queue = default_queue()
+    record = cancel_task(queue.sync_clients().dynamodb, queue.settings.table, task_id)
+    if as_json:
+        click.echo(json.dumps(record.to_dict()))
+    else:
+        click.echo(f"{task_id}: {record.status.value}")
+
+
+@cli.group()
+def dlq() -> None:
+    """The dead-letter queue: list, show, redrive, purge."""
+
+
+def _dlq_context() -> tuple[Any, Settings]:
+    from dispatch.queue import default_queue
+
+    queue = default_queue()
+    return queue.sync_clients(), queue.settings
+
+
+@dlq.command("list")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines, one per message.")
+@_errors
+def dlq_list(limit: int, as_json: bool) -> None:
+    """List dead-lettered messages with their reason (they stay on the queue)."""
+    from dispatch.dlq import iter_dead_letters, release
+
+    clients, settings = _dlq_context()
+    entries = list(iter_dead_letters(clients, settings, limit=limit))
+    release(clients, settings, entries)
+    if as_json:
+        click.echo(json.dumps([e.to_dict() for e in entries]))
+        return
+    table = Table(title=f"dead letters ({len(entries)})", title_justify="left")
+    for column in ("message id", "task", "task id", "reason", "error", "attempts"):
+        table.add_column(column)
+    for e in entries:
+        error = e.failure.get("error", {})
+        table.add_row(
+            e.message_id,
+            e.task or "-",
+            e.task_id or "-",
+            e.reason,
+            f"{error.get('type', '')}: {error.get('message', '')}"[:80],
+            str(e.failure.get("attempts", "-")),
+        )
+    Console().print(table)
+
+
+@dlq.command("show")
+@click.argument("message_or_task_id")
+@_errors
+def dlq_show(message_or_task_id: str) -> None:
+    """Show one dead letter (by SQS message id or task id): body and full failure."""
+    from dispatch.dlq import iter_dead_letters, release
+
+    clients, settings = _dlq_context()
+    entries = list(iter_dead_letters(clients, settings))
+    release(clients, settings, entries)
+    for e in entries:
+        if message_or_task_id in (e.message_id, e.task_id):
+            click.echo(json.dumps(e.to_dict(with_body=True), indent=2))
+            return
+    raise TaskNotFoundError(message_or_task_id)
+
+
+@dlq.command("redrive")
+@click.option("--task", "task_name", help="Only tasks of this name.")
+@click.option("--limit", type=click.IntRange(1, 1_000_000), help="At most this many.")
+@click.option("--dry-run", is_flag=True, help="Show what would move; move nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_errors
+def dlq_redrive(task_name: str | None, limit: int | None, dry_run: bool, as_json: bool) -> None:
+    """Put dead tasks back on the queue with their attempts reset."""
+    from rich.progress import Progress
+
+    from dispatch.dlq import redrive
+
+    clients, settings = _dlq_context()
+    with Progress(transient=True, disable=as_json) as progress:
+        bar = progress.add_task("redrive", total=limit)
+        report = redrive(
+            clients,
+            settings,
+            task=task_name,
+            limit=limit,
+            dry_run=dry_run,
+            progress=lambda n: progress.advance(bar, n),
+        )
+    if as_json:
+        click.echo(json.dumps(report.to_dict()))
+        return
+    verb = "would redrive" if dry_run else "redrove"
+    click.echo(f"{verb} {len(report.redriven)} task(s); left {report.skipped} on the DLQ")
+
+
+@dlq.command("purge")
+@click.option("--yes", is_flag=True, help="Confirm: delete every dead letter for good.")
+@_errors
+def dlq_purge(yes: bool) -> None:
+    """Delete every message on the dead-letter queue."""
+    from dispatch.dlq import purge
+
+    if not yes:
+        raise click.UsageError("purge deletes every dead letter for good; pass --yes to confirm")
+    clients, settings = _dlq_context()
+    purge(clients, settings)
+    click.echo("dead-letter queue purged")
+
+
+@cli.group()
+def cron() -> None:
+    """EventBridge cron()/rate() expressions."""
+
+
+@cron.command("next")
+@click.argument("expression")
+@click.option("-n", "count", type=click.IntRange(1, 1000), default=5, show_default=True)
+@click.option("--after", help="ISO-8601 time to start from (default: now, UTC).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of ISO-8601 UTC times.")
+@_errors
+def cron_next(expression: str, count: int, after: str | None, as_json: bool) -> None:
+    """Print the next fire times of EXPRESSION (UTC)."""
+    import datetime as dt
+    import itertools
+
+    from dispatch.cron import parse
+
+    schedule = parse(expression)
+    if after is None:
+        start = dt.datetime.now(dt.UTC)
+    else:
+        try:
+            start = dt.datetime.fromisoformat(after.replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise click.BadParameter(
+                f"not an ISO-8601 time: {after}", param_hint="--after"
+            ) from exc
+        if start.tzinfo is None:
+            start = start.replace(tzinfo=dt.UTC)
+    times = [
+        t.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+        for t in itertools.islice(schedule.iter_after(start), count)
+    ]
+    if as_json:
+        click.echo(json.dumps(times))
+    else:
+        click.echo("\n".join(times))
+
+
 def main() -> None:
     """Console-script entry point."""
     cli()

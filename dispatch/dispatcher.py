@@ -41,6 +41,7 @@ from dispatch.context import TaskContext
 from dispatch.deadletter import DeadLetter, Reason
 from dispatch.envelope import Envelope, decode, resolve
 from dispatch.errors import ConfigurationError, DispatchError, EnvelopeError
+from dispatch.periodic import PeriodicEnqueuer
 from dispatch.registry import Registry, TaskSpec, default_registry
 from dispatch.shared_throttle import Coordinator
 from dispatch.throttle import Permit, Resource, ResourceThrottle, ThrottleSnapshot
@@ -146,6 +147,7 @@ class Dispatcher:
         self._state = state.StateStore(clients.dynamodb, settings.table)
         self._held: dict[str, _Held] = {}
         self._claimed: dict[str, str] = {}  # receipt handle -> task id, while claimed here
+        self._periodic = PeriodicEnqueuer(self.registry, settings, clients, clock=clock)
         self._releasing = False
         self._coordinator = Coordinator(
             clients.dynamodb,
@@ -239,6 +241,9 @@ class Dispatcher:
         deadline = None if for_s is None else self._clock() + for_s
         heartbeat = asyncio.create_task(self._heartbeat())
         publisher = asyncio.create_task(self._publish_loop())
+        if self._periodic.has_schedules:
+            await self._enqueue_periodic()
+        scheduler = asyncio.create_task(self._schedule_loop())
         try:
             while not self._stop.is_set():
                 if deadline is not None and self._clock() >= deadline:
@@ -256,7 +261,7 @@ class Dispatcher:
                     self._spawn(message)
         finally:
             await self._finish(finish_by)
-            for background in (heartbeat, publisher):
+            for background in (heartbeat, publisher, scheduler):
                 background.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await background
@@ -748,6 +753,19 @@ class Dispatcher:
             {"ReceiptHandle": receipt, "VisibilityTimeout": seconds}
         )
         _log_entry_failure("change_visibility", result)
+
+    async def _schedule_loop(self) -> None:
+        if not self._periodic.has_schedules:
+            return
+        while True:
+            await asyncio.sleep(self._periodic.seconds_to_next_fire())
+            await self._enqueue_periodic()
+
+    async def _enqueue_periodic(self) -> None:
+        try:
+            await self._periodic.tick()
+        except DispatchError as exc:
+            log.error("periodic_enqueue_failed", error=str(exc))
 
     async def _publish_loop(self) -> None:
         while True:

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from dispatch import constants as c
+from dispatch.cron import Schedule
+from dispatch.cron import parse as parse_schedule
 from dispatch.envelope import RESERVED_OPTIONS, Message, MessageOptions
 from dispatch.errors import ConfigurationError, TaskDefinitionError, UnknownTaskError
 from dispatch.retry import Retry
@@ -42,6 +44,7 @@ class TaskSpec:
     resource: Resource | None = None
     is_async: bool = False
     signature: inspect.Signature = field(default=None, compare=False)  # type: ignore[assignment]
+    schedule: Schedule | None = None  # periodic: enqueued once per fire time
 
     def __post_init__(self) -> None:
         if self.signature is None:
@@ -197,6 +200,7 @@ def task(
     resource: Resource | None = None,
     retry: Retry | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
+    schedule: str | None = None,
     registry: Registry | None = None,
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
@@ -209,16 +213,24 @@ def task(
     resource: Resource | None = None,
     retry: Retry | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
+    schedule: str | None = None,
     registry: Registry | None = None,
 ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
     """Declare a task: ``@task`` or ``@task(resource=db, retry=Retry(...), timeout_s=30)``.
 
     ``name`` defaults to the function's name. ``timeout_s`` bounds one attempt.
+    ``schedule`` (an EventBridge ``cron(...)`` or ``rate(...)`` expression) makes
+    it periodic: dispatchers enqueue it once per fire time (docs/operations.md).
     """
 
     def decorate(func: Callable[P, R]) -> Task[P, R]:
         spec = _make_spec(
-            func, name=name, resource=resource, retry=retry or Retry(), timeout_s=timeout_s
+            func,
+            name=name,
+            resource=resource,
+            retry=retry or Retry(),
+            timeout_s=timeout_s,
+            schedule=schedule,
         )
         (default_registry if registry is None else registry).register(spec)
         return Task(spec, func)
@@ -235,6 +247,7 @@ def _make_spec(
     resource: Resource | None,
     retry: Retry,
     timeout_s: float,
+    schedule: str | None = None,
 ) -> TaskSpec:
     if not callable(fn):
         raise TaskDefinitionError(f"@task needs a function, got {fn!r}")
@@ -264,6 +277,19 @@ def _make_spec(
             f"task {task_name!r}: parameter name(s) {', '.join(clash)} are reserved for enqueue "
             "options (delay_s, idempotency_key, group); rename the parameter"
         )
+    parsed = None
+    if schedule is not None:
+        try:
+            parsed = parse_schedule(schedule)
+        except ConfigurationError as exc:
+            raise TaskDefinitionError(f"task {task_name!r}: schedule={schedule!r}: {exc}") from exc
+        try:
+            signature.bind()
+        except TypeError as exc:
+            raise TaskDefinitionError(
+                f"task {task_name!r}: a scheduled task is enqueued with no arguments, but "
+                f"{task_name}{signature} needs some ({exc})"
+            ) from exc
     return TaskSpec(
         name=task_name,
         fn=fn,
@@ -272,6 +298,7 @@ def _make_spec(
         resource=resource,
         is_async=inspect.iscoroutinefunction(fn),
         signature=signature,
+        schedule=parsed,
     )
 
 

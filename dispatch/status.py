@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
-from dispatch.errors import TaskNotFoundError
-from dispatch.state import SyncStateStore, TaskRecord
+import time
+from typing import TYPE_CHECKING
 
-__all__ = ["status"]
+from botocore.exceptions import ClientError
+
+from dispatch.aws import translate_error
+from dispatch.errors import DispatchError, TaskNotFoundError
+from dispatch.state import Status, SyncStateStore, TaskRecord, old_item, task_key
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+__all__ = ["cancel", "status"]
 
 
 def status(task_id: str) -> TaskRecord:
@@ -21,3 +30,39 @@ def status(task_id: str) -> TaskRecord:
     if record is None:
         raise TaskNotFoundError(task_id)
     return record
+
+
+def cancel(client: DynamoDBClient, table: str, task_id: str) -> TaskRecord:
+    """Mark a queued or retrying task cancelled, so no dispatcher runs it.
+
+    Its message, when next received, is deleted without running. A task that is
+    running or finished cannot be cancelled; the error says which state it is in.
+    """
+    now = time.time()
+    try:
+        answer = client.update_item(
+            TableName=table,
+            Key=task_key(task_id),
+            UpdateExpression="SET #s = :cancelled, updated_at = :now, finished_at = :now",
+            ConditionExpression="#s IN (:queued, :retrying)",
+            ExpressionAttributeNames={"#s": "status"},
+            ExpressionAttributeValues={
+                ":cancelled": {"S": Status.CANCELLED.value},
+                ":queued": {"S": Status.QUEUED.value},
+                ":retrying": {"S": Status.RETRYING.value},
+                ":now": {"N": str(round(now, 3))},
+            },
+            ReturnValues="ALL_NEW",
+            ReturnValuesOnConditionCheckFailure="ALL_OLD",
+        )
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+            raise translate_error(exc, "UpdateItem") from exc
+        old = old_item(exc)
+        if old is None:
+            raise TaskNotFoundError(task_id) from None
+        current = TaskRecord.from_item(old).status.value
+        raise DispatchError(
+            f"task {task_id} is {current}: only a queued or retrying task can be cancelled"
+        ) from None
+    return TaskRecord.from_item(dict(answer["Attributes"]))

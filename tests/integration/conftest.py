@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -94,3 +98,19 @@ async def aio_clients(aws_env: Settings) -> AsyncIterator[Any]:
     """aiobotocore clients on the test's endpoint."""
     async with async_clients(aws_env) as aio:
         yield aio
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def dispatch_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `dispatch ARGS` with this interpreter, as the console script does."""
+    return subprocess.run(  # noqa: S603 - fixed argv: this interpreter, our module, test arguments
+        [sys.executable, "-c", "from dispatch.cli import main; main()", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=os.environ.copy() if env is None else env,
+        cwd=REPO,
+        check=False,
+    )

@@ -4,26 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 from dispatch.config import Settings
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def dispatch_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run `dispatch ARGS` with this interpreter, as the console script does."""
-    return subprocess.run(  # noqa: S603 - fixed argv: this interpreter, our module, test arguments
-        [sys.executable, "-c", "from dispatch.cli import main; main()", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=os.environ.copy() if env is None else env,
-        cwd=REPO,
-        check=False,
-    )
+from tests.integration.conftest import dispatch_cli
 
 
 def test_init_creates_resources_idempotently_and_prints_json(aws_env: Settings) -> None:

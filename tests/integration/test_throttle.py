@@ -13,8 +13,7 @@ from dispatch.dispatcher import Dispatcher, DispatcherOptions
 from dispatch.queue import Queue
 from dispatch.registry import Registry
 from dispatch.state import Status, SyncStateStore
-from tests.integration.conftest import drain
-from tests.integration.test_cli import dispatch_cli
+from tests.integration.conftest import dispatch_cli, drain
 
 # Handlers record their start a little after the permit was granted; this much
 # scheduling jitter (30 ms) is allowed when checking starts against the bucket's bound.
