@@ -151,8 +151,7 @@ class SharedTokenSource:
         self._max_horizon_s = max_horizon_s
         self._key = {c.TABLE_HASH_KEY: {"S": f"{c.BUCKET_KEY_PREFIX}{resource.name}"}}
         self._rate = resource.rate_per_s
-        burst = resource.burst
-        self.capacity = float(burst - 1 if burst >= 2 else 1)
+        self.capacity = self._capacity_for(self._rate)
         self._valid: deque[float] = deque()  # valid-at times of the leased tokens, ascending
         self._leasing = False
         self._next_lease_at = 0.0
@@ -188,13 +187,24 @@ class SharedTokenSource:
         return max(RETRY_HINT_S, self._next_lease_at - now)
 
     def set_rate(self, rate_per_s: float) -> None:
-        """Lease at ``rate_per_s`` from now on; a decrease drops tokens not yet valid."""
+        """Lease at ``rate_per_s`` from now on; a decrease drops tokens not yet valid.
+
+        The bucket's size follows the rate: an overloaded resource is protected from
+        bursts as well as from the average (half the rate, half the burst).
+        """
         if rate_per_s < self._rate:
             now = self._clock()
             kept = deque(t for t in self._valid if t <= now)
             self.dropped += len(self._valid) - len(kept)
             self._valid = kept
         self._rate = rate_per_s
+        self.capacity = self._capacity_for(rate_per_s)
+
+    def _capacity_for(self, rate_per_s: float) -> float:
+        """``burst - 1`` (see the module docstring), scaled down with the adaptive rate."""
+        configured = self.resource.rate_per_s or rate_per_s
+        burst = (self.resource.burst or 1) * min(1.0, rate_per_s / configured)
+        return float(max(1, math.floor(burst) - 1) if burst >= 2 else 1)
 
     # -- leasing ---------------------------------------------------------------------
 
@@ -394,15 +404,11 @@ class SharedSlots:
         return False
 
     def release(self) -> None:
-        """A task using a slot ended; the slot stays held for the next task, unless
-        other dispatchers wait and this one holds more than its fair share."""
+        """A task using a slot ended (or could not start): the slot stays held here for
+        the next task. Surplus slots go back to the pool in :meth:`maintain`."""
         if self._in_flight <= 0:
             raise RuntimeError("release() without a matching try_acquire()")
         self._in_flight -= 1
-        if self._fair_share is not None and self._granted > self._fair_share:
-            self._granted -= 1
-            self._background.start(self._write_entry(1, self._clock(), granted=self._granted + 1))
-            return
         if self._in_flight < self._granted and self._idle_since is None:
             self._idle_since = self._clock()
 
@@ -546,15 +552,19 @@ class SharedSlots:
         return reclaimed
 
     async def maintain(self) -> None:
-        """Renew this dispatcher's holding and give back slots idle for a while."""
+        """Renew this dispatcher's holding; give back slots idle for a while, and the
+        idle ones above its fair share when other dispatchers wait for slots."""
         now = self._clock()
         idle = self._granted - self._in_flight
+        surplus = 0 if self._fair_share is None else self._granted - self._fair_share
         if (
             idle > 0
             and self._idle_since is not None
             and now - self._idle_since >= SLOT_IDLE_RELEASE_S
         ):
             await self._give_back(idle, now)
+        elif idle > 0 and surplus > 0:
+            await self._give_back(min(idle, surplus), now)
         elif self._granted > 0:
             await self._write_entry(0, now)
 
