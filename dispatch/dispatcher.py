@@ -578,12 +578,18 @@ class Dispatcher:
             return
 
         error = outcome.error or ErrorInfo(type="Unknown", message="")
-        if outcome.kind is OutcomeKind.BACKPRESSURE:
-            delay_s = (
-                math.ceil(outcome.retry_after_s)
-                if outcome.retry_after_s is not None
-                else spec.retry.delay_s(1)
-            )
+        backpressure = outcome.kind is OutcomeKind.BACKPRESSURE
+        if backpressure or (
+            outcome.kind is OutcomeKind.RETRYABLE and spec.retry.has_attempts_left(record.attempts)
+        ):
+            # Backpressure is the resource's fault, not the task's: its attempt is
+            # given back, and it waits the resource's Retry-After (or the first step).
+            if not backpressure:
+                delay_s = spec.retry.delay_s(record.attempts)
+            elif outcome.retry_after_s is not None:
+                delay_s = math.ceil(outcome.retry_after_s)
+            else:
+                delay_s = spec.retry.delay_s(1)
             await self._state.update(
                 state.retrying_params(
                     table,
@@ -592,28 +598,15 @@ class Dispatcher:
                     now=now,
                     error=error,
                     next_attempt_at=now + delay_s,
-                    refund_attempt=True,
+                    refund_attempt=backpressure,
                 )
             )
-            self.stats.backpressure += 1
-            bound.info("task_backpressure", delay_s=delay_s, error=error.summary())
-            await self._hide(receipt, delay_s)
-            return
-
-        if outcome.kind is OutcomeKind.RETRYABLE and spec.retry.has_attempts_left(record.attempts):
-            delay_s = spec.retry.delay_s(record.attempts)
-            await self._state.update(
-                state.retrying_params(
-                    table,
-                    envelope.id,
-                    message_id=message_id,
-                    now=now,
-                    error=error,
-                    next_attempt_at=now + delay_s,
-                )
-            )
-            self.stats.retried += 1
-            bound.info("task_retry", delay_s=delay_s, error=error.summary())
+            if backpressure:
+                self.stats.backpressure += 1
+            else:
+                self.stats.retried += 1
+            event = "task_backpressure" if backpressure else "task_retry"
+            bound.info(event, delay_s=delay_s, error=error.summary())
             await self._hide(receipt, delay_s)
             return
 
