@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import math
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
@@ -41,6 +41,7 @@ from dispatch.context import TaskContext
 from dispatch.deadletter import DeadLetter, Reason
 from dispatch.envelope import Envelope, decode, resolve
 from dispatch.errors import ConfigurationError, DispatchError, EnvelopeError
+from dispatch.metrics import FLUSH_EVERY_S, Metrics, metrics_from_env
 from dispatch.periodic import PeriodicEnqueuer
 from dispatch.registry import Registry, TaskSpec, default_registry
 from dispatch.shared_throttle import Coordinator
@@ -131,6 +132,7 @@ class Dispatcher:
         runner: TaskRunner | None = None,
         options: DispatcherOptions | None = None,
         clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.options = options or DispatcherOptions()
@@ -148,6 +150,9 @@ class Dispatcher:
         self._held: dict[str, _Held] = {}
         self._claimed: dict[str, str] = {}  # receipt handle -> task id, while claimed here
         self._periodic = PeriodicEnqueuer(self.registry, settings, clients, clock=clock)
+        queue_name = settings.queue_url.rsplit("/", 1)[-1]
+        self._metrics = metrics if metrics is not None else metrics_from_env(queue_name)
+        self._wait_since_flush: dict[str, float] = defaultdict(float)
         self._releasing = False
         self._coordinator = Coordinator(
             clients.dynamodb,
@@ -241,6 +246,7 @@ class Dispatcher:
         deadline = None if for_s is None else self._clock() + for_s
         heartbeat = asyncio.create_task(self._heartbeat())
         publisher = asyncio.create_task(self._publish_loop())
+        metrics = asyncio.create_task(self._metrics_loop())
         if self._periodic.has_schedules:
             await self._enqueue_periodic()
         scheduler = asyncio.create_task(self._schedule_loop())
@@ -261,11 +267,12 @@ class Dispatcher:
                     self._spawn(message)
         finally:
             await self._finish(finish_by)
-            for background in (heartbeat, publisher, scheduler):
+            for background in (heartbeat, publisher, scheduler, metrics):
                 background.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await background
             await self._publish()
+            await self._flush_metrics()
             await self._flush()
             await self._coordinator.aclose()
             self.stats.finished_at = self._clock()
@@ -311,7 +318,7 @@ class Dispatcher:
                 MaxNumberOfMessages=room,
                 WaitTimeSeconds=wait_s,
                 VisibilityTimeout=self.options.visibility_timeout_s,
-                MessageSystemAttributeNames=["ApproximateReceiveCount"],
+                MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
             )
         )
         stopped = asyncio.ensure_future(self._stop.wait())
@@ -336,6 +343,12 @@ class Dispatcher:
             return []
         messages: list[dict[str, Any]] = answer.get("Messages", [])
         self.stats.received += len(messages)
+        if self._metrics is not None:
+            now_ms = self._clock() * 1000
+            for message in messages:
+                sent = message.get("Attributes", {}).get("SentTimestamp")
+                if sent is not None:
+                    self._metrics.saw_message_age(max(0.0, (now_ms - int(sent)) / 1000))
         return messages
 
     def _spawn(self, message: dict[str, Any]) -> None:
@@ -464,6 +477,7 @@ class Dispatcher:
             enqueued_at=envelope.enqueued_at,
         )
         self.stats.started += 1
+        self._count(envelope.task, "Dispatched")
         outcome = await self.runner.run(spec, envelope.args, envelope.kwargs, context)
         held = self._held.get(receipt)
         if held is not None:
@@ -513,10 +527,12 @@ class Dispatcher:
                     if waited > 0.001:
                         throttle.note_wait(waited)
                         self.stats.throttle_wait_s += waited
+                        self._wait_since_flush[name] += waited
                     return answer
                 if waited + answer > self.options.throttle_horizon_s or self._stop.is_set():
                     throttle.note_wait(waited)
                     self.stats.throttle_wait_s += waited
+                    self._wait_since_flush[name] += waited
                     await self._defer(message, answer, bound, reason="throttled")
                     return None
                 await asyncio.sleep(answer)
@@ -573,6 +589,7 @@ class Dispatcher:
                 if not owned:
                     bound.warning("settled_after_losing_claim", outcome="succeeded")
             self.stats.succeeded += 1
+            self._count(envelope.task, "Succeeded")
             bound.debug("task_succeeded", duration_s=round(outcome.duration_s, 4))
             await self._delete(receipt)
             return
@@ -605,6 +622,7 @@ class Dispatcher:
                 self.stats.backpressure += 1
             else:
                 self.stats.retried += 1
+            self._count(envelope.task, "Backpressure" if backpressure else "Retried")
             event = "task_backpressure" if backpressure else "task_retry"
             bound.info(event, delay_s=delay_s, error=error.summary())
             await self._hide(receipt, delay_s)
@@ -715,6 +733,7 @@ class Dispatcher:
             return
         self.stats.dead += 1
         self.stats.dead_reasons[letter.reason.value] += 1
+        self._count(letter.task or "(malformed)", "DeadLettered")
         await self._delete(receipt)
 
     async def _postpone(self, message: dict[str, Any], envelope: Envelope) -> None:
@@ -759,6 +778,23 @@ class Dispatcher:
             await self._periodic.tick()
         except DispatchError as exc:
             log.error("periodic_enqueue_failed", error=str(exc))
+
+    async def _metrics_loop(self) -> None:
+        if self._metrics is None:
+            return
+        while True:
+            await asyncio.sleep(FLUSH_EVERY_S)
+            await self._flush_metrics()
+
+    async def _flush_metrics(self) -> None:
+        if self._metrics is None:
+            return
+        waits, self._wait_since_flush = dict(self._wait_since_flush), defaultdict(float)
+        await self._metrics.flush(self.throttle_snapshots(), waits)
+
+    def _count(self, task: str, metric: str) -> None:
+        if self._metrics is not None:
+            self._metrics.count(task, metric)
 
     async def _publish_loop(self) -> None:
         while True:
