@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterable
 from typing import Any
 
 import structlog
 
+from dispatch.redact import redactor
+
 __all__ = ["configure_logging"]
 
 
-def configure_logging(*, level: str = "INFO", json: bool | None = None) -> None:
+def configure_logging(
+    *, level: str = "INFO", json: bool | None = None, redact_keys: Iterable[str] = ()
+) -> None:
     """Configure structlog once per process.
 
     ``json=None`` picks JSON lines when stderr is not a terminal (Lambda, CI,
-    files) and console rendering otherwise.
+    files) and console rendering otherwise. Secrets are redacted from every
+    line (:mod:`dispatch.redact`); ``redact_keys`` adds sensitive key names.
     """
     use_json = (not sys.stderr.isatty()) if json is None else json
     renderer: Any = (
@@ -29,6 +35,7 @@ def configure_logging(*, level: str = "INFO", json: bool | None = None) -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            redactor(redact_keys),
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
