@@ -44,6 +44,7 @@ class Settings:
     region: str = c.DEFAULT_REGION
     endpoint_url: str | None = None
     task_modules: tuple[str, ...] = field(default_factory=tuple)
+    signing_keys: tuple[str, ...] = field(default_factory=tuple, repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -67,6 +68,9 @@ class Settings:
             region=endpoint.region,
             endpoint_url=endpoint.endpoint_url,
             task_modules=parse_task_modules(env.get(c.ENV_TASKS, "")),
+            signing_keys=tuple(
+                k.strip() for k in env.get(c.ENV_SIGNING_KEY, "").split(",") if k.strip()
+            ),
         )
         settings.validate()
         return settings

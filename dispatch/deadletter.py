@@ -40,6 +40,7 @@ class Reason(StrEnum):
     MALFORMED = "malformed"  # the body is not a valid envelope
     UNKNOWN_TASK = "unknown_task"  # no handler registered under the task name
     BAD_ARGUMENTS = "bad_arguments"  # the arguments do not bind to the handler
+    BAD_SIGNATURE = "bad_signature"  # signing is on and the message is not signed by us
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +59,7 @@ class DeadLetter:
     first_failure_at: float | None = None
     last_failure_at: float | None = None
     receive_count: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    carried: dict[str, dict[str, str]] = field(default_factory=dict)  # e.g. the signature
 
     def failure(self, *, with_traceback: bool = True) -> dict[str, Any]:
         """The ``dispatch-failure`` attribute's content."""
@@ -83,7 +84,7 @@ class DeadLetter:
     def attributes(self) -> dict[str, dict[str, str]]:
         """SendMessage MessageAttributes, trimmed so body + attributes fit SQS's limit."""
         room = c.SQS_MAX_MESSAGE_BYTES - len(self.body.encode("utf-8")) - 512
-        attrs = {ATTR_REASON: _string(self.reason.value)}
+        attrs = {ATTR_REASON: _string(self.reason.value), **self.carried}
         if self.task:
             attrs[ATTR_TASK] = _string(_sanitize(self.task)[:256])
         for with_traceback in (True, False):

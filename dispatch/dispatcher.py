@@ -45,6 +45,7 @@ from dispatch.metrics import FLUSH_EVERY_S, Metrics, metrics_from_env
 from dispatch.periodic import PeriodicEnqueuer
 from dispatch.registry import Registry, TaskSpec, default_registry
 from dispatch.shared_throttle import Coordinator
+from dispatch.signing import ATTR_SIGNATURE, verify
 from dispatch.throttle import Permit, Resource, ResourceThrottle, ThrottleSnapshot
 from dispatch.throttle_status import PUBLISH_EVERY_S, publish_params
 from workers.outcome import ErrorInfo, Outcome, OutcomeKind
@@ -319,6 +320,7 @@ class Dispatcher:
                 WaitTimeSeconds=wait_s,
                 VisibilityTimeout=self.options.visibility_timeout_s,
                 MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
+                MessageAttributeNames=[ATTR_SIGNATURE],
             )
         )
         stopped = asyncio.ensure_future(self._stop.wait())
@@ -398,25 +400,11 @@ class Dispatcher:
     # --- one message ----------------------------------------------------------------
 
     async def _process(self, message: dict[str, Any]) -> None:
-        message_id = message["MessageId"]
-        try:
-            envelope = decode(message["Body"])
-        except EnvelopeError as exc:
-            await self._reject(message, exc, Reason.MALFORMED)
+        admitted = await self._admit(message)
+        if admitted is None:
             return
-        if envelope.seconds_until_due(self._clock()) >= 1.0:
-            await self._postpone(message, envelope)
-            return
-        try:
-            spec = resolve(envelope, self.registry)
-        except EnvelopeError as exc:
-            reason = (
-                Reason.UNKNOWN_TASK if envelope.task not in self.registry else Reason.BAD_ARGUMENTS
-            )
-            await self._reject(message, exc, reason, envelope)
-            return
-
-        bound = log.bind(task_id=envelope.id, task=envelope.task, message_id=message_id)
+        envelope, spec = admitted
+        bound = log.bind(task_id=envelope.id, task=envelope.task, message_id=message["MessageId"])
         if spec.resource is None:
             await self._claim_and_run(message, envelope, spec, bound)
             return
@@ -434,6 +422,36 @@ class Dispatcher:
             throttle.on_success()
         elif outcome.kind is OutcomeKind.BACKPRESSURE and throttle.on_backpressure():
             bound.info("resource_slowed", effective_rate_per_s=throttle.effective_rate_per_s)
+
+    async def _admit(self, message: dict[str, Any]) -> tuple[Envelope, TaskSpec] | None:
+        """The envelope and spec of a message that may run now; None when it was
+        dead-lettered (bad signature, malformed, unknown task, bad arguments) or sent
+        back to wait for its ``eta``."""
+        if self.settings.signing_keys:
+            problem = verify(
+                self.settings.signing_keys, message["Body"], message.get("MessageAttributes", {})
+            )
+            if problem is not None:
+                # Nothing in an unsigned body is trusted: no record is touched.
+                await self._reject(message, EnvelopeError(problem), Reason.BAD_SIGNATURE)
+                return None
+        try:
+            envelope = decode(message["Body"])
+        except EnvelopeError as exc:
+            await self._reject(message, exc, Reason.MALFORMED)
+            return None
+        if envelope.seconds_until_due(self._clock()) >= 1.0:
+            await self._postpone(message, envelope)
+            return None
+        try:
+            spec = resolve(envelope, self.registry)
+        except EnvelopeError as exc:
+            known = envelope.task in self.registry
+            await self._reject(
+                message, exc, Reason.BAD_ARGUMENTS if known else Reason.UNKNOWN_TASK, envelope
+            )
+            return None
+        return envelope, spec
 
     async def _claim_and_run(
         self, message: dict[str, Any], envelope: Envelope, spec: TaskSpec, bound: Any
@@ -555,6 +573,7 @@ class Dispatcher:
                 "Id": "0",
                 "MessageBody": message["Body"],
                 "DelaySeconds": min(c.SQS_MAX_DELAY_S, delay_s),
+                **_carried_entry(message),
             }
             result = await self._requeue.submit(entry)
             if result.ok:
@@ -650,6 +669,7 @@ class Dispatcher:
             first_failure_at=record.first_failure_at or now,
             last_failure_at=now,
             receive_count=_receive_count(message),
+            carried=_carried(message),
         )
         bound.warning(
             "task_dead", reason=reason.value, attempts=record.attempts, error=error.summary()
@@ -675,6 +695,7 @@ class Dispatcher:
             first_failure_at=record.first_failure_at,
             last_failure_at=record.last_failure_at,
             receive_count=_receive_count(message),
+            carried=_carried(message),
         )
         await self._send_dead_letter(letter, message["ReceiptHandle"])
 
@@ -716,6 +737,7 @@ class Dispatcher:
             first_failure_at=now,
             last_failure_at=now,
             receive_count=_receive_count(message),
+            carried=_carried(message),
         )
         await self._send_dead_letter(letter, message["ReceiptHandle"])
 
@@ -743,6 +765,7 @@ class Dispatcher:
             "Id": "0",
             "MessageBody": message["Body"],
             "DelaySeconds": min(c.SQS_MAX_DELAY_S, math.ceil(remaining)),
+            **_carried_entry(message),
         }
         result = await self._requeue.submit(entry)
         if not result.ok:
@@ -876,6 +899,19 @@ def _snapshot_fields(snapshot: ThrottleSnapshot, waiting: int) -> dict[str, Any]
         "waits": snapshot.waits,
         "mean_wait_s": round(snapshot.mean_wait_s, 4),
     }
+
+
+def _carried(message: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """The attributes a copy of this message must keep (its signature)."""
+    signature = message.get("MessageAttributes", {}).get(ATTR_SIGNATURE)
+    if not signature:
+        return {}
+    return {ATTR_SIGNATURE: {"DataType": "String", "StringValue": signature["StringValue"]}}
+
+
+def _carried_entry(message: dict[str, Any]) -> dict[str, Any]:
+    carried = _carried(message)
+    return {"MessageAttributes": carried} if carried else {}
 
 
 def _receive_count(message: dict[str, Any]) -> int | None:

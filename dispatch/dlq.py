@@ -20,6 +20,7 @@ from dispatch.aws import aws_errors
 from dispatch.deadletter import ATTR_TASK, parse_attributes
 from dispatch.envelope import decode
 from dispatch.errors import DispatchError, EnvelopeError
+from dispatch.signing import ATTR_SIGNATURE
 
 if TYPE_CHECKING:
     from dispatch.aws import SyncClients
@@ -42,6 +43,17 @@ class DeadLetterEntry:
     reason: str
     failure: dict[str, Any]
     sent_at: float | None
+    signature: str | None = None
+
+    def carried(self) -> dict[str, Any]:
+        """MessageAttributes the redriven copy keeps (its signature)."""
+        if self.signature is None:
+            return {}
+        return {
+            "MessageAttributes": {
+                ATTR_SIGNATURE: {"DataType": "String", "StringValue": self.signature}
+            }
+        }
 
     @classmethod
     def from_message(cls, message: dict[str, Any]) -> DeadLetterEntry:
@@ -66,6 +78,7 @@ class DeadLetterEntry:
             reason=str(failure.get("reason", "")),
             failure=failure,
             sent_at=int(sent) / 1000 if sent else None,
+            signature=attributes.get(ATTR_SIGNATURE, {}).get("StringValue"),
         )
 
     def to_dict(self, *, with_body: bool = False) -> dict[str, Any]:
@@ -195,10 +208,10 @@ def _move(clients: SyncClients, settings: Settings, batch: list[DeadLetterEntry]
             with aws_errors("UpdateItem"):
                 clients.dynamodb.update_item(**_reset_params(settings.table, entry.task_id, now))
     with aws_errors("SendMessageBatch"):
-        sent = clients.sqs.send_message_batch(
-            QueueUrl=settings.queue_url,
-            Entries=[{"Id": str(i), "MessageBody": e.body} for i, e in enumerate(batch)],
-        )
+        entries: list[Any] = [
+            {"Id": str(i), "MessageBody": e.body, **e.carried()} for i, e in enumerate(batch)
+        ]
+        sent = clients.sqs.send_message_batch(QueueUrl=settings.queue_url, Entries=entries)
     failed = {f["Id"] for f in sent.get("Failed", [])}
     moved = [e for i, e in enumerate(batch) if str(i) not in failed]
     if moved:

@@ -30,6 +30,7 @@ from dispatch.aws import RequestCounter, async_clients, sync_clients, translate_
 from dispatch.config import Settings
 from dispatch.envelope import Message
 from dispatch.errors import EnqueueError, PartialEnqueueError
+from dispatch.signing import signature_attribute
 
 if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
@@ -210,6 +211,9 @@ def _entry(settings: Settings, message: Message, index: int) -> dict[str, Any]:
         "MessageBody": message.body,
         "DelaySeconds": message.sqs_delay_seconds(),
     }
+    signature = signature_attribute(settings.signing_keys, message.body)
+    if signature:
+        entry["MessageAttributes"] = signature
     if settings.is_fifo:
         entry["MessageGroupId"] = message.envelope.group or "default"
         entry["MessageDeduplicationId"] = message.task_id

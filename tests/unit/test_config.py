@@ -198,3 +198,19 @@ def test_settings_are_frozen() -> None:
 
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.table = "other"  # type: ignore[misc]
+
+
+def test_signing_keys_come_from_the_environment_and_never_show_in_repr() -> None:
+    """Given DISPATCH_SIGNING_KEY with two keys (a rotation), when settings are read, then
+    both keys are there in order, and printing the settings does not reveal them."""
+    env = {
+        "DISPATCH_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/1/q",
+        "DISPATCH_DLQ_URL": "https://sqs.us-east-1.amazonaws.com/1/d",
+        "DISPATCH_TABLE": "state",
+        "DISPATCH_SIGNING_KEY": " new-key , old-key ",
+    }
+
+    settings = Settings.from_env(env)
+
+    assert settings.signing_keys == ("new-key", "old-key")
+    assert "new-key" not in repr(settings) and "old-key" not in repr(settings)
