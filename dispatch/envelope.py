@@ -144,6 +144,7 @@ class Message:
     ) -> Message:
         """Check the arguments against the handler and the size against SQS; build the body."""
         args = tuple(args)
+        _check_json(spec.name, args, kwargs)
         try:
             spec.bind(args, kwargs)
         except TypeError as exc:
@@ -151,7 +152,6 @@ class Message:
                 f"task {spec.name!r}: arguments do not fit {spec.name}{spec.signature}: {exc}",
                 task=spec.name,
             ) from exc
-        _check_json(spec.name, args, kwargs)
         enqueued_at = time.time() if now is None else now
         delay_s = float(options.delay_s or 0.0)
         if options.idempotency_key is not None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
@@ -23,6 +23,7 @@ from dispatch.envelope import RESERVED_OPTIONS, Message, MessageOptions
 from dispatch.errors import ConfigurationError, TaskDefinitionError, UnknownTaskError
 from dispatch.retry import Retry
 from dispatch.throttle import Resource
+from dispatch.typecheck import argument_problem, resolved_hints
 
 __all__ = ["DEFAULT_TIMEOUT_S", "Registry", "Task", "TaskSpec", "default_registry", "task"]
 
@@ -30,6 +31,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 DEFAULT_TIMEOUT_S = 60.0
+_HINTS: dict[Callable[..., Any], Mapping[str, Any]] = {}
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.:-")
 
 
@@ -51,8 +53,21 @@ class TaskSpec:
             object.__setattr__(self, "signature", inspect.signature(self.fn))
 
     def bind(self, args: Iterable[Any], kwargs: dict[str, Any]) -> inspect.BoundArguments:
-        """Bind arguments to the handler's signature; raises TypeError when they do not fit."""
-        return self.signature.bind(*args, **kwargs)
+        """Bind arguments to the handler's signature and check them against its
+        annotations (the JSON types); raises TypeError when they do not fit."""
+        bound = self.signature.bind(*args, **kwargs)
+        problem = argument_problem(bound, self.hints)
+        if problem is not None:
+            raise TypeError(problem)
+        return bound
+
+    @property
+    def hints(self) -> Mapping[str, Any]:
+        """The handler's resolved parameter annotations (computed once)."""
+        cached = _HINTS.get(self.fn)
+        if cached is None:
+            cached = _HINTS[self.fn] = resolved_hints(self.fn)
+        return cached
 
 
 class Task(Generic[P, R]):
