@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint typecheck unit clean
+.PHONY: run test lint typecheck clean deploy-check bench bench-quick bench-throttle
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ typecheck: $(BIN)/.installed
 
 test: lint typecheck
 	$(BIN)/pytest
+
+deploy-check: $(BIN)/.installed
+	$(MAKE) -C deploy check PYTHON=$(abspath $(BIN)/python)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

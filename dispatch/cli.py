@@ -73,7 +73,9 @@ def cli(ctx: click.Context, log_level: str | None, log_json: bool | None) -> Non
     """Dispatch: throttled background work on AWS (SQS + DynamoDB)."""
     from dispatch.logs import configure_logging
 
-    default = {"run": "INFO", "demo": "ERROR"}.get(ctx.invoked_subcommand or "", "WARNING")
+    default = {"run": "INFO", "dev": "INFO", "demo": "ERROR"}.get(
+        ctx.invoked_subcommand or "", "WARNING"
+    )
     configure_logging(level=log_level or default, json=log_json)
 
 
@@ -298,6 +300,31 @@ def status(task_id: str | None, as_json: bool) -> None:
             str(r.dispatchers),
         )
     Console().print(table)
+
+
+@cli.command()
+@click.option(
+    "--lambda",
+    "lambda_mode",
+    is_flag=True,
+    help="The deployed topology locally: dispatcher and worker functions behind a loopback "
+    "Lambda Invoke endpoint, on the template's schedule.",
+)
+@click.option(
+    "--tasks",
+    "tasks",
+    metavar="MODULES",
+    help=f"Task modules (default: ${c.ENV_TASKS}, else examples.app).",
+)
+@click.option(
+    "--schedule", default=None, help="rate()/cron() (default: the template's DispatchSchedule)."
+)
+@_errors
+def dev(lambda_mode: bool, tasks: str | None, schedule: str | None) -> None:
+    """Run the embedded local AWS and a dispatcher (local workers, or --lambda) until Ctrl-C."""
+    from dispatch.local.dev import run_dev
+
+    run_dev(lambda_mode=lambda_mode, tasks=tasks, schedule=schedule, console=Console())
 
 
 @cli.command("task")

@@ -406,18 +406,35 @@ class Dispatcher:
         envelope, spec = admitted
         bound = log.bind(task_id=envelope.id, task=envelope.task, message_id=message["MessageId"])
         if spec.resource is None:
-            await self._claim_and_run(message, envelope, spec, bound)
+            claim = await self._claim(message, envelope, spec, bound)
+            if claim is not None:
+                await self._run(message, envelope, spec, claim, bound)
             return
+        # The throttled order: check the backlog (no write), claim, then take the
+        # permit right before running, so the resource sees starts exactly as the
+        # throttle granted them, not spread by the claim's latency.
         throttle = self._coordinator.for_resource(spec.resource)
-        permit = await self._acquire(throttle, message, bound)
+        name = spec.resource.name
+        if self._waiting[name] >= self._wait_room(spec.resource):
+            backlog_s = self._waiting[name] / (throttle.effective_rate_per_s or 1.0)
+            await self._defer(message, backlog_s, bound, reason="backlog")
+            return
+        self._waiting[name] += 1
+        try:
+            claim = await self._claim(message, envelope, spec, bound)
+            if claim is None:
+                return
+            permit = await self._acquire(throttle, message, bound)
+        finally:
+            self._waiting[name] -= 1
         if permit is None:
+            # Throttled is not failed: the attempt the claim counted is given back.
+            await self._unclaim(message, envelope.id, first_attempt=claim.record.attempts == 1)
             return
         try:
-            outcome = await self._claim_and_run(message, envelope, spec, bound)
+            outcome = await self._run(message, envelope, spec, claim, bound)
         finally:
             permit.release()
-        if outcome is None:
-            return
         if outcome.succeeded:
             throttle.on_success()
         elif outcome.kind is OutcomeKind.BACKPRESSURE and throttle.on_backpressure():
@@ -453,10 +470,10 @@ class Dispatcher:
             return None
         return envelope, spec
 
-    async def _claim_and_run(
+    async def _claim(
         self, message: dict[str, Any], envelope: Envelope, spec: TaskSpec, bound: Any
-    ) -> Outcome | None:
-        """Claim the attempt in DynamoDB, run it, settle it; None when it did not run."""
+    ) -> state.Claim | None:
+        """Claim the attempt in DynamoDB; None (after acting on it) when it must not run."""
         receipt, message_id = message["ReceiptHandle"], message["MessageId"]
         claim = await self._state.claim(
             envelope, message_id=message_id, now=self._clock(), timeout_s=spec.timeout_s
@@ -482,8 +499,33 @@ class Dispatcher:
             self.stats.deferred += 1
             await self._hide(receipt, hide_s)
             return None
-
         self._claimed[receipt] = envelope.id
+        return claim
+
+    async def _unclaim(self, message: dict[str, Any], task_id: str, *, first_attempt: bool) -> None:
+        """Give a claimed attempt back without running it (its message was deferred)."""
+        self._claimed.pop(message["ReceiptHandle"], None)
+        await self._state.update(
+            state.released_params(
+                self.settings.table,
+                task_id,
+                message_id=message["MessageId"],
+                now=self._clock(),
+                first_attempt=first_attempt,
+            )
+        )
+
+    async def _run(
+        self,
+        message: dict[str, Any],
+        envelope: Envelope,
+        spec: TaskSpec,
+        claim: state.Claim,
+        bound: Any,
+    ) -> Outcome:
+        """Run the claimed attempt and settle it."""
+        receipt = message["ReceiptHandle"]
+        record = claim.record
         bound = bound.bind(
             attempt=record.attempts, resource=spec.resource.name if spec.resource else None
         )
@@ -531,31 +573,23 @@ class Dispatcher:
         not start within ``throttle_horizon_s`` is hidden until its turn is likely.
         """
         name = throttle.resource.name
-        if self._waiting[name] >= self._wait_room(throttle.resource):
-            backlog_s = self._waiting[name] / (throttle.effective_rate_per_s or 1.0)
-            await self._defer(message, backlog_s, bound, reason="backlog")
-            return None
-        self._waiting[name] += 1
         started = time.monotonic()
-        try:
-            while True:
-                answer = throttle.try_start()
-                waited = time.monotonic() - started
-                if isinstance(answer, Permit):
-                    if waited > 0.001:
-                        throttle.note_wait(waited)
-                        self.stats.throttle_wait_s += waited
-                        self._wait_since_flush[name] += waited
-                    return answer
-                if waited + answer > self.options.throttle_horizon_s or self._stop.is_set():
+        while True:
+            answer = throttle.try_start()
+            waited = time.monotonic() - started
+            if isinstance(answer, Permit):
+                if waited > 0.001:
                     throttle.note_wait(waited)
                     self.stats.throttle_wait_s += waited
                     self._wait_since_flush[name] += waited
-                    await self._defer(message, answer, bound, reason="throttled")
-                    return None
-                await asyncio.sleep(answer)
-        finally:
-            self._waiting[name] -= 1
+                return answer
+            if waited + answer > self.options.throttle_horizon_s or self._stop.is_set():
+                throttle.note_wait(waited)
+                self.stats.throttle_wait_s += waited
+                self._wait_since_flush[name] += waited
+                await self._defer(message, answer, bound, reason="throttled")
+                return None
+            await asyncio.sleep(answer)
 
     async def _defer(
         self, message: dict[str, Any], wait_s: float, bound: Any, *, reason: str

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -44,7 +45,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
-import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
@@ -53,7 +53,7 @@ import structlog
 from dispatch.aws import RequestCounter, async_clients, aws_errors
 from dispatch.config import Settings
 from dispatch.dispatcher import Dispatcher, DispatcherOptions, RunStats
-from dispatch.errors import ConfigurationError
+from dispatch.errors import ConfigurationError, DispatchError
 from dispatch.lease import DEFAULT_LEASE_CAP, Leases, queue_name
 from dispatch.registry import DEFAULT_TIMEOUT_S, Registry, default_registry
 from dispatch.throttle import ThrottleSnapshot
@@ -186,7 +186,8 @@ def apply_resource_limits(registry: Registry, limits: Mapping[str, Mapping[str, 
             setting=ENV_RESOURCE_LIMITS,
         )
     limited = Registry()
-    for spec in registry.specs():
+    for original in registry.specs():
+        spec = original
         fields = limits.get(spec.resource.name) if spec.resource is not None else None
         if spec.resource is not None and fields:
             bad = sorted(set(fields) - _LIMIT_FIELDS)
@@ -274,8 +275,8 @@ DISPATCHER_GRANTS: Final[tuple[Grant, ...]] = (
     _grant(
         "sqs",
         TASK_QUEUE,
-        "the loop: receive, settle in batches, send back long delays and deferrals; "
-        "the idle check and the drain check",
+        "the loop: receive, settle in batches, send back long delays and deferrals, "
+        "enqueue periodic tasks; the idle check and the drain check",
         "ReceiveMessage",
         "DeleteMessageBatch",
         "ChangeMessageVisibilityBatch",
@@ -286,8 +287,8 @@ DISPATCHER_GRANTS: Final[tuple[Grant, ...]] = (
     _grant(
         "dynamodb",
         STATE_TABLE,
-        "task records (claims and transitions), shared throttle buckets and slots, "
-        "throttle status, dispatcher leases",
+        "task records (claims, transitions, periodic tasks' idempotent records), shared "
+        "throttle buckets and slots, throttle status, dispatcher leases",
         "UpdateItem",
         "GetItem",
         "PutItem",
@@ -389,15 +390,15 @@ def should_scale_out(
 
 # --- metrics --------------------------------------------------------------------------------
 def emf_record(*, queue: str, stats: RunStats, requests: int, timestamp_s: float) -> dict[str, Any]:
-    """One CloudWatch Embedded Metric Format record for an invocation that ran the loop."""
+    """One CloudWatch Embedded Metric Format record per invocation that ran the loop.
+
+    ``ThrottleWait`` by ``Queue`` is the time this invocation's tasks waited for
+    any resource (the dispatcher's own records give it by ``Resource``); the
+    template's throttle-wait alarm reads it, as resource names are not known
+    when the stack is deployed. ``AwsRequests`` is what the invocation sent.
+    """
     values: dict[str, tuple[float, str]] = {
-        "ThrottleWaitSeconds": (round(stats.throttle_wait_s, 3), "Seconds"),
-        "TasksStarted": (stats.started, "Count"),
-        "TasksSucceeded": (stats.succeeded, "Count"),
-        "TasksRetried": (stats.retried, "Count"),
-        "TasksBackpressure": (stats.backpressure, "Count"),
-        "TasksDead": (stats.dead, "Count"),
-        "TasksReleased": (stats.released, "Count"),
+        "ThrottleWait": (round(stats.throttle_wait_s, 3), "Seconds"),
         "AwsRequests": (requests, "Count"),
     }
     return {
@@ -427,8 +428,10 @@ class DispatcherHandler:
         environ: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.time,
         grants: tuple[Grant, ...] = DISPATCHER_GRANTS,
+        options: LambdaOptions | None = None,
     ) -> None:
         self._registry = default_registry if registry is None else registry
+        self._options = options
         self._environ = environ
         self._clock = clock
         self._grants = grants
@@ -446,7 +449,7 @@ class DispatcherHandler:
         """One invocation: idle check, lease, loop, scale out, report."""
         env = os.environ if self._environ is None else self._environ
         settings = Settings.from_env(env)
-        options = LambdaOptions.from_env(env)
+        options = self._options or LambdaOptions.from_env(env)
         self._registry.import_modules(settings.task_modules)
         registry = apply_resource_limits(self._registry, options.resource_limits)
         started = self._clock()
@@ -509,7 +512,9 @@ class DispatcherHandler:
         finally:
             summary["requests"] = {f"{s}.{a}": n for (s, a), n in counter.snapshot().items()}
             summary["wall_s"] = round(self._clock() - started, 3)
-            log.info("dispatcher_invocation", **summary)
+            # An idle tick every minute is not news: it logs at debug (log volume is cost).
+            report = log.debug if summary["outcome"] == "idle" else log.info
+            report("dispatcher_invocation", **summary)
         if options.emit_metrics and stats is not None:
             record = emf_record(
                 queue=summary["queue"],
@@ -543,7 +548,12 @@ class DispatcherHandler:
             now=started,
             remaining_s=remaining_s,
             longest_task_s=_longest_task_s(registry, options),
-            throttle_horizon_s=dispatcher_options.throttle_horizon_s,
+            # A task of a throttled resource may wait up to the horizon before it starts.
+            throttle_horizon_s=(
+                dispatcher_options.throttle_horizon_s
+                if any(spec.resource is not None for spec in registry.specs())
+                else 0.0
+            ),
             options=options,
         )
         if plan.receive_for_s <= 0:
@@ -649,16 +659,21 @@ class DispatcherHandler:
                 and scale_out_target is not None
             ):
                 may_scale_out = False
-                if should_scale_out(
+                if not should_scale_out(
                     stats=dispatcher.stats,
                     snapshots=dispatcher.throttle_snapshots(),
                     max_in_flight=options.max_in_flight,
                 ):
+                    continue
+                try:
                     backlog = await _visible_messages(clients.sqs, dispatcher.settings.queue_url)
                     if backlog >= options.max_in_flight:
                         await _start_dispatcher(lambda_client, scale_out_target, request_id)
                         summary["scaled_out"] = True
                         log.info("scaled_out", backlog=backlog, target=scale_out_target)
+                except DispatchError:
+                    # Scaling out is an optimisation: this invocation carries on alone.
+                    log.warning("scale_out_failed", target=scale_out_target, exc_info=True)
 
 
 def make_handler(
@@ -666,10 +681,12 @@ def make_handler(
     registry: Registry | None = None,
     environ: Mapping[str, str] | None = None,
     clock: Callable[[], float] = time.time,
+    options: LambdaOptions | None = None,
 ) -> Callable[[Any, Any], dict[str, Any]]:
     """A dispatcher handler on ``registry`` (default: the default registry, with the
-    modules named by ``DISPATCH_TASKS``) reading its settings from ``environ``."""
-    return DispatcherHandler(registry=registry, environ=environ, clock=clock)
+    modules named by ``DISPATCH_TASKS``) reading its settings from ``environ``
+    (``options``, when given, replace the ``DISPATCH_*`` function settings)."""
+    return DispatcherHandler(registry=registry, environ=environ, clock=clock, options=options)
 
 
 handler = make_handler()

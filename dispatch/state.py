@@ -406,8 +406,12 @@ def retrying_params(
     return _owned_update(table, task_id, message_id, set_clause=clause, **values)
 
 
-def released_params(table: str, task_id: str, *, message_id: str, now: float) -> dict[str, Any]:
-    """UpdateItem: the claiming dispatcher gives the attempt back unfinished (a deadline)."""
+def released_params(
+    table: str, task_id: str, *, message_id: str, now: float, first_attempt: bool = False
+) -> dict[str, Any]:
+    """UpdateItem: the claiming dispatcher gives the attempt back unfinished (a deadline,
+    or the throttle could not start it); a first attempt goes back to ``queued``."""
+    back_to = Status.QUEUED if first_attempt else Status.RETRYING
     return {
         "TableName": table,
         "Key": task_key(task_id),
@@ -417,7 +421,7 @@ def released_params(table: str, task_id: str, *, message_id: str, now: float) ->
         "ConditionExpression": "#s = :running AND message_id = :mid",
         "ExpressionAttributeNames": {"#s": "status"},
         "ExpressionAttributeValues": _values(
-            retrying=Status.RETRYING.value,
+            retrying=back_to.value,
             running=Status.RUNNING.value,
             one=1,
             now=now,

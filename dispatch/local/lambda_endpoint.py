@@ -441,14 +441,19 @@ class _RequestHandler(BaseHTTPRequestHandler):
                 self.server.running[function.name].contexts.pop(context.aws_request_id, None)
 
     def _send(self, answer: _Answer) -> None:
-        self.send_response(answer.status)
-        headers = {"Content-Type": "application/json", **answer.headers}
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(answer.body)))
-        self.end_headers()
-        if answer.body:
-            self.wfile.write(answer.body)
+        try:
+            self.send_response(answer.status)
+            headers = {"Content-Type": "application/json", **answer.headers}
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(answer.body)))
+            self.end_headers()
+            if answer.body:
+                self.wfile.write(answer.body)
+        except (BrokenPipeError, ConnectionResetError):
+            # The caller gave up (a released attempt, a client timeout): as in Lambda,
+            # the function's answer is dropped.
+            self.close_connection = True
 
 
 def _parse_request(invocation_type: str, body: bytes) -> tuple[Any, _Answer | None]:

@@ -32,7 +32,6 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 from cfnlint.api import lint_file
-from samtranslator.translator.transform import transform
 
 from dispatch.config import Settings
 from dispatch.errors import ConfigurationError, DispatchError
@@ -690,22 +689,3 @@ def test_template_passes_cfn_lint() -> None:
     """deploy/template.yaml has no cfn-lint findings."""
     findings = lint_file(TEMPLATE)
     assert not findings, "\n".join(str(f) for f in findings)
-
-
-def test_template_transforms_with_sam_translator(monkeypatch: pytest.MonkeyPatch) -> None:
-    """deploy/template.yaml transforms to plain CloudFormation with the SAM
-    translator, keeping the queue, DLQ and table."""
-
-    class ManagedPolicies:
-        """Offline stand-in for the IAM lookup of AWS managed policy ARNs."""
-
-        def load(self) -> dict[str, str]:
-            return {}
-
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    output = transform(load_template(TEMPLATE), {}, ManagedPolicies())
-
-    assert "Transform" not in output
-    kinds = {name: r["Type"] for name, r in output["Resources"].items()}
-    assert kinds["TaskQueue"] == kinds["DeadLetterQueue"] == "AWS::SQS::Queue"
-    assert kinds["StateTable"] == "AWS::DynamoDB::Table"
