@@ -3,36 +3,43 @@
 Declare tasks with :func:`task`, enqueue them with ``my_task.enqueue(...)`` or
 :func:`enqueue_many`, run the :class:`Dispatcher`, and ask :func:`status`. This
 module is the whole public API; everything else is internal.
+
+Names are imported on first use (PEP 562), so a worker that only declares and
+runs tasks never loads the AWS SDKs: a shorter Lambda cold start.
 """
 
 from __future__ import annotations
 
-from dispatch.config import Settings
-from dispatch.context import TaskContext, current_task
-from dispatch.dispatcher import Dispatcher, DispatcherOptions, RunStats
-from dispatch.envelope import Message
-from dispatch.errors import (
-    AWSError,
-    Backpressure,
-    ConfigurationError,
-    DispatchError,
-    EnqueueError,
-    EnvelopeError,
-    InvalidArgumentsError,
-    PartialEnqueueError,
-    PayloadTooLargeError,
-    PermanentError,
-    TaskDefinitionError,
-    TaskNotFoundError,
-    TaskTimeoutError,
-    UnknownTaskError,
-)
-from dispatch.queue import Queue, enqueue_many, enqueue_many_async
-from dispatch.registry import Registry, Task, TaskSpec, default_registry, task
-from dispatch.retry import Retry
-from dispatch.state import Status, TaskRecord
-from dispatch.status import status
-from dispatch.throttle import Resource
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dispatch.config import Settings
+    from dispatch.context import TaskContext, current_task
+    from dispatch.dispatcher import Dispatcher, DispatcherOptions, RunStats
+    from dispatch.envelope import Message
+    from dispatch.errors import (
+        AWSError,
+        Backpressure,
+        ConfigurationError,
+        DispatchError,
+        EnqueueError,
+        EnvelopeError,
+        InvalidArgumentsError,
+        PartialEnqueueError,
+        PayloadTooLargeError,
+        PermanentError,
+        TaskDefinitionError,
+        TaskNotFoundError,
+        TaskTimeoutError,
+        UnknownTaskError,
+    )
+    from dispatch.queue import Queue, enqueue_many, enqueue_many_async
+    from dispatch.registry import Registry, Task, TaskSpec, default_registry, task
+    from dispatch.retry import Retry
+    from dispatch.state import Status, TaskRecord
+    from dispatch.status import status
+    from dispatch.throttle import Resource
 
 __all__ = [
     # declaring tasks
@@ -76,3 +83,50 @@ __all__ = [
     "TaskTimeoutError",
     "UnknownTaskError",
 ]
+
+_ERRORS = [
+    "AWSError",
+    "Backpressure",
+    "ConfigurationError",
+    "DispatchError",
+    "EnqueueError",
+    "EnvelopeError",
+    "InvalidArgumentsError",
+    "PartialEnqueueError",
+    "PayloadTooLargeError",
+    "PermanentError",
+    "TaskDefinitionError",
+    "TaskNotFoundError",
+    "TaskTimeoutError",
+    "UnknownTaskError",
+]
+_HOME: dict[str, str] = {
+    **dict.fromkeys(_ERRORS, "dispatch.errors"),
+    **dict.fromkeys(
+        ["Registry", "Task", "TaskSpec", "default_registry", "task"], "dispatch.registry"
+    ),
+    "Resource": "dispatch.throttle",
+    "Retry": "dispatch.retry",
+    "TaskContext": "dispatch.context",
+    "current_task": "dispatch.context",
+    "Message": "dispatch.envelope",
+    **dict.fromkeys(["Queue", "enqueue_many", "enqueue_many_async"], "dispatch.queue"),
+    **dict.fromkeys(["Dispatcher", "DispatcherOptions", "RunStats"], "dispatch.dispatcher"),
+    "Settings": "dispatch.config",
+    **dict.fromkeys(["Status", "TaskRecord"], "dispatch.state"),
+    "status": "dispatch.status",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name from its module on first use."""
+    module = _HOME.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dispatch' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
