@@ -10,10 +10,8 @@ requests actually sent.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +24,7 @@ from rich.table import Table
 from dispatch.aws import RequestCounter, async_clients, client_config
 from dispatch.config import Settings
 from dispatch.dispatcher import Dispatcher, RunStats
-from dispatch.local.emulator import LocalAWS
+from dispatch.local.emulator import LocalAWS, environment
 from dispatch.local.provision import provision
 from dispatch.queue import Queue
 from dispatch.registry import default_registry
@@ -77,7 +75,7 @@ def run_demo(*, orders: int = 240, console: Console | None = None) -> DemoResult
     with (
         LocalAWS.start() as aws,
         Backend.start(capacity=app.WAREHOUSE.max_concurrency or 1) as backend,
-        _environment({**aws.env(), app.BACKEND_URL_ENV: backend.url}),
+        environment({**aws.env(), app.BACKEND_URL_ENV: backend.url}),
     ):
         console.print(
             f"[bold]Embedded local AWS[/] on {aws.endpoint_url}; warehouse API on {backend.url} "
@@ -173,21 +171,6 @@ def _achieved_rate(arrivals: list[float]) -> float:
     if len(arrivals) < 2:
         return 0.0
     return (len(arrivals) - 1) / (max(arrivals) - min(arrivals))
-
-
-@contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
-    """Point the AWS SDK at the emulator for the demo's duration, then restore."""
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def _progress(console: Console) -> Progress:

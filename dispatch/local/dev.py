@@ -22,12 +22,11 @@ deadline is brought forward, so they stop receiving, settle and release.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -40,7 +39,7 @@ from dispatch import lambda_handler as dispatcher_function
 from dispatch.aws import async_clients, client_config
 from dispatch.config import Settings, parse_task_modules
 from dispatch.cron import parse
-from dispatch.local.emulator import LocalAWS
+from dispatch.local.emulator import LocalAWS, environment
 from dispatch.local.lambda_endpoint import (
     ACCOUNT_ID,
     LocalFunction,
@@ -133,7 +132,7 @@ def run_dev(
         )
         env = {**aws.env(), **resources.as_env(), c.ENV_TASKS: ",".join(modules)}
         if not lambda_mode:
-            with _environment(env):
+            with environment(env):
                 _print_exports(console, env)
                 if on_ready is not None:
                     on_ready(DevEnvironment(env, None, None, None))
@@ -197,7 +196,7 @@ def _run_lambda_topology(
             dispatcher_function.ENV_LEASE_CAP: str(lease_cap),
             dispatcher_function.ENV_SCALE_OUT_FUNCTION: target,
         }
-        with _environment(env):
+        with environment(env):
             _print_exports(console, env)
             console.print(
                 f"Lambda Invoke endpoint on {endpoint.endpoint_url}: {dispatcher_name} "
@@ -288,18 +287,3 @@ def _print_exports(console: Console, env: Mapping[str, str]) -> None:
         c.ENV_TASKS,
     ):
         console.print(f"  export {name}={env[name]}", highlight=False, soft_wrap=True)
-
-
-@contextlib.contextmanager
-def _environment(values: Mapping[str, str]) -> Iterator[None]:
-    """Set environment variables for the block (the handlers read os.environ), then restore."""
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value

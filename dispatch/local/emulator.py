@@ -27,6 +27,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Final, Self
@@ -249,3 +250,19 @@ def _tail(stderr: IO[bytes]) -> str:
     stderr.seek(max(0, size - _STDERR_TAIL_BYTES))
     text = stderr.read().decode("utf-8", "replace").strip()
     return text or "(nothing)"
+
+
+@contextlib.contextmanager
+def environment(values: Mapping[str, str]) -> Iterator[None]:
+    """Set environment variables for the block (SDKs and handlers read ``os.environ``),
+    then restore what was there before."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
