@@ -25,6 +25,19 @@ typecheck: $(BIN)/.installed
 test: lint typecheck
 	$(BIN)/pytest
 
+$(BIN)/.bench-installed: $(BIN)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $@
+
+bench: $(BIN)/.bench-installed        # full benchmark, ~10-15 min; not part of `make test`
+	$(BIN)/python -m bench
+
+bench-quick: $(BIN)/.bench-installed  # the same measurements on small sizes, under a minute
+	$(BIN)/python -m bench --quick
+
+bench-throttle: $(BIN)/.bench-installed  # throttle accuracy, coordination cost, adaptive rate
+	$(BIN)/python -m bench.throttle
+
 deploy-check: $(BIN)/.installed
 	$(MAKE) -C deploy check PYTHON=$(abspath $(BIN)/python)
 

@@ -3,7 +3,8 @@
     .venv/bin/python bench/emulator_depth.py                 # patched (what Dispatch runs)
     .venv/bin/python bench/emulator_depth.py --stock-moto    # moto 5.2.5 as released
 
-For each depth (messages already queued, all visible) it repeats one round of
+For each depth (messages already queued, all visible; with ``--in-flight``
+all received and held, as a dispatcher holds work it is throttling) it repeats one round of
 what a dispatcher does per batch: SendMessageBatch of 10, ReceiveMessage of 10,
 ChangeMessageVisibility of one of them, DeleteMessageBatch of the 10. The depth
 stays constant (10 in, 10 out). It prints the median latency of each call in
@@ -40,12 +41,18 @@ def main() -> int:
     parser.add_argument("--stock-moto", action="store_true", help="run moto without our patches")
     parser.add_argument("--depths", help="comma-separated queue depths (default 0,2000,20000)")
     parser.add_argument("--rounds", type=int, default=20, help="rounds per depth (default 20)")
+    parser.add_argument(
+        "--in-flight",
+        action="store_true",
+        help="hold the queued messages in flight (received, not deleted) instead of visible",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
     default_depths = "0,2000" if args.stock_moto else "0,2000,20000"
     depths = [int(d) for d in (args.depths or default_depths).split(",")]
 
     label = "moto 5.2.5 stock" if args.stock_moto else "moto 5.2.5 + dispatch.local.moto_patches"
+    label += ", depth held in flight" if args.in_flight else ", depth visible"
     results: dict[int, dict[str, float]] = {}
     with LocalAWS.start(patch_moto=not args.stock_moto) as aws:
         sqs = boto3.client(
@@ -63,6 +70,8 @@ def main() -> int:
             )["QueueUrl"]
             started = time.perf_counter()
             fill(sqs, queue_url, depth)
+            if args.in_flight:
+                hold(sqs, queue_url, depth)
             fill_s = time.perf_counter() - started
             print(f"  depth {depth:>6}: filled in {fill_s:.1f} s", file=sys.stderr)
             results[depth] = measure(sqs, queue_url, rounds=args.rounds)
@@ -87,6 +96,16 @@ def fill(sqs: Any, queue_url: str, depth: int) -> None:
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(send, range(0, depth, 10)))
+
+
+def hold(sqs: Any, queue_url: str, depth: int) -> None:
+    """Receive every queued message with a long visibility timeout (in flight, undeleted)."""
+    held = 0
+    while held < depth:
+        answer = sqs.receive_message(
+            QueueUrl=queue_url, MaxNumberOfMessages=10, VisibilityTimeout=3600, WaitTimeSeconds=0
+        )
+        held += len(answer.get("Messages", []))
 
 
 def measure(sqs: Any, queue_url: str, *, rounds: int) -> dict[str, float]:

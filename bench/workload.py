@@ -1,0 +1,54 @@
+"""The benchmark's tasks, in a registry of their own.
+
+``noop`` does nothing, so every figure measured with it is the framework's own
+cost. ``probe`` notes when its handler started, for the latency measurement: the
+producer passes the time it called ``enqueue`` and the dispatcher process reports
+each probe's pair of times when it exits.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Final
+
+from dispatch.envelope import Message
+from dispatch.registry import Registry, task
+
+__all__ = ["NOOP", "PROBE", "noop_messages", "probe_message", "probe_starts", "registry"]
+
+registry: Final = Registry()
+NOOP: Final = "bench.noop"
+PROBE: Final = "bench.probe"
+
+_starts_lock = threading.Lock()
+_starts: list[tuple[float, float]] = []
+
+
+@task(name=NOOP, registry=registry)
+async def noop(n: int) -> None:
+    """Nothing: the cost measured is the framework's."""
+
+
+@task(name=PROBE, registry=registry)
+async def probe(sent_at: float) -> None:
+    """Note (sent_at, now): the producer's enqueue call and this handler's start."""
+    started = time.time()
+    with _starts_lock:
+        _starts.append((sent_at, started))
+
+
+def noop_messages(count: int) -> list[Message]:
+    """``count`` no-op messages, ready for ``enqueue_many``."""
+    return [noop.message(n=n) for n in range(count)]
+
+
+def probe_message(sent_at: float) -> Message:
+    """A latency probe stamped with the time its enqueue starts."""
+    return probe.message(sent_at=sent_at)
+
+
+def probe_starts() -> list[tuple[float, float]]:
+    """Every (sent_at, handler started) pair this process has seen, in start order."""
+    with _starts_lock:
+        return list(_starts)
