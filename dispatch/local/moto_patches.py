@@ -1,4 +1,4 @@
-"""Corrections to moto's SQS backend, pinned to moto 5.2.5, in one place.
+"""Corrections to moto's SQS backend (and the entry point for DynamoDB's), pinned to moto 5.2.5.
 
 :func:`apply` replaces a few methods of ``moto.sqs.models.Queue`` and
 ``SQSBackend`` in the current process (the emulator process calls it before it
@@ -37,13 +37,21 @@ What moto 5.2.5 gets wrong, and what is done about it:
    in one pass over the queue, under the lock, so its three counters are one
    consistent snapshot.
 
+DynamoDB's corrections (the cost of UpdateItem's expression parsing and
+validation, and requests that were not atomic) live in
+:mod:`dispatch.local.moto_dynamodb_patches`; :func:`apply` applies them too.
+
 Smaller corrections ride along. Two things grow without bound in a long
 ``dispatch dev`` session: moto keeps every ``Message`` ever created (and each
 copy made for a receive) in ``Message.instances_tracked`` until a reset, and
 ``Queue.deleted_messages`` keeps every receipt handle ever deleted; the first
 is no longer tracked and the second keeps the most recent 200,000. And a
 receipt handle is drawn with one ``random.choices`` call instead of 185
-``random.choice`` calls (a third of a millisecond per message received).
+``random.choice`` calls (a third of a millisecond per message received). And
+moto's server, to find the backend of every request of every service, listed
+its own package directory (``moto.backends.list_of_moto_modules``: an
+``os.listdir`` and an ``isdir`` per entry, a third of a millisecond); the
+listing of an installed package does not change while it runs, so it is taken once.
 
 Observable SQS behaviour is moto's (and AWS's): receive order is send order,
 receive counts and receipt handles (old handles still delete), visibility and
@@ -100,7 +108,7 @@ _stamps = itertools.count(1)
 
 
 def apply() -> None:
-    """Patch moto's SQS backend in this process (idempotent).
+    """Patch moto's SQS and DynamoDB backends in this process (idempotent).
 
     Raises RuntimeError naming both versions if moto is not 5.2.5, or if moto
     is not installed.
@@ -124,8 +132,14 @@ def apply() -> None:
             return
         from moto.sqs import models
 
+        from dispatch.local import moto_dynamodb_patches
+
+        # First: it is idempotent by itself, so a failure here leaves nothing
+        # patched twice when apply() is called again.
+        moto_dynamodb_patches.apply()
         _models = models
         _install(models)
+        _install_server()
         _applied = True
 
 
@@ -466,6 +480,15 @@ def _install(models: Any) -> None:
     # BaseModel.__new__ appends every instance to a class-wide list that only a
     # reset clears; for messages (and the copy made per receive) that is a leak.
     models.Message.__new__ = staticmethod(_new_untracked)
+
+
+def _install_server() -> None:
+    from moto import backends
+
+    modules = tuple(backends.list_of_moto_modules())
+    # Called once per request, as ``host in list_of_moto_modules()``: a tuple
+    # answers ``in`` (and iterates) as the generator did.
+    backends.list_of_moto_modules = lambda: modules
 
 
 def _generate_receipt_handle() -> str:
