@@ -368,6 +368,13 @@ class Queue:
             enqueue_plan(self.settings, batch, time.time()), await self._aclients()
         )
 
+    def close(self) -> None:
+        """Close the boto3 clients, if any were made."""
+        if self._sync is not None:
+            sync, self._sync = self._sync, None
+            sync.sqs.close()
+            sync.dynamodb.close()
+
     async def aclose(self) -> None:
         """Close the aiobotocore clients, if any were opened."""
         if self._async_cm is not None:

@@ -38,12 +38,16 @@ def queue(aws_env: Settings, counter: RequestCounter) -> Iterator[Queue]:
     queue_module.set_default_queue(q)
     yield q
     queue_module.set_default_queue(None)
+    q.close()
 
 
 @pytest.fixture
-def clients(aws_env: Settings) -> SyncClients:
+def clients(aws_env: Settings) -> Iterator[SyncClients]:
     """Plain boto3 clients, to look at the queue and table as a user would."""
-    return sync_clients(aws_env)
+    made = sync_clients(aws_env)
+    yield made
+    made.sqs.close()
+    made.dynamodb.close()
 
 
 async def drain(
