@@ -1,0 +1,14 @@
+"""The throttle benchmark: does the shared token bucket hold its rate, burst and cap?
+
+Run it with ``python -m bench.throttle [--quick] [--seconds N]``. The parts:
+
+``tasks``    the task the dispatchers run: one call to the protected backend, its
+             resource declared from environment variables;
+``worker``   one dispatcher process (``python -m bench.throttle.worker``), started
+             and stopped by the harness, writing what it did to a JSON file;
+``harness``  one scenario end to end: fresh queue and table, enqueue, start N
+             workers, run the window, stop them, collect;
+``metrics``  pure figures from timestamps: achieved rate, worst window, recovery;
+``report``   the table, the JSON and the markdown;
+``chart``    the PNG (matplotlib, optional).
+"""

@@ -1,0 +1,91 @@
+"""The benchmark's task: one call to the protected backend (examples/backend.py).
+
+The resource is declared from the environment when this module is imported, so
+every dispatcher process of a scenario (``bench.throttle.worker``) enforces the
+same limits; the harness imports it too, only to build messages, and then the
+defaults apply (the envelope carries the task's name and arguments, not its
+resource).
+
+=============================  ===============================================
+variable                       meaning (default)
+=============================  ===============================================
+``BENCH_RATE_PER_S``           the resource's rate (50; empty: none)
+``BENCH_BURST``                its burst (10)
+``BENCH_MAX_CONCURRENCY``      its concurrency cap (empty: none)
+``BENCH_BACKEND_URL``          the backend's base URL (needed to run the task)
+``BENCH_WORK_MS``              how long the backend holds each request (5)
+=============================  ===============================================
+
+A 503 from the backend raises :class:`dispatch.Backpressure`, as
+``examples.app.reserve_stock`` does, so the adaptive rate sees the overload.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Final
+
+import aiohttp
+
+from dispatch import Backpressure, Resource, Retry, task
+
+__all__ = ["RESOURCE", "call_backend", "close_session"]
+
+ENV_RATE: Final = "BENCH_RATE_PER_S"
+ENV_BURST: Final = "BENCH_BURST"
+ENV_MAX_CONCURRENCY: Final = "BENCH_MAX_CONCURRENCY"
+ENV_BACKEND_URL: Final = "BENCH_BACKEND_URL"
+ENV_WORK_MS: Final = "BENCH_WORK_MS"
+RESOURCE_NAME: Final = "bench-backend"
+_HTTP_TIMEOUT_S: Final = 10.0
+
+
+def _resource_from_env() -> Resource:
+    rate = os.environ.get(ENV_RATE, "50")
+    cap = os.environ.get(ENV_MAX_CONCURRENCY, "")
+    return Resource(
+        RESOURCE_NAME,
+        rate_per_s=float(rate) if rate else None,
+        burst=int(os.environ.get(ENV_BURST, "10")) if rate else None,
+        max_concurrency=int(cap) if cap else None,
+    )
+
+
+RESOURCE: Final = _resource_from_env()
+_session: aiohttp.ClientSession | None = None
+
+
+def _client() -> aiohttp.ClientSession:
+    """One HTTP session per worker process (made on first use, in the running loop)."""
+    global _session  # noqa: PLW0603 - one lazily made session per process, closed by close_session
+    if _session is None or _session.closed:
+        _session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=_HTTP_TIMEOUT_S),
+            connector=aiohttp.TCPConnector(limit=0),  # the throttle limits, not the client
+        )
+    return _session
+
+
+async def close_session() -> None:
+    """Close the HTTP session (the worker calls this before its event loop ends)."""
+    global _session
+    if _session is not None:
+        session, _session = _session, None
+        await session.close()
+
+
+@task(
+    resource=RESOURCE,
+    retry=Retry(max_attempts=5, base_delay_s=1.0, max_delay_s=2.0),
+    timeout_s=_HTTP_TIMEOUT_S + 5,
+)
+async def call_backend(n: int) -> int:
+    """``GET /work?ms=BENCH_WORK_MS``; a 503 is Backpressure (retry later, slow down)."""
+    url = f"{os.environ[ENV_BACKEND_URL]}/work?ms={os.environ.get(ENV_WORK_MS, '5')}"
+    async with _client().get(url) as response:
+        if response.status == 503:
+            retry_after_s = float(response.headers.get("Retry-After", "1"))
+            raise Backpressure("backend overloaded (503)", retry_after_s=retry_after_s)
+        response.raise_for_status()
+        await response.read()
+    return n
