@@ -16,7 +16,7 @@ from bench.cpu import CpuSample
 from dispatch import constants as c
 from dispatch.aws import SyncClients, sync_clients
 from dispatch.config import Endpoint, Settings
-from dispatch.local.emulator import LocalAWS
+from dispatch.local.emulator import LocalAWS, environment
 from dispatch.local.provision import provision
 
 __all__ = ["Stage", "environment", "settings_env"]
@@ -80,21 +80,6 @@ class Stage:
             "in_flight": int(answer.get("ApproximateNumberOfMessagesNotVisible", 0)),
             "delayed": int(answer.get("ApproximateNumberOfMessagesDelayed", 0)),
         }
-
-
-@contextmanager
-def environment(values: dict[str, str]) -> Iterator[None]:
-    """Set environment variables for the block (children inherit them), then restore."""
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

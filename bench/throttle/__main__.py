@@ -26,8 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from importlib.metadata import version
 from pathlib import Path
 from types import FrameType
@@ -42,7 +41,7 @@ from bench.throttle.harness import (
     run_scenario,
 )
 from dispatch.errors import DispatchError
-from dispatch.local.emulator import LocalAWS
+from dispatch.local.emulator import LocalAWS, environment
 from dispatch.local.provision import load_template
 
 DEFAULT_SECONDS: Final = 30.0
@@ -195,7 +194,7 @@ def _run_all(scenarios: Sequence[Scenario], meta: dict[str, Any]) -> list[dict[s
     results: list[dict[str, Any]] = []
     with (
         LocalAWS.start() as aws,
-        _environment(aws.env()),
+        environment(aws.env()),
         tempfile.TemporaryDirectory(prefix="bench-throttle-") as workdir,
     ):
         # Loaded once: every scenario is built from the same definitions.
@@ -235,21 +234,6 @@ def _progress_line(r: dict[str, Any]) -> str:
         f"{r['coordination_per_task']} coordination req/task, "
         f"emulator {r['cpu']['emulator_pct_of_one_core']} % CPU"
     )
-
-
-@contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
-    """Point this process's AWS SDK at the emulator for the run, then restore."""
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 if __name__ == "__main__":
