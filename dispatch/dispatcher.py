@@ -57,6 +57,13 @@ __all__ = ["Dispatcher", "DispatcherOptions", "RunStats"]
 
 log = structlog.get_logger("dispatch.dispatcher")
 
+_WAIT_ROOM_FILL: Final = 0.8
+"""The share of the throttle horizon the waiting room fills, so its last waiter
+starts inside the horizon instead of timing out after its claim."""
+_RECEIVE_PACE_MAX_S: Final = 1.0
+"""While every message received is backlog for a saturated resource, receives
+slow down to one per this many seconds at most (a deep backlog is not received
+and deferred over and over); any other message resets the pace."""
 _QUEUE_COUNTERS: Final = (
     "ApproximateNumberOfMessages",
     "ApproximateNumberOfMessagesNotVisible",
@@ -161,6 +168,10 @@ class Dispatcher:
             lease_horizon_s=self.options.throttle_horizon_s / 2,
         )
         self._waiting: Counter[str] = Counter()
+        self._backlogged = 0  # messages deferred as backlog since the last receive
+        self._released: dict[str, asyncio.Event] = {}  # per resource: set when a slot frees
+        self._receive_pace_s = 0.0
+        self._last_received = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._slot_freed = asyncio.Event()
         self._stop = asyncio.Event()
@@ -255,7 +266,7 @@ class Dispatcher:
             while not self._stop.is_set():
                 if deadline is not None and self._clock() >= deadline:
                     break
-                room = min(c.SQS_MAX_BATCH_ENTRIES, self.options.max_in_flight - len(self._held))
+                room = self._room()
                 if room <= 0:
                     await self._wait_for_slot()
                     continue
@@ -264,7 +275,11 @@ class Dispatcher:
                 wait_s = self.options.drain_wait_time_s if until_empty else self.options.wait_time_s
                 if deadline is not None:
                     wait_s = min(wait_s, max(0, math.floor(deadline - self._clock())))
-                for message in await self._receive(room, wait_s):
+                await self._pace_receives()
+                messages = await self._receive(room, wait_s)
+                self._backlogged = 0
+                self._last_received = len(messages)
+                for message in messages:
                     self._spawn(message)
         finally:
             await self._finish(finish_by)
@@ -291,6 +306,31 @@ class Dispatcher:
             for task in unfinished:
                 task.cancel()
             await asyncio.gather(*unfinished, return_exceptions=True)
+
+    def _room(self) -> int:
+        """How many messages the next receive may take.
+
+        ``max_in_flight`` bounds the messages waiting to start or running; a message
+        whose outcome is known and only waits for its batched settlement does not
+        hold a place (at 200 tasks/s the settlement batches alone would fill 64),
+        though all held messages together stay under twice ``max_in_flight``.
+        """
+        active = sum(1 for held in self._held.values() if not held.settling)
+        return min(
+            c.SQS_MAX_BATCH_ENTRIES,
+            self.options.max_in_flight - active,
+            2 * self.options.max_in_flight - len(self._held),
+        )
+
+    async def _pace_receives(self) -> None:
+        """Wait before receiving when the last receive brought only backlog."""
+        await asyncio.sleep(0)  # let the messages just received reach their backlog check
+        if self._last_received and self._backlogged >= self._last_received:
+            self._receive_pace_s = min(_RECEIVE_PACE_MAX_S, max(0.05, self._receive_pace_s * 2))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=self._receive_pace_s)
+        else:
+            self._receive_pace_s = 0.0
 
     async def _wait_for_slot(self) -> None:
         self._slot_freed.clear()
@@ -415,8 +455,11 @@ class Dispatcher:
         # throttle granted them, not spread by the claim's latency.
         throttle = self._coordinator.for_resource(spec.resource)
         name = spec.resource.name
-        if self._waiting[name] >= self._wait_room(spec.resource):
-            backlog_s = self._waiting[name] / (throttle.effective_rate_per_s or 1.0)
+        start_rate_per_s = throttle.start_rate_per_s()
+        if self._waiting[name] >= self._wait_room(spec.resource, start_rate_per_s):
+            # Hidden until the tasks waiting ahead of it have started: no write, no claim.
+            self._backlogged += 1
+            backlog_s = self._waiting[name] / (start_rate_per_s or 1.0)
             await self._defer(message, backlog_s, bound, reason="backlog")
             return
         self._waiting[name] += 1
@@ -432,7 +475,7 @@ class Dispatcher:
             await self._unclaim(message, envelope.id, first_attempt=claim.record.attempts == 1)
             return
         try:
-            outcome = await self._run(message, envelope, spec, claim, bound)
+            outcome = await self._run(message, envelope, spec, claim, bound, permit=permit)
         finally:
             permit.release()
         if outcome.succeeded:
@@ -522,8 +565,11 @@ class Dispatcher:
         spec: TaskSpec,
         claim: state.Claim,
         bound: Any,
+        *,
+        permit: Permit | None = None,
     ) -> Outcome:
-        """Run the claimed attempt and settle it."""
+        """Run the claimed attempt and settle it; the permit goes back as soon as the
+        handler returns, not after the (batched) settlement: the resource is free."""
         receipt = message["ReceiptHandle"]
         record = claim.record
         bound = bound.bind(
@@ -538,10 +584,16 @@ class Dispatcher:
         )
         self.stats.started += 1
         self._count(envelope.task, "Dispatched")
-        outcome = await self.runner.run(spec, envelope.args, envelope.kwargs, context)
+        try:
+            outcome = await self.runner.run(spec, envelope.args, envelope.kwargs, context)
+        finally:
+            if permit is not None:
+                permit.release()
+                self._note_release(permit.resource_name)
         held = self._held.get(receipt)
         if held is not None:
             held.settling = True
+            self._slot_freed.set()
         self._claimed.pop(receipt, None)
         await self._settle(
             message=message,
@@ -556,13 +608,16 @@ class Dispatcher:
 
     # --- the throttle ---------------------------------------------------------------
 
-    def _wait_room(self, resource: Resource) -> int:
-        """How many messages may wait here for this resource: what it can start within
-        the horizon. The rest are deferred at once, so a saturated resource never
-        fills the dispatcher's slots and blocks other resources' tasks."""
-        horizon = self.options.throttle_horizon_s
-        rate_part = math.ceil((resource.rate_per_s or 0.0) * horizon) + (resource.burst or 0)
-        return max(1, rate_part + (resource.max_concurrency or 0))
+    def _wait_room(self, resource: Resource, start_rate_per_s: float | None) -> int:
+        """How many messages may wait here for this resource: about what it can start
+        within the horizon (at this dispatcher's measured share of the rate, when
+        several dispatchers share it). The rest are deferred at once, without a
+        claim, so a saturated resource never fills the dispatcher's slots and
+        blocks other resources' tasks, and no waiter claims a task it cannot start."""
+        horizon_s = self.options.throttle_horizon_s * _WAIT_ROOM_FILL
+        if start_rate_per_s is None:
+            return max(1, resource.max_concurrency or 1)
+        return max(1, math.floor(start_rate_per_s * horizon_s) + (resource.max_concurrency or 0))
 
     async def _acquire(
         self, throttle: ResourceThrottle, message: dict[str, Any], bound: Any
@@ -589,7 +644,19 @@ class Dispatcher:
                 self._wait_since_flush[name] += waited
                 await self._defer(message, answer, bound, reason="throttled")
                 return None
-            await asyncio.sleep(answer)
+            await self._wait_for_release(name, answer)
+
+    async def _wait_for_release(self, name: str, timeout_s: float) -> None:
+        """Sleep ``timeout_s``, or less: until a task of resource ``name`` frees its slot."""
+        released = self._released.setdefault(name, asyncio.Event())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(released.wait(), timeout=timeout_s)
+
+    def _note_release(self, name: str) -> None:
+        """Wake the tasks waiting for a slot of resource ``name``."""
+        released = self._released.pop(name, None)
+        if released is not None:
+            released.set()
 
     async def _defer(
         self, message: dict[str, Any], wait_s: float, bound: Any, *, reason: str

@@ -25,13 +25,21 @@ state table, written with conditional updates:
 
 Exactness of the rate. Tasks never start before their token is valid; a token
 not used within ``late_s`` of its valid time is dropped, and the bucket's
-capacity is ``burst - 1`` with ``late_s = 1 / rate``, so over any window of
-``w`` seconds at most ``rate * w + burst`` tasks start, across all dispatchers.
+capacity is ``burst - rate * late_s``, so over any window of ``w`` seconds at
+most ``rate * w + burst`` tasks start, across all dispatchers. ``late_s`` is
+one token's interval, but at least ``LATE_FLOOR_S`` when the burst allows it:
+at 200 /s one interval (5 ms) is shorter than the event loop's jitter.
 
-Adaptive rate. The writer of a lease also writes its effective rate; a
-dispatcher that sees a lower rate in the item adopts it (see
-:meth:`dispatch.throttle.ResourceThrottle.adopt_rate`), so one dispatcher's
-backpressure slows them all down.
+A lease is stamped at the time its answer is expected back, not the time it
+was sent: the item's ``updated_at`` is ``now + round trip`` (and never earlier
+than the item's own), so the tokens it grants become valid as they arrive
+instead of arriving already late.
+
+Adaptive rate. The writer of a lease also writes its effective rate and its
+id (``by``); a dispatcher that sees a lower rate written by *another*
+dispatcher adopts it (see :meth:`dispatch.throttle.ResourceThrottle.adopt_rate`),
+so one dispatcher's backpressure slows them all down, while its own earlier
+rate never holds back its own recovery.
 """
 
 from __future__ import annotations
@@ -64,10 +72,18 @@ log = structlog.get_logger("dispatch.shared_throttle")
 
 RETRY_HINT_S: Final = 0.02
 """Seconds a task waits before asking again while a lease is on its way."""
+LATE_FLOOR_S: Final = 0.02
+"""A leased token stays usable at least this long after its valid time (burst allowing)."""
+_MIN_STEP_S: Final = 0.001
+"""Each lease moves the bucket's ``updated_at`` (its version) on by at least this."""
+_RTT_START_S: Final = 0.01
+"""The lease round trip assumed before one has been measured."""
 SLOT_TTL_S: Final = 30.0
 """A dispatcher's slot holding expires this long after its last renewal."""
 SLOT_IDLE_RELEASE_S: Final = 1.0
 """Slots unused for this long go back to the shared pool."""
+SLOT_RETRY_MAX_S: Final = 0.25
+"""A dispatcher refused at the cap asks again after at most this long."""
 ITEM_TTL_S: Final = 24 * 3600
 _CONFLICT_RETRIES: Final = 6
 # Several of these attribute names are DynamoDB reserved words ("capacity"): always alias.
@@ -76,6 +92,7 @@ _BUCKET_NAMES: Final = {
     "#updated": "updated_at",
     "#rate": "rate",
     "#capacity": "capacity",
+    "#by": "by",
 }
 
 
@@ -136,6 +153,7 @@ class SharedTokenSource:
         client: DynamoDBClient,
         table: str,
         background: _Background,
+        owner: str,
         clock: Callable[[], float] = time.time,
         on_remote_rate: Callable[[float], None] | None = None,
         max_horizon_s: float = 10.0,
@@ -143,6 +161,8 @@ class SharedTokenSource:
         if resource.rate_per_s is None or resource.burst is None:
             raise ValueError(f"Resource {resource.name!r} has no rate to share")
         self.resource = resource
+        self._owner = owner
+        self._rtt_s = _RTT_START_S
         self._client = client
         self._table = table
         self._background = background
@@ -200,20 +220,31 @@ class SharedTokenSource:
         self._rate = rate_per_s
         self.capacity = self._capacity_for(rate_per_s)
 
-    def _capacity_for(self, rate_per_s: float) -> float:
-        """``burst - 1`` (see the module docstring), scaled down with the adaptive rate."""
+    def _scaled_burst(self, rate_per_s: float) -> float:
+        """The burst, scaled down with the adaptive rate."""
         configured = self.resource.rate_per_s or rate_per_s
-        burst = (self.resource.burst or 1) * min(1.0, rate_per_s / configured)
-        return float(max(1, math.floor(burst) - 1) if burst >= 2 else 1)
+        return (self.resource.burst or 1) * min(1.0, rate_per_s / configured)
+
+    def _capacity_for(self, rate_per_s: float) -> float:
+        """``burst - rate * late_s`` (see the module docstring)."""
+        burst = self._scaled_burst(rate_per_s)
+        if burst < 2:
+            return 1.0
+        return float(max(1, math.floor(burst - rate_per_s * self._late_for(rate_per_s) + 1e-9)))
+
+    def _late_for(self, rate_per_s: float) -> float:
+        burst = self._scaled_burst(rate_per_s)
+        if burst >= 2:
+            # One interval at least; up to LATE_FLOOR_S while a token of burst is left.
+            return max(1.0 / rate_per_s, min(LATE_FLOOR_S, (burst - 1) / rate_per_s))
+        return min(0.25 / rate_per_s, 0.05)
 
     # -- leasing ---------------------------------------------------------------------
 
     @property
     def late_s(self) -> float:
         """How late a leased token may still be used (see the module docstring)."""
-        if self.resource.burst is not None and self.resource.burst >= 2:
-            return 1.0 / self._rate
-        return min(0.25 / self._rate, 0.05)
+        return self._late_for(self._rate)
 
     @property
     def horizon_s(self) -> float:
@@ -232,7 +263,12 @@ class SharedTokenSource:
             self._takes.popleft()
         per_s = len(self._takes)
         most = max(1, math.floor(self._rate * self.horizon_s))
-        return max(1, min(most, max(self._misses, math.ceil(per_s * self.horizon_s))))
+        # Sized to what this dispatcher used over the last second. Misses (polls that
+        # found no token) add at most a burst: they count polls, not tasks, and a
+        # dispatcher that leases more than it can start (its slots full) starves the
+        # others of tokens it then drops.
+        asked = min(self._misses, max(1, math.floor(self.capacity) + 1))
+        return max(1, min(most, max(asked, math.ceil(per_s * self.horizon_s))))
 
     def _maybe_lease(self, now: float) -> None:
         if self._leasing or now < self._next_lease_at:
@@ -258,28 +294,36 @@ class SharedTokenSource:
 
     async def _try_lease(self, want: int) -> bool:
         """One conditional write; True when finished (leased, or nothing to lease yet)."""
-        now = self._clock()
+        sent = self._clock()
+        # Stamp the lease when its answer is due back: its tokens are valid on arrival.
+        now = sent + self._rtt_s
         seen = self._seen
         if seen is None:
-            level, rate, condition = self.capacity, self._rate, "attribute_not_exists(pk)"
+            level, condition = self.capacity, "attribute_not_exists(pk)"
             values: dict[str, Any] = {}
         else:
             rate = _num(seen, "rate", self._rate)
             last = _num(seen, "updated_at", now)
-            level = min(self.capacity, _num(seen, "tokens") + max(0.0, now - last) * rate)
+            # Never refill the same interval twice, and always move `updated_at` on:
+            # it is the version the condition checks, so a write that left it
+            # unchanged would let a writer holding the previous state lease again.
+            now = max(now, last + _MIN_STEP_S)
+            level = min(self.capacity, _num(seen, "tokens") + (now - last) * rate)
             condition = "#updated = :seen"
             values = {":seen": seen["updated_at"]}
-            if rate < self._rate * 0.999 and self._on_remote_rate is not None:
+            by = seen.get("by", {}).get("S")
+            if by != self._owner and rate < self._rate * 0.999 and self._on_remote_rate:
                 self._on_remote_rate(rate)  # another dispatcher slowed the resource down
         take = min(want, math.floor(level + self._rate * self.horizon_s))
         if take < 1:
-            self._next_lease_at = now + (1.0 - level) / self._rate
+            self._next_lease_at = now + (1.0 - level) / self._rate - self._rtt_s
             return True
         item_values = {
             ":tokens": _n(level - take),
             ":now": _n(now),
             ":rate": _n(self._rate),
             ":capacity": _n(self.capacity),
+            ":by": {"S": self._owner},
             ":ttl": {"N": str(int(now) + ITEM_TTL_S)},
             **values,
         }
@@ -290,7 +334,7 @@ class SharedTokenSource:
                 Key=self._key,
                 UpdateExpression=(
                     "SET #tokens = :tokens, #updated = :now, #rate = :rate, "
-                    "#capacity = :capacity, expires_at = :ttl"
+                    "#capacity = :capacity, #by = :by, expires_at = :ttl"
                 ),
                 ConditionExpression=condition,
                 ExpressionAttributeNames=_BUCKET_NAMES,
@@ -306,16 +350,18 @@ class SharedTokenSource:
                 resource=self.resource.name,
                 error=str(translate_error(exc, "UpdateItem")),
             )
-            self._next_lease_at = now + 0.5
+            self._next_lease_at = sent + 0.5
             return True
+        self._rtt_s = 0.8 * self._rtt_s + 0.2 * max(0.0, self._clock() - sent)
         self._seen = {
             "tokens": item_values[":tokens"],
             "updated_at": item_values[":now"],
             "rate": item_values[":rate"],
+            "by": item_values[":by"],
         }
         self._misses = 0
         ready = max(0, math.floor(level))
-        # Tokens the bucket holds now are valid at once; the rest as it refills them.
+        # Tokens the bucket holds at `now` are valid then; the rest as it refills them.
         leased = [now if j < ready else now + (j + 1 - level) / self._rate for j in range(take)]
         self._valid = deque(sorted([*self._valid, *leased]))
         return True
@@ -372,6 +418,8 @@ class SharedSlots:
         self._backoff_s = 0.05
         self._idle_since: float | None = None
         self._fair_share: int | None = None  # set when other dispatchers wait for slots
+        self._shed = 0  # slots given up above the fair share, not yet written back
+        self._shedding = False
         self._last_waiter_note = 0.0
         self.requests = 0
 
@@ -409,8 +457,24 @@ class SharedSlots:
         if self._in_flight <= 0:
             raise RuntimeError("release() without a matching try_acquire()")
         self._in_flight -= 1
+        if self._fair_share is not None and self._granted > self._fair_share:
+            # Others wait for slots: this one goes back instead of staying here.
+            self._granted -= 1
+            self._shed += 1
+            if not self._shedding:
+                self._shedding = True
+                self._background.start(self._shed_slots())
+            return
         if self._in_flight < self._granted and self._idle_since is None:
             self._idle_since = self._clock()
+
+    async def _shed_slots(self) -> None:
+        try:
+            while self._shed:
+                k, self._shed = self._shed, 0
+                await self._write_entry(k, self._clock(), granted=self._granted + k)
+        finally:
+            self._shedding = False
 
     def _holder_name(self) -> dict[str, str]:
         return {"#h": "holders", "#me": self._owner}
@@ -418,8 +482,9 @@ class SharedSlots:
     async def _acquire(self, want: int) -> None:
         try:
             for _ in range(_CONFLICT_RETRIES):
-                k = max(1, min(want, self._cap - self._granted))
-                if self._granted >= self._cap:
+                limit = self._cap if self._fair_share is None else self._fair_share
+                k = max(1, min(want, limit - self._granted))
+                if self._granted >= limit:
                     return
                 now = self._clock()
                 try:
@@ -464,7 +529,7 @@ class SharedSlots:
                         continue
                     await self._note_waiting(now)
                     self._next_try_at = now + self._backoff_s
-                    self._backoff_s = min(1.0, self._backoff_s * 2)
+                    self._backoff_s = min(SLOT_RETRY_MAX_S, self._backoff_s * 2)
                     return
                 self._granted += k
                 self._wanted = max(0, self._wanted - k)
@@ -648,6 +713,7 @@ class Coordinator:
             resource,
             client=self._client,
             table=self._table,
+            owner=self.owner,
             background=self._background,
             clock=self._clock,
             on_remote_rate=adopt,

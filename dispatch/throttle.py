@@ -51,6 +51,7 @@ import math
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import KW_ONLY, dataclass
 from types import TracebackType
@@ -93,6 +94,10 @@ A slot frees when a running task settles, which no clock can predict, so a full 
 answers with this short hint: at most 50 ms of latency once a slot frees, and a poll
 of an in-memory counter 20 times a second per saturated resource costs nothing.
 """
+START_WINDOW_S: Final = 3.0
+"""The window over which :meth:`ResourceThrottle.start_rate_per_s` measures starts."""
+ASSUMED_HOLD_S: Final = 1.0
+"""How long a task is assumed to hold its slot before any has finished."""
 
 DEFAULT_BACKPRESSURE_COOLDOWN_S: Final = 1.0
 """Minimum seconds between two decreases of the adaptive rate.
@@ -672,6 +677,10 @@ class ResourceThrottle:
         self._waits = 0
         self._wait_total_s = 0.0
         self._backpressure_signals = 0
+        self._created_at = clock()
+        self._recent_starts: deque[float] = deque()  # start times within START_WINDOW_S
+        self._refused_at: float | None = None  # last time a start had to wait
+        self._mean_hold_s: float | None = None  # how long tasks hold their slot (EWMA)
 
     @property
     def resource(self) -> Resource:
@@ -704,16 +713,51 @@ class ResourceThrottle:
         short of tokens it is the exact wait for the next one.
         """
         with self._lock:
+            now = self._clock()
             if not self._limiter.try_acquire():
+                self._refused_at = now
                 return CONCURRENCY_RETRY_HINT_S
             if self._source is not None:
                 wait_s = self._source.try_take(1.0)
                 if wait_s > 0.0:
                     self._limiter.release()
+                    self._refused_at = now
                     return wait_s
             self._started += 1
             self._peak_in_flight = max(self._peak_in_flight, self._limiter.in_flight)
-            return Permit(self, started_at_s=self._clock())
+            self._recent_starts.append(now)
+            self._forget_starts(now)
+            return Permit(self, started_at_s=now)
+
+    def start_rate_per_s(self) -> float | None:
+        """How many tasks per second this throttle can be expected to start here.
+
+        While tasks have been waiting (the throttle is the limit), it is the rate at
+        which it actually started them over the last :data:`START_WINDOW_S`: this
+        dispatcher's share when several dispatchers share the resource. Otherwise
+        it is what the limits allow: the effective rate, and for a concurrency cap
+        ``cap / mean hold time`` (:data:`ASSUMED_HOLD_S` until a task has ended).
+        ``None`` for a resource with neither a rate nor a cap.
+        """
+        with self._lock:
+            now = self._clock()
+            self._forget_starts(now)
+            elapsed_s = min(START_WINDOW_S, now - self._created_at)
+            saturated = self._refused_at is not None and now - self._refused_at < START_WINDOW_S
+            if saturated and elapsed_s >= START_WINDOW_S / 2 and self._recent_starts:
+                return len(self._recent_starts) / elapsed_s
+            bounds = []
+            if self._adaptive is not None:
+                bounds.append(self._adaptive.effective_rate_per_s)
+            cap = self._limiter.limit
+            if cap is not None:
+                hold_s = ASSUMED_HOLD_S if self._mean_hold_s is None else self._mean_hold_s
+                bounds.append(cap / max(hold_s, 0.001))
+            return min(bounds) if bounds else None
+
+    def _forget_starts(self, now: float) -> None:
+        while self._recent_starts and self._recent_starts[0] < now - START_WINDOW_S:
+            self._recent_starts.popleft()
 
     def on_success(self) -> None:
         """A task using this resource succeeded: let the adaptive rate recover."""
@@ -783,6 +827,10 @@ class ResourceThrottle:
                 return
             permit._released = True
             self._limiter.release()
+            held_s = max(0.0, self._clock() - permit.started_at_s)
+            self._mean_hold_s = (
+                held_s if self._mean_hold_s is None else 0.9 * self._mean_hold_s + 0.1 * held_s
+            )
 
     def __repr__(self) -> str:
         return f"<ResourceThrottle {self._resource.name!r} in_flight={self.in_flight}>"

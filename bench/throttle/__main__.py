@@ -68,17 +68,18 @@ def plan(*, quick: bool, seconds: float) -> list[Scenario]:
         for rate in rates
         for n in counts
     ]
-    scenarios.append(
+    scenarios.extend(
         Scenario(
-            name="cap-4-x2",
+            name=f"cap-4-x{n}",
             kind="cap",
             rate_per_s=50,
             burst=BURST,
-            dispatchers=2,
+            dispatchers=n,
             seconds=seconds,
             work_ms=50,
             max_concurrency=4,
         )
+        for n in (1, 2)
     )
     adaptive_seconds = max(seconds, QUICK_ADAPTIVE_SECONDS) if quick else seconds
     for n in (1,) if quick else (1, 2):
@@ -110,6 +111,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--seconds", type=float, help=f"window per scenario (default {DEFAULT_SECONDS:g}, quick 6)"
     )
     parser.add_argument(
+        "--only",
+        metavar="NAMES",
+        help="comma-separated scenario names to run (e.g. rate-200-x1,cap-4-x2); "
+        "results go to throttle-only.* so the full figures are never overwritten",
+    )
+    parser.add_argument(
         "--out", type=Path, default=REPO_ROOT / "bench" / "results", help="results directory"
     )
     args = parser.parse_args(argv)
@@ -120,6 +127,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if seconds < 3:
         parser.error("--seconds must be at least 3 (the first second is the burst)")
     scenarios = plan(quick=args.quick, seconds=seconds)
+    if args.only:
+        wanted = {name.strip() for name in args.only.split(",") if name.strip()}
+        unknown = wanted - {s.name for s in scenarios}
+        if unknown:
+            parser.error(f"--only: no scenario named {', '.join(sorted(unknown))}")
+        scenarios = [s for s in scenarios if s.name in wanted]
     meta: dict[str, Any] = {
         "benchmark": "throttle",
         "mode": "quick" if args.quick else "full",
@@ -134,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = _run_all(scenarios, meta)
     meta["wall_s"] = round(time.monotonic() - started, 1)
 
-    stem = "throttle-quick" if args.quick else "throttle"
+    stem = "throttle-only" if args.only else "throttle-quick" if args.quick else "throttle"
     text = report.markdown(results, meta)
     payload = {**meta, "summary": report.summary(results), "scenarios": results}
     report.write_atomically(args.out / f"{stem}.json", report.to_json(payload))

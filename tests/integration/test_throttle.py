@@ -237,3 +237,30 @@ async def test_status_shows_each_resource_across_dispatchers(
     assert resource["started"] == 8 and resource["dispatchers"] == 1
     assert resource["waits"] >= 1 and resource["wait_total_s"] > 0
     assert resource["tokens"] is not None and resource["in_flight"] == 0
+
+
+async def test_a_slot_frees_when_the_handler_returns_not_when_it_is_settled(
+    aws_env: Settings, registry: Registry, queue: Queue, clients: SyncClients
+) -> None:
+    """Given tasks on a resource capped at 1 and settlements batched for up to 2 s,
+    when drained, then each task after the first starts while the task before it is
+    still waiting for its settlement (its record still `running`): the slot went back
+    when the handler returned, so the cap limits the resource, not the bookkeeping."""
+    pool = Resource("one-connection", max_concurrency=1)
+    store = SyncStateStore(clients.dynamodb, aws_env.table)
+    seen: list[Status] = []
+    previous: list[str] = []
+
+    @task(registry=registry, resource=pool)
+    def use(n: int) -> None:
+        if previous:
+            record = store.get(previous[-1])
+            assert record is not None
+            seen.append(record.status)
+        previous.append(current_task().task_id)
+
+    queue.enqueue_many([use.message(n) for n in range(3)])
+    stats = await drain(aws_env, registry, flush_s=2.0)
+
+    assert stats.succeeded == 3
+    assert seen == [Status.RUNNING, Status.RUNNING]

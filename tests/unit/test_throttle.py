@@ -646,3 +646,44 @@ def test_registry_uses_the_token_source_factory() -> None:
     assert throttle.tokens == 42.0
     throttle.on_backpressure()
     assert sources["shared"].rates_per_s == [50.0]
+
+
+# --- how many starts to expect (sizes the dispatcher's waiting room) ----------------
+
+
+def test_start_rate_is_the_limit_until_tasks_have_to_wait() -> None:
+    """Given a resource of 20/s that never made a task wait, its expected start rate
+    is its (effective) rate: nothing has shown it to be lower."""
+    throttle = ResourceThrottle(Resource("quiet", rate_per_s=20, burst=5), clock=FakeClock())
+    assert throttle.start_rate_per_s() == 20
+
+
+def test_start_rate_of_a_cap_is_cap_over_the_time_tasks_hold_a_slot() -> None:
+    """Given a resource capped at 4 whose tasks hold their slot 50 ms, its expected
+    start rate is 4 / 0.05 = 80/s (before any task has finished: 4 / 1 s assumed)."""
+    clock = FakeClock()
+    throttle = ResourceThrottle(Resource("pool", max_concurrency=4), clock=clock)
+    assert throttle.start_rate_per_s() == 4
+    for _ in range(20):
+        permit = throttle.try_start()
+        assert isinstance(permit, Permit)
+        clock.advance(0.05)
+        permit.release()
+    assert throttle.start_rate_per_s() == pytest.approx(80)
+
+
+def test_start_rate_while_saturated_is_the_rate_actually_achieved() -> None:
+    """Given a resource of 100/s of which this dispatcher gets only 10/s (another
+    dispatcher takes the rest: here its tokens simply come slowly), while tasks wait,
+    the expected start rate is the 10/s measured, not the configured 100/s."""
+    clock = FakeClock()
+    source = TokenBucket(10.0, 1, clock=clock)  # what reaches this dispatcher
+    throttle = ResourceThrottle(
+        Resource("shared", rate_per_s=100, burst=1), clock=clock, token_source=source
+    )
+    for _ in range(300):  # 3 s of waiters asking every 10 ms
+        answer = throttle.try_start()
+        if isinstance(answer, Permit):
+            answer.release()
+        clock.advance(0.01)
+    assert throttle.start_rate_per_s() == pytest.approx(10, rel=0.1)
