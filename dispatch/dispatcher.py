@@ -61,9 +61,11 @@ _WAIT_ROOM_FILL: Final = 0.8
 """The share of the throttle horizon the waiting room fills, so its last waiter
 starts inside the horizon instead of timing out after its claim."""
 _RECEIVE_PACE_MAX_S: Final = 1.0
-"""While every message received is backlog for a saturated resource, receives
-slow down to one per this many seconds at most (a deep backlog is not received
-and deferred over and over); any other message resets the pace."""
+"""While (nearly) every message received is backlog for a saturated resource,
+receives slow down to one per this many seconds at most (a deep backlog is not
+received and deferred over and over); a receive with other messages resets it."""
+_PACE_BACKLOG_SHARE: Final = 0.8
+"""The share of a receive that must be backlog for the next receive to wait."""
 _QUEUE_COUNTERS: Final = (
     "ApproximateNumberOfMessages",
     "ApproximateNumberOfMessagesNotVisible",
@@ -323,9 +325,9 @@ class Dispatcher:
         )
 
     async def _pace_receives(self) -> None:
-        """Wait before receiving when the last receive brought only backlog."""
+        """Wait before receiving when the last receive brought (nearly) only backlog."""
         await asyncio.sleep(0)  # let the messages just received reach their backlog check
-        if self._last_received and self._backlogged >= self._last_received:
+        if self._last_received and self._backlogged >= _PACE_BACKLOG_SHARE * self._last_received:
             self._receive_pace_s = min(_RECEIVE_PACE_MAX_S, max(0.05, self._receive_pace_s * 2))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), timeout=self._receive_pace_s)

@@ -7,7 +7,7 @@ import json
 import time
 
 from dispatch import Backpressure, Resource, current_task, task
-from dispatch.aws import SyncClients, async_clients
+from dispatch.aws import RequestCounter, SyncClients, async_clients
 from dispatch.config import Settings
 from dispatch.dispatcher import Dispatcher, DispatcherOptions
 from dispatch.queue import Queue
@@ -264,3 +264,33 @@ async def test_a_slot_frees_when_the_handler_returns_not_when_it_is_settled(
 
     assert stats.succeeded == 3
     assert seen == [Status.RUNNING, Status.RUNNING]
+
+
+async def test_a_deep_backlog_is_not_received_and_deferred_over_and_over(
+    aws_env: Settings, registry: Registry, queue: Queue
+) -> None:
+    """Given 300 tasks on a resource of 1/s (a backlog of minutes), when a dispatcher
+    runs for 4 s, then it starts about 4 + burst of them and receives at most a
+    dozen times: once every receive brings only backlog, receives slow down (up to
+    one a second) instead of receiving and deferring the backlog as fast as SQS
+    answers."""
+    slow = Resource("slow-partner", rate_per_s=1, burst=2)
+
+    @task(registry=registry, resource=slow)
+    def call(n: int) -> None:
+        pass
+
+    queue.enqueue_many([call.message(n) for n in range(300)])
+    counter = RequestCounter()
+    async with async_clients(aws_env, counter=counter) as aio:
+        dispatcher = Dispatcher(
+            aws_env, clients=aio, registry=registry, options=DispatcherOptions(wait_time_s=1)
+        )
+        try:
+            stats = await dispatcher.run(for_s=4)
+        finally:
+            await dispatcher.runner.aclose()
+
+    receives = counter.snapshot().get(("sqs", "ReceiveMessage"), 0)
+    assert 2 <= stats.started <= 4 + 2 + 1
+    assert receives <= 12, receives
