@@ -13,12 +13,12 @@ from __future__ import annotations
 import contextlib
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
 from typing import Any, Final
 
 __all__ = ["TaskActivity"]
 
-# The metric names the dispatcher counts under (dispatch.metrics) → our fields.
+# The metric names the dispatcher counts under (dispatch.metrics) → our field names.
+# Another name is counted too, under its snake_case form, so a new metric never breaks this.
 _FIELDS: Final = {
     "Dispatched": "dispatched",
     "Succeeded": "succeeded",
@@ -26,16 +26,14 @@ _FIELDS: Final = {
     "Backpressure": "backpressure",
     "DeadLettered": "dead_lettered",
 }
+_IN_FLIGHT: Final = "in_flight"
 
 
-@dataclass(slots=True)
-class _Counts:
-    dispatched: int = 0
-    succeeded: int = 0
-    retried: int = 0
-    backpressure: int = 0
-    dead_lettered: int = 0
-    in_flight: int = 0
+def _field(metric: str) -> str:
+    known = _FIELDS.get(metric)
+    if known is not None:
+        return known
+    return "".join(f"_{ch.lower()}" if ch.isupper() else ch for ch in metric).lstrip("_")
 
 
 class TaskActivity:
@@ -43,30 +41,34 @@ class TaskActivity:
 
     def __init__(self, *, clock: Callable[[], float]) -> None:
         self._clock = clock
-        self._tasks: dict[str, _Counts] = {}
+        self._tasks: dict[str, Counter[str]] = {}
         self._window_start = clock()
         self._window_dispatched: Counter[str] = Counter()
         self._oldest_age_s: float | None = None
 
+    def _counts(self, task: str) -> Counter[str]:
+        counts = self._tasks.get(task)
+        if counts is None:
+            counts = self._tasks[task] = Counter({name: 0 for name in _FIELDS.values()})
+            counts[_IN_FLIGHT] = 0
+        return counts
+
     def count(self, task: str, metric: str) -> None:
         """One ``Dispatched``/``Succeeded``/``Retried``/``Backpressure``/``DeadLettered``."""
-        name = _FIELDS.get(metric)
-        if name is None:
-            raise ValueError(f"unknown task counter {metric!r}: one of {sorted(_FIELDS)}")
-        counts = self._tasks.setdefault(task, _Counts())
-        setattr(counts, name, getattr(counts, name) + 1)
+        name = _field(metric)
+        self._counts(task)[name] += 1
         if name == "dispatched":
             self._window_dispatched[task] += 1
 
     @contextlib.contextmanager
     def running(self, task: str) -> Iterator[None]:
         """Count the task in flight (handed to a worker) for the duration of the block."""
-        counts = self._tasks.setdefault(task, _Counts())
-        counts.in_flight += 1
+        counts = self._counts(task)
+        counts[_IN_FLIGHT] += 1
         try:
             yield
         finally:
-            counts.in_flight -= 1
+            counts[_IN_FLIGHT] -= 1
 
     def saw_message_age(self, age_s: float) -> None:
         """A message was received ``age_s`` seconds after it was sent."""
@@ -83,7 +85,7 @@ class TaskActivity:
                 None if self._oldest_age_s is None else round(self._oldest_age_s, 3)
             ),
             "tasks": {
-                name: asdict(counts)
+                name: dict(counts)
                 | {"dispatched_per_s": round(self._window_dispatched[name] / window_s, 3)}
                 for name, counts in sorted(self._tasks.items())
             },

@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import select
+import signal
+import subprocess
+import sys
 import time
 
 from dispatch import PermanentError, Resource, Retry, task
@@ -13,7 +18,7 @@ from dispatch.config import Settings
 from dispatch.dispatcher import Dispatcher, DispatcherOptions
 from dispatch.queue import Queue
 from dispatch.registry import Registry
-from tests.integration.conftest import dispatch_cli, drain
+from tests.integration.conftest import REPO, dispatch_cli, drain
 
 ONCE = Retry(max_attempts=1)
 
@@ -197,3 +202,69 @@ def test_top_and_status_exit_3_naming_what_is_missing(aws_env: Settings) -> None
     wrong = dispatch_cli("status", "--json", env=os.environ | {"DISPATCH_TABLE": "no-such-table"})
     assert wrong.returncode == 3, wrong.stderr
     assert "no-such-table" in wrong.stderr or "table" in wrong.stderr.lower()
+
+
+def _read_until(fd: int, wanted: bytes, *, count: int, deadline_s: float) -> bytes:
+    """Read a pty until ``wanted`` appeared ``count`` times, or the deadline passed."""
+    seen = b""
+    end = time.monotonic() + deadline_s
+    while seen.count(wanted) < count and time.monotonic() < end:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            try:
+                seen += os.read(fd, 65536)
+            except OSError:  # EIO: the process closed the terminal
+                break
+    return seen
+
+
+def test_top_redraws_live_on_a_terminal_until_interrupted(aws_env: Settings) -> None:
+    """Given a terminal, when `dispatch top --interval-s 0.3` runs, then it draws the queue
+    line and redraws it on each refresh, and Ctrl-C (SIGINT) ends it cleanly with exit 0."""
+    primary, secondary = pty.openpty()
+    env = os.environ | {"TERM": "xterm-256color", "COLUMNS": "120", "LINES": "40"}
+    process = subprocess.Popen(
+        [sys.executable, "-c", "from dispatch.cli import main; main()", "top", "--interval-s",
+         "0.3"],
+        stdin=secondary, stdout=secondary, stderr=secondary, env=env, cwd=REPO,
+    )  # fmt: skip
+    os.close(secondary)
+    try:
+        drawn = _read_until(primary, b"queue: visible 0", count=3, deadline_s=60)
+        process.send_signal(signal.SIGINT)
+        code = process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        os.close(primary)
+
+    assert drawn.count(b"queue: visible 0") >= 3, drawn.decode(errors="replace")
+    assert b"dispatch top" in drawn
+    assert code == 0
+
+
+def test_top_json_without_once_streams_one_frame_a_line(aws_env: Settings) -> None:
+    """Given a script reading `dispatch top --json --interval-s 0.3`, then each refresh is
+    one JSON object on its own line, and SIGINT ends the stream with exit 0."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", "from dispatch.cli import main; main()", "top", "--json",
+         "--interval-s", "0.3"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        frames = [json.loads(process.stdout.readline()) for _ in range(3)]
+        process.send_signal(signal.SIGINT)
+        code = process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        for stream in (process.stdout, process.stderr):
+            if stream is not None:
+                stream.close()
+
+    assert [f["queue"] for f in frames] == [{"visible": 0, "in_flight": 0, "delayed": 0}] * 3
+    assert frames[0]["at"] < frames[1]["at"] < frames[2]["at"]
+    assert code == 0
