@@ -293,11 +293,13 @@ def enqueue(
     if from_file is not None and (args_json is not None or count != 1):
         raise click.UsageError("--from-file gives the argument sets; drop --args and --count")
     sets: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+    line_numbers: list[int] = []  # of each argument set in the file (blank lines skipped)
+    name = getattr(from_file, "name", "FILE")
     if from_file is not None:
-        name = getattr(from_file, "name", "FILE")
         for number, line in enumerate(from_file, start=1):
             if line.strip():
                 sets.append(_argument_set(line, where=f"--from-file {name} line {number}"))
+                line_numbers.append(number)
         if not sets:
             raise click.BadParameter(f"{name} holds no argument set", param_hint="--from-file")
     else:
@@ -310,13 +312,13 @@ def enqueue(
     spec = default_registry.get(task_name)
     options = MessageOptions(delay_s=delay_s, idempotency_key=idempotency_key)
     messages: list[Message] = []
-    for number, (args, kwargs) in enumerate(sets, start=1):
+    for index, (args, kwargs) in enumerate(sets):
         try:
             messages.append(Message.build(spec, args, kwargs, options))
         except DispatchError as exc:
             if from_file is None:
                 raise
-            raise DispatchError(f"{from_file.name} line {number}: {exc}") from exc
+            raise DispatchError(f"{name} line {line_numbers[index]}: {exc}") from exc
     sent = _enqueue_in_chunks(messages, label=f"enqueue {task_name}", as_json=as_json)
     if as_json:
         click.echo(json.dumps(sent))

@@ -10,12 +10,18 @@ import sys
 from pathlib import Path
 
 import click
+import pytest
+from botocore.exceptions import ClientError
 
 from dispatch import PermanentError, Retry, task
+from dispatch.aws import SyncClients
+from dispatch.cli import _enqueue_in_chunks
 from dispatch.config import Settings
+from dispatch.errors import DispatchError
 from dispatch.queue import Queue
 from dispatch.registry import Registry
-from tests.integration.conftest import REPO, dispatch_cli, drain
+from dispatch.state import Status, SyncStateStore
+from tests.integration.conftest import REPO, dispatch_cli, drain, queue_counts
 
 
 def test_init_creates_resources_idempotently_and_prints_json(aws_env: Settings) -> None:
@@ -219,11 +225,11 @@ def test_bulk_enqueue_from_a_jsonl_file_and_by_count(aws_env: Settings, tmp_path
 def test_bulk_enqueue_refuses_a_bad_line_before_sending_anything(
     aws_env: Settings, tmp_path: Path
 ) -> None:
-    """Given a file whose third line does not fit the handler, and another with a line that
-    is not JSON, when each is enqueued, then the error names the line, the exit code says
-    what kind of mistake it is, and no task at all was queued."""
+    """Given a file whose fifth line (blank ones count) does not fit the handler, and one
+    whose second line is not JSON, when each is enqueued, then the error names the line,
+    the exit code says what kind of mistake it is, and no task at all was queued."""
     wrong_args = tmp_path / "wrong.jsonl"
-    wrong_args.write_text('{"order_id": "1", "email": "a@x"}\n' * 2 + '{"order": "3"}\n')
+    wrong_args.write_text('{"order_id": "1", "email": "a@x"}\n\n' * 2 + '{"order": "5"}\n')
     not_json = tmp_path / "broken.jsonl"
     not_json.write_text('{"order_id": "1", "email": "a@x"}\n{oops\n')
 
@@ -238,7 +244,7 @@ def test_bulk_enqueue_refuses_a_bad_line_before_sending_anything(
         "--count", "2",
     )  # fmt: skip
 
-    assert refused.returncode == 1 and "line 3" in refused.stderr, refused.stderr
+    assert refused.returncode == 1 and "line 5" in refused.stderr, refused.stderr
     assert "order" in refused.stderr
     assert broken.returncode == 2 and "line 2" in broken.stderr, broken.stderr
     assert mixed.returncode == 2 and "--from-file" in mixed.stderr
@@ -282,3 +288,45 @@ def test_progress_shows_on_a_terminal_stderr_and_never_on_stdout(aws_env: Settin
     assert len(done.stdout.split()) == 30
     assert "\x1b" not in done.stdout
     assert b"enqueue send_receipt" in drawn and b"30/30" in drawn
+
+
+def test_a_bulk_enqueue_that_fails_part_way_reports_exactly_what_went(
+    aws_env: Settings,
+    registry: Registry,
+    queue: Queue,
+    clients: SyncClients,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Given 250 tasks and SQS failing the 15th SendMessageBatch (tasks 141-150), when the
+    bulk enqueue runs, then it stops with an error naming #141-250 as not enqueued, the
+    ids it printed are exactly the 140 tasks on the queue, and the others left no record,
+    so enqueueing #141-250 again neither loses nor duplicates a task."""
+
+    @task(registry=registry)
+    def bulk(n: int) -> None: ...
+
+    messages = [bulk.message(n) for n in range(250)]
+    calls = 0
+
+    def fail_the_fifteenth(**_: object) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 15:
+            error = {"Error": {"Code": "InternalError", "Message": "SQS had a bad moment"}}
+            raise ClientError(error, "SendMessageBatch")  # type: ignore[arg-type]
+
+    queue.sync_clients().sqs.meta.events.register(
+        "before-call.sqs.SendMessageBatch", fail_the_fifteenth
+    )
+
+    with pytest.raises(DispatchError) as raised:
+        _enqueue_in_chunks(messages, label="bulk", as_json=True)
+
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == [m.task_id for m in messages[:140]]
+    assert "140 of 250" in str(raised.value) and "not enqueued: #141-250" in str(raised.value)
+    assert queue_counts(clients, aws_env.queue_url)["visible"] == 140
+    store = SyncStateStore(clients.dynamodb, aws_env.table)
+    last_sent = store.get(messages[139].task_id)
+    assert last_sent is not None and last_sent.status is Status.QUEUED
+    assert store.get(messages[140].task_id) is None and store.get(messages[249].task_id) is None
