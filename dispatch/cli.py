@@ -400,8 +400,8 @@ def status(task_id: str | None, max_scan: int, as_json: bool) -> None:
             for key, value in record.items():
                 click.echo(f"{key:>16}: {json.dumps(value) if isinstance(value, dict) else value}")
         return
+    from dispatch.overview import overview
     from dispatch.queue import default_queue
-    from dispatch.status import overview
     from dispatch.top import describe_age, describe_depth, resource_table
 
     queue = default_queue()

@@ -22,7 +22,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from dispatch.status import OldestMessage, QueueDepth, oldest_message, queue_depth
+from dispatch.overview import OldestMessage, QueueDepth, oldest_message, queue_depth
 from dispatch.throttle_status import (
     DispatcherReport,
     ResourceStatus,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dispatch.activity import TaskActivity
-from dispatch.status import QueueDepth, oldest_message
+from dispatch.overview import QueueDepth, oldest_message
 from dispatch.throttle_status import DispatcherReport
 from dispatch.top import task_rows
 
