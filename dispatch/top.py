@@ -34,7 +34,18 @@ if TYPE_CHECKING:
     from dispatch.aws import SyncClients
     from dispatch.config import Settings
 
-__all__ = ["Frame", "TaskActivityRow", "read_frame", "render", "resource_table", "run_live"]
+__all__ = [
+    "Frame",
+    "TaskActivityRow",
+    "describe_age",
+    "describe_depth",
+    "read_frame",
+    "render",
+    "resource_table",
+    "run_live",
+    "task_rows",
+    "task_table",
+]
 
 
 @dataclass(frozen=True, slots=True)
