@@ -1,14 +1,20 @@
 """The ``dispatch`` command.
 
 Exit codes scripts can rely on: 0 success; 1 the command ran and found a
-problem (the demo did not add up, a run stopped on an error); 2 usage error;
-3 configuration error (missing or wrong queue, table, credentials); 4 not found.
+problem (the demo did not add up, a run stopped on an error, an AWS call
+failed); 2 usage error; 3 configuration error (missing or wrong queue, table,
+credentials); 4 not found.
+
+Read commands take ``--json`` and then print one JSON document on stdout and
+nothing else. Progress bars go to stderr, and only when stderr is a terminal
+and ``--json`` is off, so a script's stdout stays clean.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -17,6 +23,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import click
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from dispatch import constants as c
@@ -25,6 +32,8 @@ from dispatch.errors import ConfigurationError, DispatchError, TaskNotFoundError
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+_PIPE_WIDTH = 200  # columns for tables written to a pipe or file (rich's default is 80)
 
 EXIT_PROBLEM = 1
 EXIT_CONFIG = 3
@@ -49,6 +58,28 @@ def _errors(fn: Callable[P, R]) -> Callable[P, R]:
             sys.exit(EXIT_PROBLEM)
 
     return wrapper
+
+
+def _console() -> Console:
+    """stdout for tables: the terminal's width, or wide enough for whole rows in a pipe."""
+    console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(width=_PIPE_WIDTH)
+    return console
+
+
+def _progress(*, quiet: bool) -> Progress:
+    """A progress bar on stderr; off with ``quiet`` (--json) or when stderr is no terminal."""
+    console = Console(stderr=True)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=quiet or not console.is_terminal,
+    )
 
 
 def _load_tasks(tasks: str | None) -> tuple[str, ...]:
@@ -191,14 +222,44 @@ def init(prefix: str, as_json: bool) -> None:
         click.echo(f"export {name}={value}")
 
 
+ENQUEUE_CHUNK = 100  # messages per enqueue_many call in a bulk enqueue (progress steps)
+
+
+def _argument_set(text: str, *, where: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """(args, kwargs) from a JSON object (keyword arguments) or list (positional)."""
+    try:
+        parsed = json.loads(text)
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint=where) from exc
+    if not isinstance(parsed, dict | list):
+        raise click.BadParameter(
+            f"must be a JSON object or list, not {type(parsed).__name__}", param_hint=where
+        )
+    return (tuple(parsed), {}) if isinstance(parsed, list) else ((), dict(parsed))
+
+
 @cli.command()
 @click.argument("task_name", metavar="TASK")
 @click.option(
     "--args",
     "args_json",
-    default="{}",
+    default=None,
+    help="JSON object (keyword arguments) or list (positional). Default: {}.",
+)
+@click.option(
+    "--from-file",
+    "from_file",
+    type=click.File("r", encoding="utf-8"),
+    metavar="FILE",
+    help="JSON lines, one argument set (object or list) per line: one task per line. "
+    "'-' reads stdin.",
+)
+@click.option(
+    "--count",
+    type=click.IntRange(1, 1_000_000),
+    default=1,
     show_default=True,
-    help="JSON object (keyword arguments) or list (positional).",
+    help="Enqueue this many tasks with the same --args.",
 )
 @click.option(
     "--tasks", "tasks", metavar="MODULES", help=f"Task modules (default: ${c.ENV_TASKS})."
@@ -208,40 +269,127 @@ def init(prefix: str, as_json: bool) -> None:
     type=click.FloatRange(min=0),
     help="Run no earlier than this many seconds from now.",
 )
-@click.option("--idempotency-key", help="The same key enqueues the task once.")
+@click.option("--idempotency-key", help="The same key enqueues the task once (one task only).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of the task ids.")
 @_errors
 def enqueue(
     task_name: str,
-    args_json: str,
+    *,
+    args_json: str | None,
+    from_file: Any,
+    count: int,
     tasks: str | None,
     delay_s: float | None,
     idempotency_key: str | None,
+    as_json: bool,
 ) -> None:
-    """Enqueue one task; prints its id."""
+    """Enqueue a task (or many: --count N, --from-file FILE); prints the task ids, one a line.
+
+    Every argument set is checked against the handler before anything is sent.
+    """
     from dispatch.envelope import Message, MessageOptions
-    from dispatch.queue import default_queue
     from dispatch.registry import default_registry
 
-    try:
-        parsed = json.loads(args_json)
-    except ValueError as exc:
-        raise click.BadParameter(f"not JSON: {exc}", param_hint="--args") from exc
-    if not isinstance(parsed, dict | list):
-        raise click.BadParameter("must be a JSON object or list", param_hint="--args")
+    if from_file is not None and (args_json is not None or count != 1):
+        raise click.UsageError("--from-file gives the argument sets; drop --args and --count")
+    sets: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+    line_numbers: list[int] = []  # of each argument set in the file (blank lines skipped)
+    name = getattr(from_file, "name", "FILE")
+    if from_file is not None:
+        for number, line in enumerate(from_file, start=1):
+            if line.strip():
+                sets.append(_argument_set(line, where=f"--from-file {name} line {number}"))
+                line_numbers.append(number)
+        if not sets:
+            raise click.BadParameter(f"{name} holds no argument set", param_hint="--from-file")
+    else:
+        sets = [_argument_set(args_json or "{}", where="--args")] * count
+    if idempotency_key is not None and len(sets) > 1:
+        raise click.UsageError(
+            "--idempotency-key makes every copy the same task; it enqueues one task only"
+        )
     _load_tasks(tasks)
     spec = default_registry.get(task_name)
-    args, kwargs = (tuple(parsed), {}) if isinstance(parsed, list) else ((), dict(parsed))
     options = MessageOptions(delay_s=delay_s, idempotency_key=idempotency_key)
-    click.echo(default_queue().enqueue(Message.build(spec, args, kwargs, options)))
+    messages: list[Message] = []
+    for index, (args, kwargs) in enumerate(sets):
+        try:
+            messages.append(Message.build(spec, args, kwargs, options))
+        except DispatchError as exc:
+            if from_file is None:
+                raise
+            raise DispatchError(f"{name} line {line_numbers[index]}: {exc}") from exc
+    sent = _enqueue_in_chunks(messages, label=f"enqueue {task_name}", as_json=as_json)
+    if as_json:
+        click.echo(json.dumps(sent))
+
+
+def _enqueue_in_chunks(messages: list[Any], *, label: str, as_json: bool) -> list[str]:
+    """Enqueue with a progress bar, printing ids as they go (unless ``as_json``).
+
+    On a failure, what was enqueued is printed (with ``as_json``, as the JSON list)
+    and the error says which tasks were not, so none is lost or sent twice by a retry.
+    """
+    from dispatch.errors import PartialEnqueueError
+    from dispatch.queue import default_queue
+
+    queue = default_queue()
+    sent: list[str] = []
+    with _progress(quiet=as_json or len(messages) < 2) as progress:
+        bar = progress.add_task(label, total=len(messages))
+        for start in range(0, len(messages), ENQUEUE_CHUNK):
+            chunk = messages[start : start + ENQUEUE_CHUNK]
+            try:
+                ids = queue.enqueue_many(chunk)
+            except DispatchError as exc:
+                refused = list(range(start + 1, len(messages) + 1))
+                if isinstance(exc, PartialEnqueueError):
+                    went = [i for i in exc.task_ids if i is not None]
+                    sent.extend(went)
+                    if went and not as_json:
+                        click.echo("\n".join(went))
+                    refused = [start + 1 + i for i in sorted(exc.failures)]
+                    refused += list(range(start + len(chunk) + 1, len(messages) + 1))
+                if as_json:
+                    click.echo(json.dumps(sent))
+                raise DispatchError(
+                    f"{exc}; {len(sent)} of {len(messages)} task(s) were enqueued (their ids "
+                    f"are on stdout); not enqueued: #{_ranges(refused)}"
+                ) from exc
+            sent.extend(ids)
+            if not as_json:
+                click.echo("\n".join(ids))
+            progress.advance(bar, len(ids))
+    return sent
+
+
+def _ranges(numbers: list[int]) -> str:
+    """``[1, 2, 3, 7]`` → ``1-3, 7``."""
+    spans: list[str] = []
+    for n in numbers:
+        if spans and spans[-1].split("-")[-1] == str(n - 1):
+            spans[-1] = f"{spans[-1].split('-')[0]}-{n}"
+        else:
+            spans.append(str(n))
+    return ", ".join(spans)
 
 
 @cli.command()
 @click.argument("task_id", required=False)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option(
+    "--max-scan",
+    type=click.IntRange(min=0),
+    default=c.STATUS_MAX_SCAN,
+    show_default=True,
+    metavar="N",
+    help="Read at most N table items to count tasks by status ('at least' beyond); 0: skip.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @_errors
-def status(task_id: str | None, as_json: bool) -> None:
-    """Show one task's record (TASK_ID), or the queues' depth and every throttled
-    resource's state: rates, tokens, tasks in flight and waiting, time spent waiting."""
+def status(task_id: str | None, max_scan: int, as_json: bool) -> None:
+    """Show the queue and DLQ depth, the oldest message's age, task counts by status and
+    every throttled resource's state (rates, tokens, in flight, waiting, time spent
+    waiting); or, given TASK_ID, that task's record."""
     if task_id is not None:
         from dispatch.status import status as task_status
 
@@ -252,54 +400,83 @@ def status(task_id: str | None, as_json: bool) -> None:
             for key, value in record.items():
                 click.echo(f"{key:>16}: {json.dumps(value) if isinstance(value, dict) else value}")
         return
-    import time
-
-    from dispatch.aws import aws_errors
+    from dispatch.overview import overview
     from dispatch.queue import default_queue
-    from dispatch.throttle_status import read_status
+    from dispatch.top import describe_age, describe_depth, resource_table
 
     queue = default_queue()
-    clients = queue.sync_clients()
-    report: dict[str, Any] = {}
-    for label, url in (("queue", queue.settings.queue_url), ("dlq", queue.settings.dlq_url)):
-        with aws_errors("GetQueueAttributes"):
-            attrs = clients.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])
-        counts = attrs["Attributes"]
-        report[label] = {
-            "visible": int(counts.get("ApproximateNumberOfMessages", 0)),
-            "in_flight": int(counts.get("ApproximateNumberOfMessagesNotVisible", 0)),
-            "delayed": int(counts.get("ApproximateNumberOfMessagesDelayed", 0)),
-        }
-    resources = read_status(clients.dynamodb, queue.settings.table, now=time.time())
-    report["resources"] = [r.to_dict() for r in resources]
+    report = overview(queue.sync_clients(), queue.settings, max_scan=max_scan)
     if as_json:
-        click.echo(json.dumps(report))
+        click.echo(json.dumps(report.to_dict()))
         return
-    for label in ("queue", "dlq"):
-        click.echo(f"{label}: " + ", ".join(f"{k} {v}" for k, v in report[label].items()))
-    if not resources:
+    click.echo(describe_depth("queue", report.queue))
+    click.echo(describe_depth("dlq", report.dlq))
+    click.echo(describe_age(report.oldest_message))
+    tasks = report.tasks
+    if tasks is None:
+        click.echo("tasks: not counted (--max-scan 0)")
+    else:
+        prefix = "" if tasks.complete else "at least "
+        counts = ", ".join(f"{name} {prefix}{n}" for name, n in tasks.counts.items())
+        click.echo(f"tasks: {counts}")
+        if not tasks.complete:
+            click.echo(
+                f"       (the count stopped after {tasks.scanned} table items: "
+                "raise --max-scan to count them all)"
+            )
+    click.echo(f"dispatchers: {report.dispatchers} live")
+    if not report.resources:
         click.echo("resources: none reported by a live dispatcher")
         return
-    table = Table(title="throttled resources (all live dispatchers)", title_justify="left")
-    for column in ("resource", "rate: effective / limit", "tokens", "in flight / cap", "waiting",
-                   "waited", "mean wait", "backpressure", "dispatchers"):  # fmt: skip
-        table.add_column(column, justify="left" if column == "resource" else "right")
-    for r in resources:
-        limit = f"{r.configured_rate_per_s:g}/s" if r.configured_rate_per_s else "-"
-        effective = f"{r.effective_rate_per_s:.3g}/s" if r.effective_rate_per_s else "-"
-        cap = str(r.max_concurrency) if r.max_concurrency else "-"
-        table.add_row(
-            r.name,
-            f"{effective} / {limit}",
-            f"{r.tokens:.1f}" if r.tokens is not None else "-",
-            f"{r.in_flight} / {cap}",
-            str(r.waiting),
-            str(r.waits),
-            f"{r.mean_wait_s:.2f} s",
-            str(r.backpressure_signals),
-            str(r.dispatchers),
-        )
-    Console().print(table)
+    _console().print(resource_table(report.resources))
+
+
+@cli.command()
+@click.option(
+    "--interval-s",
+    type=click.FloatRange(min=0.2),
+    default=2.0,
+    show_default=True,
+    help="Seconds between refreshes.",
+)
+@click.option("--once", is_flag=True, help="Print one frame and exit.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the frame's data as JSON (one object a line, each refresh, without --once).",
+)
+@_errors
+def top(interval_s: float, once: bool, as_json: bool) -> None:
+    """A live view: per task the dispatch rate, successes, retries, dead letters and tasks
+    in flight; per resource the rates, tokens, in flight vs cap, waiting and wait time;
+    the queue and DLQ depth. Ctrl-C quits."""
+    import time
+
+    from dispatch.queue import default_queue
+    from dispatch.top import read_frame, render, run_live
+
+    queue = default_queue()
+    clients, settings = queue.sync_clients(), queue.settings
+
+    def read() -> Any:
+        return read_frame(clients, settings)
+
+    if once:
+        frame = read()
+        if as_json:
+            click.echo(json.dumps(frame.to_dict()))
+        else:
+            _console().print(render(frame))
+        return
+    if as_json:
+        try:
+            while True:
+                click.echo(json.dumps(read().to_dict()))
+                time.sleep(interval_s)
+        except KeyboardInterrupt:
+            return
+    run_live(read, interval_s=interval_s, console=Console())
 
 
 @cli.command()
@@ -404,14 +581,16 @@ def dlq_list(limit: int, as_json: bool) -> None:
             f"{error.get('type', '')}: {error.get('message', '')}"[:80],
             str(e.failure.get("attempts", "-")),
         )
-    Console().print(table)
+    _console().print(table)
 
 
 @dlq.command("show")
 @click.argument("message_or_task_id")
+@click.option("--json", "as_json", is_flag=True, help="Print compact JSON (one line).")
 @_errors
-def dlq_show(message_or_task_id: str) -> None:
-    """Show one dead letter (by SQS message id or task id): body and full failure."""
+def dlq_show(message_or_task_id: str, as_json: bool) -> None:
+    """Show one dead letter (by SQS message id or task id): body and full failure, as
+    indented JSON (compact with --json)."""
     from dispatch.dlq import iter_dead_letters, release
 
     clients, settings = _dlq_context()
@@ -419,7 +598,7 @@ def dlq_show(message_or_task_id: str) -> None:
     release(clients, settings, entries)
     for e in entries:
         if message_or_task_id in (e.message_id, e.task_id):
-            click.echo(json.dumps(e.to_dict(with_body=True), indent=2))
+            click.echo(json.dumps(e.to_dict(with_body=True), indent=None if as_json else 2))
             return
     raise TaskNotFoundError(message_or_task_id)
 
@@ -432,12 +611,10 @@ def dlq_show(message_or_task_id: str) -> None:
 @_errors
 def dlq_redrive(task_name: str | None, limit: int | None, dry_run: bool, as_json: bool) -> None:
     """Put dead tasks back on the queue with their attempts reset."""
-    from rich.progress import Progress
-
     from dispatch.dlq import redrive
 
     clients, settings = _dlq_context()
-    with Progress(transient=True, disable=as_json) as progress:
+    with _progress(quiet=as_json) as progress:
         bar = progress.add_task("redrive", total=limit)
         report = redrive(
             clients,

@@ -53,6 +53,7 @@ LEASE_KEY_PREFIX: Final = "lease#"
 SCHEDULE_KEY_PREFIX: Final = "sched#"
 RECORD_TTL_S: Final = 14 * 24 * 3600  # task records live as long as the DLQ keeps messages
 MAX_RESULT_BYTES: Final = 4_096  # larger results are not stored in the record
+STATUS_MAX_SCAN: Final = 10_000  # table items `dispatch status` reads to count tasks, by default
 
 # --- dead-letter message attributes ------------------------------------------
 DLQ_ATTR_PREFIX: Final = "dispatch-"

@@ -34,6 +34,7 @@ import structlog
 
 from dispatch import constants as c
 from dispatch import state
+from dispatch.activity import TaskActivity
 from dispatch.aws import AsyncClients, aws_errors
 from dispatch.batcher import Batcher, EntryResult
 from dispatch.config import Settings
@@ -154,6 +155,7 @@ class Dispatcher:
             runner = WorkerPool(max_workers=self.options.max_in_flight)
         self.runner: TaskRunner = runner
         self.stats = RunStats()
+        self._activity = TaskActivity(clock=clock)
         self._clients = clients
         self._clock = clock
         self._state = state.StateStore(clients.dynamodb, settings.table)
@@ -387,12 +389,14 @@ class Dispatcher:
             return []
         messages: list[dict[str, Any]] = answer.get("Messages", [])
         self.stats.received += len(messages)
-        if self._metrics is not None:
-            now_ms = self._clock() * 1000
-            for message in messages:
-                sent = message.get("Attributes", {}).get("SentTimestamp")
-                if sent is not None:
-                    self._metrics.saw_message_age(max(0.0, (now_ms - int(sent)) / 1000))
+        now_ms = self._clock() * 1000
+        for message in messages:
+            sent = message.get("Attributes", {}).get("SentTimestamp")
+            if sent is not None:
+                age_s = max(0.0, (now_ms - int(sent)) / 1000)
+                self._activity.saw_message_age(age_s)
+                if self._metrics is not None:
+                    self._metrics.saw_message_age(age_s)
         return messages
 
     def _spawn(self, message: dict[str, Any]) -> None:
@@ -587,7 +591,8 @@ class Dispatcher:
         self.stats.started += 1
         self._count(envelope.task, "Dispatched")
         try:
-            outcome = await self.runner.run(spec, envelope.args, envelope.kwargs, context)
+            with self._activity.running(envelope.task):
+                outcome = await self.runner.run(spec, envelope.args, envelope.kwargs, context)
         finally:
             if permit is not None:
                 permit.release()
@@ -919,6 +924,7 @@ class Dispatcher:
         await self._metrics.flush(self.throttle_snapshots(), waits)
 
     def _count(self, task: str, metric: str) -> None:
+        self._activity.count(task, metric)
         if self._metrics is not None:
             self._metrics.count(task, metric)
 
@@ -928,14 +934,18 @@ class Dispatcher:
             await self._publish()
 
     async def _publish(self) -> None:
-        """Log each resource's throttle state and publish it for `dispatch status`."""
+        """Log each resource's throttle state; publish it and the per-task activity for
+        `dispatch status` and `dispatch top`."""
         snapshots = self.throttle_snapshots()
-        if not snapshots:
-            return
         for snapshot in snapshots:
             log.info("throttle_state", **_snapshot_fields(snapshot, self._waiting[snapshot.name]))
         put, directory = publish_params(
-            self.settings.table, self._coordinator.owner, snapshots, self._waiting, self._clock()
+            self.settings.table,
+            self._coordinator.owner,
+            snapshots,
+            self._waiting,
+            self._clock(),
+            activity=self._activity.snapshot(),
         )
         dynamodb: Any = self._clients.dynamodb
         try:

@@ -1,11 +1,13 @@
-"""What every dispatcher's throttle is doing, published to the table and read back.
+"""What every dispatcher is doing, published to the table and read back.
 
 "Am I throttled?" must have an answer without attaching to a process. Each
-dispatcher that uses a throttled resource writes, every few seconds, one item
-``disp#<dispatcher id>`` with its per-resource snapshot (rates, tokens, tasks in
-flight and waiting, time spent waiting) and adds its id to the ``dispatchers``
-directory item. ``dispatch status`` reads the directory, the live dispatcher
-items, and the shared ``bucket#``/``slots#`` items, and sums them per resource.
+dispatcher writes, every few seconds, one item ``disp#<dispatcher id>`` with its
+per-resource throttle snapshot (rates, tokens, tasks in flight and waiting, time
+spent waiting) and its per-task activity (:mod:`dispatch.activity`: tasks
+dispatched and their outcomes, the oldest message age it saw), and adds its id
+to the ``dispatchers`` directory item. ``dispatch status`` and ``dispatch top``
+read the directory, the live dispatcher items (:func:`read_dispatchers`), and
+the shared ``bucket#``/``slots#`` items, and sum them per resource and task.
 """
 
 from __future__ import annotations
@@ -22,7 +24,15 @@ from dispatch.throttle import ThrottleSnapshot
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
-__all__ = ["PUBLISH_EVERY_S", "ResourceStatus", "publish_params", "read_status"]
+__all__ = [
+    "PUBLISH_EVERY_S",
+    "DispatcherReport",
+    "ResourceStatus",
+    "combine_resources",
+    "publish_params",
+    "read_dispatchers",
+    "read_status",
+]
 
 PUBLISH_EVERY_S: Final = 5.0
 _LIVE_FOR_S: Final = 3 * PUBLISH_EVERY_S
@@ -58,12 +68,24 @@ class ResourceStatus:
         return asdict(self) | {"mean_wait_s": round(self.mean_wait_s, 4)}
 
 
+@dataclass(frozen=True, slots=True)
+class DispatcherReport:
+    """What one live dispatcher last published."""
+
+    owner: str
+    published_at: float | None
+    resources: dict[str, dict[str, Any]]
+    activity: dict[str, Any]  # dispatch.activity.TaskActivity.snapshot(); {} if not published
+
+
 def publish_params(
     table: str,
     owner: str,
     snapshots: Iterable[ThrottleSnapshot],
     waiting: Mapping[str, int],
     now: float,
+    *,
+    activity: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """PutItem for this dispatcher's item and UpdateItem adding it to the directory."""
     resources = {
@@ -73,7 +95,9 @@ def publish_params(
         c.TABLE_HASH_KEY: {"S": f"{DISPATCHER_KEY_PREFIX}{owner}"},
         "owner": {"S": owner},
         "live_until": {"N": str(round(now + _LIVE_FOR_S, 3))},
+        "published_at": {"N": str(round(now, 3))},
         "resources": {"S": json.dumps(resources, separators=(",", ":"))},
+        "activity": {"S": json.dumps(dict(activity or {}), separators=(",", ":"))},
         c.TABLE_TTL_ATTRIBUTE: {"N": str(int(now) + 3600)},
     }
     put = {"TableName": table, "Item": item}
@@ -89,10 +113,15 @@ def publish_params(
 def read_status(client: DynamoDBClient, table: str, *, now: float) -> list[ResourceStatus]:
     """Every resource some live dispatcher reported, summed over dispatchers, with the
     shared bucket's tokens and the cap's held slots. Forgets dead dispatchers."""
+    return combine_resources(client, table, read_dispatchers(client, table, now=now))
+
+
+def read_dispatchers(client: DynamoDBClient, table: str, *, now: float) -> list[DispatcherReport]:
+    """The last report of every live dispatcher; forgets dead ones from the directory."""
     with aws_errors("GetItem"):
         directory = client.get_item(TableName=table, Key=_DIRECTORY_KEY, ConsistentRead=True)
     members = sorted(directory.get("Item", {}).get("members", {}).get("SS", []))
-    reports: list[dict[str, dict[str, Any]]] = []
+    reports: list[DispatcherReport] = []
     dead: list[str] = []
     for chunk in (members[i : i + c.DDB_MAX_BATCH_GET] for i in range(0, len(members), 100)):
         keys = [{c.TABLE_HASH_KEY: {"S": f"{DISPATCHER_KEY_PREFIX}{m}"}} for m in chunk]
@@ -104,7 +133,16 @@ def read_status(client: DynamoDBClient, table: str, *, now: float) -> list[Resou
             if item is None or float(item["live_until"]["N"]) < now:
                 dead.append(owner)
                 continue
-            reports.append(json.loads(item["resources"]["S"]))
+            reports.append(
+                DispatcherReport(
+                    owner=owner,
+                    published_at=float(item["published_at"]["N"])
+                    if "published_at" in item
+                    else None,
+                    resources=json.loads(item["resources"]["S"]),
+                    activity=json.loads(item["activity"]["S"]) if "activity" in item else {},
+                )
+            )
     if dead:
         with aws_errors("UpdateItem"):
             client.update_item(
@@ -113,10 +151,17 @@ def read_status(client: DynamoDBClient, table: str, *, now: float) -> list[Resou
                 UpdateExpression="DELETE members :dead",
                 ExpressionAttributeValues={":dead": {"SS": dead}},
             )
-    names = sorted({name for report in reports for name in report})
-    return [
-        _combine(client, table, name, [r[name] for r in reports if name in r]) for name in names
-    ]
+    return reports
+
+
+def combine_resources(
+    client: DynamoDBClient, table: str, reports: Iterable[DispatcherReport]
+) -> list[ResourceStatus]:
+    """Each resource the reports name, summed over them, with the shared bucket's tokens
+    and the cap's held slots."""
+    parts = [r.resources for r in reports]
+    names = sorted({name for report in parts for name in report})
+    return [_combine(client, table, name, [r[name] for r in parts if name in r]) for name in names]
 
 
 def _combine(
