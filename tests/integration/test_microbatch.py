@@ -89,6 +89,29 @@ async def test_the_window_flushes_a_partial_batch(
     assert [r.status for r in records(clients, aws_env, ids)] == [Status.SUCCEEDED] * 3
 
 
+async def test_items_waiting_past_the_visibility_timeout_are_not_delivered_again(
+    aws_env: Settings, registry: Registry, queue: Queue, clients: SyncClients
+) -> None:
+    """Given a window (4 s) twice the dispatcher's visibility timeout (2 s), when items
+    wait in their batch, then the heartbeat keeps them hidden: the handler sees each
+    item once, in one call, and no delivery is a duplicate."""
+    calls: list[list[str]] = []
+
+    @task(registry=registry, batch_size=50, batch_window_s=4.0)
+    def index_docs(docs: list[str]) -> None:
+        calls.append(sorted(docs))
+
+    ids = queue.enqueue_many([index_docs.message(d) for d in ("a", "b", "c")])
+
+    stats = await drain(aws_env, registry, visibility_timeout_s=2)
+
+    assert calls == [["a", "b", "c"]]
+    assert (stats.received, stats.duplicates, stats.succeeded) == (3, 0, 3)
+    assert [(r.status, r.attempts) for r in records(clients, aws_env, ids)] == [
+        (Status.SUCCEEDED, 1)
+    ] * 3
+
+
 async def test_one_failing_item_is_retried_alone_and_the_others_not_rerun(
     aws_env: Settings, registry: Registry, queue: Queue, clients: SyncClients
 ) -> None:
