@@ -15,12 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from dispatch.config import Settings
-    from dispatch.context import TaskContext, current_task
+    from dispatch.context import BatchContext, TaskContext, current_task
     from dispatch.dispatcher import Dispatcher, DispatcherOptions, RunStats
     from dispatch.envelope import Message
     from dispatch.errors import (
         AWSError,
         Backpressure,
+        BatchFailures,
         ConfigurationError,
         DispatchError,
         EnqueueError,
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
         UnknownTaskError,
     )
     from dispatch.queue import Queue, enqueue_many, enqueue_many_async
-    from dispatch.registry import Registry, Task, TaskSpec, default_registry, task
+    from dispatch.registry import BatchTask, Registry, Task, TaskSpec, default_registry, task
     from dispatch.retry import Retry
     from dispatch.state import Status, TaskRecord
     from dispatch.status import status
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     # declaring tasks
+    "BatchTask",
     "Registry",
     "Resource",
     "Retry",
@@ -51,6 +53,7 @@ __all__ = [
     "default_registry",
     "task",
     # inside a handler
+    "BatchContext",
     "TaskContext",
     "current_task",
     # enqueueing
@@ -70,6 +73,7 @@ __all__ = [
     # errors
     "AWSError",
     "Backpressure",
+    "BatchFailures",
     "ConfigurationError",
     "DispatchError",
     "EnqueueError",
@@ -87,6 +91,7 @@ __all__ = [
 _ERRORS = [
     "AWSError",
     "Backpressure",
+    "BatchFailures",
     "ConfigurationError",
     "DispatchError",
     "EnqueueError",
@@ -103,10 +108,12 @@ _ERRORS = [
 _HOME: dict[str, str] = {
     **dict.fromkeys(_ERRORS, "dispatch.errors"),
     **dict.fromkeys(
-        ["Registry", "Task", "TaskSpec", "default_registry", "task"], "dispatch.registry"
+        ["BatchTask", "Registry", "Task", "TaskSpec", "default_registry", "task"],
+        "dispatch.registry",
     ),
     "Resource": "dispatch.throttle",
     "Retry": "dispatch.retry",
+    "BatchContext": "dispatch.context",
     "TaskContext": "dispatch.context",
     "current_task": "dispatch.context",
     "Message": "dispatch.envelope",

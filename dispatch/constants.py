@@ -41,6 +41,14 @@ MAX_ENVELOPE_BYTES: Final = SQS_MAX_MESSAGE_BYTES - DLQ_ATTRIBUTE_RESERVE_BYTES
 REDRIVE_MAX_RECEIVE_COUNT: Final = 100
 MAX_ATTEMPTS_LIMIT: Final = 50
 
+# --- micro-batch tasks (@task(batch_size=..., batch_window_s=...)) ------------
+MAX_BATCH_SIZE: Final = 100  # items per handler call at most
+DEFAULT_BATCH_WINDOW_S: Final = 1.0
+MAX_BATCH_WINDOW_S: Final = 20.0  # a batch waits this long at most for its first item's company
+# A batch closes before its items' bodies pass this, so it always fits one Lambda
+# Invoke request (6 MB) with room for the per-item context.
+MAX_BATCH_PAYLOAD_BYTES: Final = 5 * 1024 * 1024
+
 # --- DynamoDB ------------------------------------------------------------------
 TABLE_HASH_KEY: Final = "pk"
 TABLE_TTL_ATTRIBUTE: Final = "expires_at"

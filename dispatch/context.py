@@ -9,7 +9,7 @@ from __future__ import annotations
 from contextvars import ContextVar
 from dataclasses import dataclass
 
-__all__ = ["TaskContext", "current_task"]
+__all__ = ["BatchContext", "TaskContext", "current_task"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,11 +28,46 @@ class TaskContext:
         return self.attempt >= self.max_attempts
 
 
+@dataclass(frozen=True, slots=True)
+class BatchContext(TaskContext):
+    """The context inside a batch handler: the batch as a whole, and each item's own.
+
+    ``items[i]`` is the context of the i-th item of the list the handler received
+    (its task id and attempt). The inherited fields describe the batch: ``task_id``
+    is its first item's id (so a log line naming it names a real task),
+    ``attempt`` the highest attempt among its items (``is_last_attempt`` is true
+    when a failure would dead-letter at least one item), ``enqueued_at`` the
+    earliest enqueue time.
+    """
+
+    items: tuple[TaskContext, ...] = ()
+
+    @property
+    def task_ids(self) -> tuple[str, ...]:
+        """The task id of each item, in the order of the handler's list."""
+        return tuple(item.task_id for item in self.items)
+
+    @classmethod
+    def of(cls, items: tuple[TaskContext, ...]) -> BatchContext:
+        """The batch context of these items (at least one, all of one task)."""
+        if not items:
+            raise ValueError("a batch has at least one item")
+        return cls(
+            task_id=items[0].task_id,
+            task=items[0].task,
+            attempt=max(item.attempt for item in items),
+            max_attempts=items[0].max_attempts,
+            enqueued_at=min(item.enqueued_at for item in items),
+            items=items,
+        )
+
+
 _current: ContextVar[TaskContext | None] = ContextVar("dispatch_current_task", default=None)
 
 
 def current_task() -> TaskContext:
-    """The context of the task running in this thread or coroutine.
+    """The context of the task running in this thread or coroutine (a
+    :class:`BatchContext` inside a batch handler).
 
     Raises RuntimeError outside a handler run by a worker.
     """

@@ -43,6 +43,7 @@ from dispatch.deadletter import DeadLetter, Reason
 from dispatch.envelope import Envelope, decode, resolve
 from dispatch.errors import ConfigurationError, DispatchError, EnvelopeError
 from dispatch.metrics import FLUSH_EVERY_S, Metrics, metrics_from_env
+from dispatch.microbatch import MicroBatcher
 from dispatch.periodic import PeriodicEnqueuer
 from dispatch.registry import Registry, TaskSpec, default_registry
 from dispatch.shared_throttle import Coordinator
@@ -162,6 +163,7 @@ class Dispatcher:
         self._held: dict[str, _Held] = {}
         self._claimed: dict[str, str] = {}  # receipt handle -> task id, while claimed here
         self._periodic = PeriodicEnqueuer(self.registry, settings, clients, clock=clock)
+        self._batches = MicroBatcher(self)  # items of @task(batch_size=...) tasks
         queue_name = settings.queue_url.rsplit("/", 1)[-1]
         self._metrics = metrics if metrics is not None else metrics_from_env(queue_name)
         self._wait_since_flush: dict[str, float] = defaultdict(float)
@@ -286,7 +288,9 @@ class Dispatcher:
                 for message in messages:
                     self._spawn(message)
         finally:
+            self._batches.flush()
             await self._finish(finish_by)
+            await self._batches.aclose()
             for background in (heartbeat, publisher, scheduler, metrics):
                 background.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -451,6 +455,9 @@ class Dispatcher:
             return
         envelope, spec = admitted
         bound = log.bind(task_id=envelope.id, task=envelope.task, message_id=message["MessageId"])
+        if spec.batch is not None:
+            await self._batches.add(message, envelope, spec, bound)
+            return
         if spec.resource is None:
             claim = await self._claim(message, envelope, spec, bound)
             if claim is not None:

@@ -15,7 +15,8 @@
     ├── AWSError                    an AWS call failed for good (wraps botocore's ClientError)
     ├── TaskFailure                 raised *by handlers* to steer the retry policy
     │   ├── PermanentError          do not retry: dead-letter now
-    │   └── Backpressure            the protected resource is overloaded: retry later, slower
+    │   ├── Backpressure            the protected resource is overloaded: retry later, slower
+    │   └── BatchFailures           some items of a micro-batch failed (each with its exception)
     └── TaskTimeoutError            a handler ran past its timeout_s (retryable)
 
 Exceptions carry data (task id, task name, AWS error code) as attributes, so a
@@ -24,7 +25,8 @@ caller can act on them without parsing messages.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 
 class DispatchError(Exception):
@@ -147,3 +149,47 @@ class TaskTimeoutError(DispatchError):
         super().__init__(f"task {task!r} ran past its timeout of {timeout_s:g} s")
         self.task = task
         self.timeout_s = timeout_s
+
+
+class BatchFailures(TaskFailure):
+    """Raised by a batch handler: these items failed, every other item succeeded.
+
+    ``failures`` maps an item to the exception it failed with; the item is named
+    by its index in the list the handler received, or by its task id
+    (``current_task().task_ids``). Each failed item then goes the way a task
+    raising that exception would: retried after its backoff, dead-lettered
+    (``PermanentError``, last attempt, not in ``retry_on``) or retried without
+    spending the attempt (``Backpressure``). ``results`` optionally holds one
+    result per item of the batch (in order) for the items that succeeded.
+    """
+
+    def __init__(
+        self,
+        failures: Mapping[int | str, BaseException],
+        *,
+        results: Sequence[Any] | None = None,
+    ) -> None:
+        if not isinstance(failures, Mapping) or not failures:
+            raise TypeError(
+                "BatchFailures(failures) takes a non-empty mapping of item index or task id "
+                f"to exception, got {failures!r:.200}"
+            )
+        for key, exc in failures.items():
+            if isinstance(key, bool) or not isinstance(key, int | str):
+                raise TypeError(
+                    f"BatchFailures: {key!r} names no item; use the item's index in the "
+                    "batch (int) or its task id (str)"
+                )
+            if not isinstance(exc, BaseException):
+                raise TypeError(
+                    f"BatchFailures: item {key!r} maps to {exc!r:.200}, not an exception"
+                )
+        if results is not None and (
+            isinstance(results, str | bytes) or not isinstance(results, Sequence)
+        ):
+            raise TypeError(f"BatchFailures(results=) takes a list, got {type(results).__name__}")
+        shown = list(failures.items())[:5]
+        detail = "; ".join(f"{key}: {type(exc).__name__}: {exc}" for key, exc in shown)
+        super().__init__(f"{len(failures)} item(s) of the batch failed ({detail})")
+        self.failures: dict[int | str, BaseException] = dict(failures)
+        self.results: list[Any] | None = None if results is None else list(results)

@@ -5,16 +5,24 @@ decorator returns a :class:`Task`, which still calls the function directly and
 adds ``enqueue``/``enqueue_async``/``message``, typed with the function's own
 parameters (``ParamSpec``) so a type checker catches a wrong argument at the
 call site.
+
+``@task(batch_size=..., batch_window_s=...)`` declares a micro-batch task: its
+handler takes one list, and the decorator returns a :class:`BatchTask` whose
+``enqueue(item)`` puts one item (its own task) on the queue, typed with the
+list's element type. The dispatcher gathers items into batches
+(:mod:`dispatch.microbatch`).
 """
 
 from __future__ import annotations
 
+import collections.abc
 import importlib
 import inspect
 import math
+import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from typing import Any, Final, Generic, ParamSpec, TypeVar, overload
 
 from dispatch import constants as c
 from dispatch.cron import Schedule
@@ -25,14 +33,45 @@ from dispatch.retry import Retry
 from dispatch.throttle import Resource
 from dispatch.typecheck import argument_problem, resolved_hints
 
-__all__ = ["DEFAULT_TIMEOUT_S", "Registry", "Task", "TaskSpec", "default_registry", "task"]
+__all__ = [
+    "DEFAULT_TIMEOUT_S",
+    "BatchOptions",
+    "BatchTask",
+    "Registry",
+    "Task",
+    "TaskSpec",
+    "default_registry",
+    "task",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 DEFAULT_TIMEOUT_S = 60.0
 _HINTS: dict[Callable[..., Any], Mapping[str, Any]] = {}
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.:-")
+# What a batch handler's one parameter may be annotated with: it receives a list.
+_LIST_ORIGINS: Final = (
+    list,
+    collections.abc.Sequence,
+    collections.abc.Collection,
+    collections.abc.Iterable,
+)
+_ITEM_SIGNATURE: Final = inspect.Signature(
+    [inspect.Parameter("item", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOptions:
+    """How a micro-batch task's items are gathered: up to ``size`` items, or
+    ``window_s`` after the first one arrived, whichever comes first."""
+
+    size: int
+    window_s: float
+    parameter: str  # the handler's one (list) parameter
+    item_hint: Any = Any  # the list's element type, checked at enqueue and on arrival
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +86,7 @@ class TaskSpec:
     is_async: bool = False
     signature: inspect.Signature = field(default=None, compare=False)  # type: ignore[assignment]
     schedule: Schedule | None = None  # periodic: enqueued once per fire time
+    batch: BatchOptions | None = None  # micro-batch: the handler takes a list of items
 
     def __post_init__(self) -> None:
         if self.signature is None:
@@ -54,12 +94,31 @@ class TaskSpec:
 
     def bind(self, args: Iterable[Any], kwargs: dict[str, Any]) -> inspect.BoundArguments:
         """Bind arguments to the handler's signature and check them against its
-        annotations (the JSON types); raises TypeError when they do not fit."""
+        annotations (the JSON types); raises TypeError when they do not fit.
+
+        A batch task's message carries one item (``args == [item]``): it is checked
+        against the list's element type and bound as a list of one.
+        """
+        if self.batch is not None:
+            return self._bind_item(self.batch, tuple(args), kwargs)
         bound = self.signature.bind(*args, **kwargs)
         problem = argument_problem(bound, self.hints)
         if problem is not None:
             raise TypeError(problem)
         return bound
+
+    def _bind_item(
+        self, batch: BatchOptions, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> inspect.BoundArguments:
+        if kwargs or len(args) != 1:
+            raise TypeError(
+                f"a batch task's message carries exactly one item (args=[item], no kwargs), "
+                f"got {len(args)} positional and {len(kwargs)} keyword argument(s)"
+            )
+        problem = argument_problem(_ITEM_SIGNATURE.bind(args[0]), {"item": batch.item_hint})
+        if problem is not None:
+            raise TypeError(problem.replace("argument 'item'", "the item", 1))
+        return self.signature.bind([args[0]])
 
     @property
     def hints(self) -> Mapping[str, Any]:
@@ -152,6 +211,73 @@ class BoundTask(Generic[P, R]):
         return await default_queue().enqueue_async(self.message(*args, **kwargs))
 
 
+class BatchTask(Generic[T, R]):
+    """A registered micro-batch task: its handler takes a list of items; each
+    ``enqueue(item)`` puts one item on the queue as a task of its own."""
+
+    def __init__(self, spec: TaskSpec, fn: Callable[[list[T]], R]) -> None:
+        self.spec = spec
+        self._fn = fn
+        self.__name__ = spec.name
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+
+    @property
+    def name(self) -> str:
+        """The name the task is registered and enqueued under."""
+        return self.spec.name
+
+    def __call__(self, items: list[T], /) -> R:
+        """Run the handler here and now on ``items``, without the queue."""
+        return self._fn(items)
+
+    def __repr__(self) -> str:
+        return f"<BatchTask {self.spec.name!r}>"
+
+    def message(
+        self,
+        item: T,
+        /,
+        *,
+        delay_s: float | None = None,
+        idempotency_key: str | None = None,
+        group: str | None = None,
+    ) -> Message:
+        """Build the message for one item without sending it (for ``enqueue_many``)."""
+        options = MessageOptions(delay_s=delay_s, idempotency_key=idempotency_key, group=group)
+        return Message.build(self.spec, (item,), {}, options)
+
+    def enqueue(
+        self,
+        item: T,
+        /,
+        *,
+        delay_s: float | None = None,
+        idempotency_key: str | None = None,
+        group: str | None = None,
+    ) -> str:
+        """Put one item on the queue (boto3, blocking); returns its task id."""
+        from dispatch.queue import default_queue
+
+        message = self.message(item, delay_s=delay_s, idempotency_key=idempotency_key, group=group)
+        return default_queue().enqueue(message)
+
+    async def enqueue_async(
+        self,
+        item: T,
+        /,
+        *,
+        delay_s: float | None = None,
+        idempotency_key: str | None = None,
+        group: str | None = None,
+    ) -> str:
+        """Put one item on the queue (aiobotocore); returns its task id."""
+        from dispatch.queue import default_queue
+
+        message = self.message(item, delay_s=delay_s, idempotency_key=idempotency_key, group=group)
+        return await default_queue().enqueue_async(message)
+
+
 class Registry:
     """Task specs by name. The default one is :data:`default_registry`; tests reset it."""
 
@@ -211,6 +337,19 @@ def task(fn: Callable[P, R], /) -> Task[P, R]: ...
 @overload
 def task(
     *,
+    batch_size: int,
+    batch_window_s: float = c.DEFAULT_BATCH_WINDOW_S,
+    name: str | None = None,
+    resource: Resource | None = None,
+    retry: Retry | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    registry: Registry | None = None,
+) -> Callable[[Callable[[list[T]], R]], BatchTask[T, R]]: ...
+
+
+@overload
+def task(
+    *,
     name: str | None = None,
     resource: Resource | None = None,
     retry: Retry | None = None,
@@ -221,7 +360,7 @@ def task(
 
 
 def task(
-    fn: Callable[P, R] | None = None,
+    fn: Callable[..., Any] | None = None,
     /,
     *,
     name: str | None = None,
@@ -229,16 +368,22 @@ def task(
     retry: Retry | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     schedule: str | None = None,
+    batch_size: int | None = None,
+    batch_window_s: float | None = None,
     registry: Registry | None = None,
-) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
+) -> Any:
     """Declare a task: ``@task`` or ``@task(resource=db, retry=Retry(...), timeout_s=30)``.
 
     ``name`` defaults to the function's name. ``timeout_s`` bounds one attempt.
     ``schedule`` (an EventBridge ``cron(...)`` or ``rate(...)`` expression) makes
     it periodic: dispatchers enqueue it once per fire time (docs/operations.md).
+    ``batch_size`` (with ``batch_window_s``, default 1 s) makes it a micro-batch
+    task: the handler takes one list and receives up to ``batch_size`` items
+    gathered from the queue, or fewer once ``batch_window_s`` has passed since
+    the first arrived (docs/api.md, "Micro-batch tasks").
     """
 
-    def decorate(func: Callable[P, R]) -> Task[P, R]:
+    def decorate(func: Callable[..., Any]) -> Any:
         spec = _make_spec(
             func,
             name=name,
@@ -246,8 +391,12 @@ def task(
             retry=retry or Retry(),
             timeout_s=timeout_s,
             schedule=schedule,
+            batch_size=batch_size,
+            batch_window_s=batch_window_s,
         )
         (default_registry if registry is None else registry).register(spec)
+        if spec.batch is not None:
+            return BatchTask(spec, func)
         return Task(spec, func)
 
     if fn is not None:
@@ -263,6 +412,8 @@ def _make_spec(
     retry: Retry,
     timeout_s: float,
     schedule: str | None = None,
+    batch_size: int | None = None,
+    batch_window_s: float | None = None,
 ) -> TaskSpec:
     if not callable(fn):
         raise TaskDefinitionError(f"@task needs a function, got {fn!r}")
@@ -292,6 +443,12 @@ def _make_spec(
             f"task {task_name!r}: parameter name(s) {', '.join(clash)} are reserved for enqueue "
             "options (delay_s, idempotency_key, group); rename the parameter"
         )
+    is_batch = batch_size is not None or batch_window_s is not None
+    if schedule is not None and is_batch:
+        raise TaskDefinitionError(
+            f"task {task_name!r}: a periodic task (schedule=) cannot be a batch task "
+            "(batch_size=): a schedule enqueues no items"
+        )
     parsed = None
     if schedule is not None:
         try:
@@ -305,6 +462,9 @@ def _make_spec(
                 f"task {task_name!r}: a scheduled task is enqueued with no arguments, but "
                 f"{task_name}{signature} needs some ({exc})"
             ) from exc
+    batch = None
+    if is_batch:
+        batch = _batch_options(task_name, fn, signature, batch_size, batch_window_s)
     return TaskSpec(
         name=task_name,
         fn=fn,
@@ -314,6 +474,63 @@ def _make_spec(
         is_async=inspect.iscoroutinefunction(fn),
         signature=signature,
         schedule=parsed,
+        batch=batch,
+    )
+
+
+def _batch_options(
+    task_name: str,
+    fn: Callable[..., Any],
+    signature: inspect.Signature,
+    batch_size: int | None,
+    batch_window_s: float | None,
+) -> BatchOptions:
+    """Validate a batch task's options and its handler's one list parameter."""
+    if batch_size is None:
+        raise TaskDefinitionError(
+            f"task {task_name!r}: batch_window_s= needs batch_size= (the most items per call)"
+        )
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int):
+        raise TaskDefinitionError(
+            f"task {task_name!r}: batch_size={batch_size!r} must be a whole number of items"
+        )
+    if not 1 <= batch_size <= c.MAX_BATCH_SIZE:
+        raise TaskDefinitionError(
+            f"task {task_name!r}: batch_size={batch_size} must be 1 to {c.MAX_BATCH_SIZE}"
+        )
+    window_s = c.DEFAULT_BATCH_WINDOW_S if batch_window_s is None else batch_window_s
+    if not (
+        isinstance(window_s, int | float)
+        and not isinstance(window_s, bool)
+        and math.isfinite(window_s)
+        and 0 < window_s <= c.MAX_BATCH_WINDOW_S
+    ):
+        raise TaskDefinitionError(
+            f"task {task_name!r}: batch_window_s={window_s!r} must be > 0 and at most "
+            f"{c.MAX_BATCH_WINDOW_S:g} seconds (held messages wait that long at most)"
+        )
+    parameters = list(signature.parameters.values())
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if len(parameters) != 1 or parameters[0].kind not in positional:
+        raise TaskDefinitionError(
+            f"task {task_name!r}: a batch handler takes exactly one parameter, the list of "
+            f"items (e.g. def {task_name}(items: list[str]) -> ...), but it is "
+            f"{task_name}{signature}"
+        )
+    parameter = parameters[0].name
+    hint = resolved_hints(fn).get(parameter)
+    item_hint: Any = Any
+    if hint is not None and hint is not list and hint is not Any:
+        origin = typing.get_origin(hint)
+        if origin not in _LIST_ORIGINS:
+            raise TaskDefinitionError(
+                f"task {task_name!r}: a batch handler's parameter receives a list, but "
+                f"{parameter!r} is annotated {hint!r}; annotate it list[ItemType]"
+            )
+        args = typing.get_args(hint)
+        item_hint = args[0] if args else Any
+    return BatchOptions(
+        size=batch_size, window_s=float(window_s), parameter=parameter, item_hint=item_hint
     )
 
 

@@ -8,6 +8,15 @@ micro-batch of one or more attempts, and gets one outcome per attempt back::
                                               "max_attempts": 5, "enqueued_at": 1767225600.1}}]}
     response {"v": 1, "outcomes": [{"kind": "succeeded", "duration_s": 0.01, "result": ...}]}
 
+A micro-batch task (``@task(batch_size=...)``) travels as one batch call whose
+handler runs once for all its items, and answers one outcome per item, in
+place (outcomes are flat, in the order of the items)::
+
+    request  {"v": 1, "tasks": [{"task": "index_docs", "batch": [
+                 {"item": "doc-1", "context": {"task_id": "...", "attempt": 1, ...}},
+                 {"item": "doc-2", "context": {"task_id": "...", "attempt": 2, ...}}]}]}
+    response {"v": 1, "outcomes": [{"kind": "succeeded", ...}, {"kind": "retryable", ...}]}
+
 The attempts of a batch run concurrently (sync handlers in threads). A handler's
 failure is an outcome, never an error of the invocation. The worker owns no
 state: it never creates an SQS or DynamoDB client (it needs no AWS permission at
@@ -31,14 +40,16 @@ from typing import Any, Final
 
 from dispatch import constants as c
 from dispatch.config import parse_task_modules
-from dispatch.context import TaskContext
+from dispatch.context import BatchContext, TaskContext
 from dispatch.errors import ConfigurationError, UnknownTaskError
-from dispatch.registry import Registry, default_registry
+from dispatch.registry import Registry, TaskSpec, default_registry
 from workers.outcome import ErrorInfo, Outcome, OutcomeKind
-from workers.runtime import run_attempt
+from workers.runtime import run_attempt, run_batch_attempt
 
 __all__ = [
     "PAYLOAD_VERSION",
+    "BatchCall",
+    "Call",
     "TaskCall",
     "WorkerHandler",
     "decode_outcomes",
@@ -70,13 +81,13 @@ class TaskCall:
             "task": self.task,
             "args": list(self.args),
             "kwargs": self.kwargs,
-            "context": {
-                "task_id": self.context.task_id,
-                "attempt": self.context.attempt,
-                "max_attempts": self.context.max_attempts,
-                "enqueued_at": self.context.enqueued_at,
-            },
+            "context": _context_dict(self.context),
         }
+
+    @property
+    def size(self) -> int:
+        """Outcomes this call answers: one."""
+        return 1
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TaskCall:
@@ -88,26 +99,96 @@ class TaskCall:
                 task=name,
                 args=tuple(data.get("args") or ()),
                 kwargs=dict(data.get("kwargs") or {}),
-                context=TaskContext(
-                    task_id=str(ctx["task_id"]),
-                    task=name,
-                    attempt=int(ctx["attempt"]),
-                    max_attempts=int(ctx["max_attempts"]),
-                    enqueued_at=float(ctx.get("enqueued_at") or 0.0),
-                ),
+                context=_context_from(ctx, name),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a task call: {exc!r}") from exc
 
 
-def encode_request(calls: Sequence[TaskCall]) -> bytes:
+@dataclasses.dataclass(frozen=True, slots=True)
+class BatchCall:
+    """One run of a batch handler: its items, each with its own task's context."""
+
+    task: str
+    items: tuple[Any, ...]
+    contexts: tuple[TaskContext, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (a request's ``tasks`` entry with a ``batch`` list)."""
+        return {
+            "task": self.task,
+            "batch": [
+                {"item": item, "context": _context_dict(context)}
+                for item, context in zip(self.items, self.contexts, strict=True)
+            ],
+        }
+
+    @property
+    def size(self) -> int:
+        """Outcomes this call answers: one per item."""
+        return len(self.items)
+
+    @property
+    def context(self) -> BatchContext:
+        """What ``current_task()`` returns inside the handler."""
+        return BatchContext.of(self.contexts)
+
+    def halves(self) -> tuple[BatchCall, BatchCall]:
+        """The first and second half of the items, as two calls (to fit a request)."""
+        half = len(self.items) // 2
+        return (
+            BatchCall(self.task, self.items[:half], self.contexts[:half]),
+            BatchCall(self.task, self.items[half:], self.contexts[half:]),
+        )
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BatchCall:
+        """Inverse of :meth:`to_dict`; ValueError when a field is missing or mistyped."""
+        try:
+            name = str(data["task"])
+            entries = data["batch"]
+            if not isinstance(entries, list) or not entries:
+                raise TypeError("'batch' must be a non-empty list")
+            return cls(
+                task=name,
+                items=tuple(entry["item"] for entry in entries),
+                contexts=tuple(_context_from(entry["context"], name) for entry in entries),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a batch call: {exc!r}") from exc
+
+
+Call = TaskCall | BatchCall
+"""One entry of a request: an attempt, or a batch handler's run."""
+
+
+def _context_dict(context: TaskContext) -> dict[str, Any]:
+    return {
+        "task_id": context.task_id,
+        "attempt": context.attempt,
+        "max_attempts": context.max_attempts,
+        "enqueued_at": context.enqueued_at,
+    }
+
+
+def _context_from(ctx: Any, name: str) -> TaskContext:
+    return TaskContext(
+        task_id=str(ctx["task_id"]),
+        task=name,
+        attempt=int(ctx["attempt"]),
+        max_attempts=int(ctx["max_attempts"]),
+        enqueued_at=float(ctx.get("enqueued_at") or 0.0),
+    )
+
+
+def encode_request(calls: Sequence[Call]) -> bytes:
     """The Invoke payload for ``calls`` (UTF-8 JSON, non-ASCII kept as is: sizes
     stay those of the queue messages)."""
     body = {"v": PAYLOAD_VERSION, "tasks": [call.to_dict() for call in calls]}
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-def encode_call(call: TaskCall) -> bytes:
+def encode_call(call: Call) -> bytes:
     """One attempt as it appears in a request (to size micro-batches)."""
     return json.dumps(call.to_dict(), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
@@ -160,8 +241,42 @@ class WorkerHandler:
 
     async def _run_all(self, tasks: list[Any], remaining_s: float | None) -> list[Outcome]:
         load_error = self._load()
-        return list(
-            await asyncio.gather(*(self._run_one(t, remaining_s, load_error) for t in tasks))
+        answers = await asyncio.gather(
+            *(
+                self._run_batch(t, remaining_s, load_error)
+                if isinstance(t, dict) and "batch" in t
+                else self._run_single(t, remaining_s, load_error)
+                for t in tasks
+            )
+        )
+        return [outcome for answer in answers for outcome in answer]
+
+    async def _run_single(
+        self, raw: Any, remaining_s: float | None, load_error: ConfigurationError | None
+    ) -> list[Outcome]:
+        return [await self._run_one(raw, remaining_s, load_error)]
+
+    async def _run_batch(
+        self, raw: dict[str, Any], remaining_s: float | None, load_error: ConfigurationError | None
+    ) -> list[Outcome]:
+        entries = raw.get("batch")
+        n = len(entries) if isinstance(entries, list) and entries else 1
+        try:
+            call = BatchCall.from_dict(raw)
+        except ValueError as exc:
+            return [_failure(OutcomeKind.NOT_RETRYABLE, "BadTaskCall", str(exc))] * n
+        if load_error is not None:
+            return [_failure(OutcomeKind.RETRYABLE, type(load_error).__name__, str(load_error))] * n
+        try:
+            spec = self._registry.get(call.task)
+        except UnknownTaskError as exc:
+            return [_failure(OutcomeKind.RETRYABLE, "UnknownTaskError", str(exc))] * n
+        if spec.batch is None:
+            # Retryable, as for an unknown task: another version may declare it a batch task.
+            message = f"task {call.task!r} is not a batch task in this worker"
+            return [_failure(OutcomeKind.RETRYABLE, "TaskDefinitionError", message)] * n
+        return await run_batch_attempt(
+            _within(spec, remaining_s), call.items, context=call.context, executor=self._threads()
         )
 
     async def _run_one(
@@ -178,12 +293,12 @@ class WorkerHandler:
         except UnknownTaskError as exc:
             # Retryable: during a gradual deployment the other version may know it.
             return _failure(OutcomeKind.RETRYABLE, "UnknownTaskError", str(exc))
-        if remaining_s is not None and spec.timeout_s > remaining_s - TIME_MARGIN_S:
-            # Time out in the handler (a clean outcome) rather than losing the whole
-            # batch to the function's own timeout.
-            spec = dataclasses.replace(spec, timeout_s=max(0.001, remaining_s - TIME_MARGIN_S))
         return await run_attempt(
-            spec, call.args, call.kwargs, context=call.context, executor=self._threads()
+            _within(spec, remaining_s),
+            call.args,
+            call.kwargs,
+            context=call.context,
+            executor=self._threads(),
         )
 
     def _load(self) -> ConfigurationError | None:
@@ -226,6 +341,15 @@ def make_handler(
 
 handler = make_handler()
 """The entry point the SAM template names: ``workers.lambda_handler.handler``."""
+
+
+def _within(spec: TaskSpec, remaining_s: float | None) -> TaskSpec:
+    """The spec with its timeout cut to end before the invocation's deadline: time
+    out in the handler (a clean outcome) rather than losing the whole invocation
+    to the function's own timeout."""
+    if remaining_s is not None and spec.timeout_s > remaining_s - TIME_MARGIN_S:
+        return dataclasses.replace(spec, timeout_s=max(0.001, remaining_s - TIME_MARGIN_S))
+    return spec
 
 
 def _remaining_s(context: Any) -> float | None:

@@ -33,6 +33,11 @@ Every message the queue accepts fits in one invocation (``MAX_CALL_BYTES`` is
 below the limit), so ``enqueue``'s own size check is the clear, early error for
 a task that could never be delivered.
 
+A micro-batch task's batch (:meth:`LambdaInvoker.run_batch`) is one call whose
+handler runs once for all its items: it goes out in an invocation of its own
+(it is a batch already) and its items' outcomes come back one per item. An
+Invoke failure ends every item of it the way the table says.
+
 The client is passed in (an aiobotocore Lambda client, made without retries so
 a throttle surfaces at once as backpressure instead of inside botocore).
 """
@@ -43,6 +48,7 @@ import asyncio
 import io
 import json
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
@@ -56,10 +62,17 @@ from botocore.exceptions import (
 )
 
 from dispatch import constants as c
-from dispatch.context import TaskContext
+from dispatch.context import BatchContext, TaskContext
 from dispatch.errors import ConfigurationError
 from dispatch.registry import TaskSpec
-from workers.lambda_handler import TaskCall, decode_outcomes, encode_call, encode_request
+from workers.lambda_handler import (
+    BatchCall,
+    Call,
+    TaskCall,
+    decode_outcomes,
+    encode_call,
+    encode_request,
+)
 from workers.outcome import ErrorInfo, Outcome, OutcomeKind
 
 if TYPE_CHECKING:
@@ -157,9 +170,9 @@ class InvokerStats:
 
 @dataclass(slots=True)
 class _Pending:
-    call: TaskCall
+    call: Call
     size: int
-    future: asyncio.Future[Outcome]
+    future: asyncio.Future[list[Outcome]]  # one outcome per item of the call
 
 
 class LambdaInvoker:
@@ -202,9 +215,24 @@ class LambdaInvoker:
                 self._start([pending])
             else:
                 self._add_to_batch(pending)
-            return await pending.future
+            (outcome,) = await pending.future
+            return outcome
         finally:
             self._waiting -= 1
+
+    async def run_batch(
+        self, spec: TaskSpec, items: Sequence[Any], context: BatchContext
+    ) -> list[Outcome]:
+        """Run a batch handler once on the worker function, in an invocation of its
+        own; one outcome per item, in order; never raises for a failure."""
+        call = BatchCall(task=spec.name, items=tuple(items), contexts=context.items)
+        pending = _Pending(call, 0, asyncio.get_running_loop().create_future())
+        self._waiting += call.size
+        try:
+            self._start([pending])
+            return await pending.future
+        finally:
+            self._waiting -= call.size
 
     async def aclose(self) -> None:
         """Send what is batched and wait for the invocations someone still waits for.
@@ -255,20 +283,27 @@ class LambdaInvoker:
                 outcomes = await self._invoke_batch([p.call for p in batch])
         except Exception as exc:  # reported as the batch's outcome (and logged), never lost
             log.exception("invoke_failed_unexpectedly", function=self.function_name)
-            outcomes = [_outcome(OutcomeKind.RETRYABLE, type(exc).__name__, str(exc))] * len(batch)
-        for pending, outcome in zip(batch, outcomes, strict=True):
-            self.stats.outcomes[outcome.kind.value] += 1
+            failed = _outcome(OutcomeKind.RETRYABLE, type(exc).__name__, str(exc))
+            outcomes = [failed] * sum(p.call.size for p in batch)
+        start = 0
+        for pending in batch:
+            mine = outcomes[start : start + pending.call.size]
+            start += pending.call.size
+            for outcome in mine:
+                self.stats.outcomes[outcome.kind.value] += 1
             if not pending.future.done():  # the dispatcher may have given the attempt up
-                pending.future.set_result(outcome)
+                pending.future.set_result(mine)
 
     # --- one invocation -------------------------------------------------------------
 
-    async def _invoke_batch(self, calls: list[TaskCall]) -> list[Outcome]:
+    async def _invoke_batch(self, calls: list[Call]) -> list[Outcome]:
+        """One outcome per item of ``calls`` (a plain attempt is one item)."""
         payload = encode_request(calls)
         if len(payload) > self.options.max_request_bytes:
             return await self._split_or_refuse(calls, len(payload))
+        n = sum(call.size for call in calls)
         self.stats.invocations += 1
-        self.stats.attempts += len(calls)
+        self.stats.attempts += n
         client: Any = self._client
         try:
             response = await client.invoke(
@@ -292,8 +327,8 @@ class LambdaInvoker:
         except BotoCoreError as exc:
             outcome = outcome_for_transport_error(exc, self.options)
         else:
-            return self._response_outcomes(response.get("FunctionError"), body, len(calls))
-        return [outcome] * len(calls)
+            return self._response_outcomes(response.get("FunctionError"), body, n)
+        return [outcome] * n
 
     def _response_outcomes(self, function_error: str | None, body: bytes, n: int) -> list[Outcome]:
         if function_error:
@@ -304,9 +339,14 @@ class LambdaInvoker:
         except ValueError as exc:
             return [_outcome(OutcomeKind.RETRYABLE, "BadWorkerResponse", str(exc))] * n
 
-    async def _split_or_refuse(self, calls: list[TaskCall], size: int) -> list[Outcome]:
+    async def _split_or_refuse(self, calls: list[Call], size: int) -> list[Outcome]:
+        if len(calls) == 1 and isinstance(calls[0], BatchCall) and calls[0].size > 1:
+            # A batch handler's items split over two runs (each still a batch).
+            self.stats.splits += 1
+            first, second = calls[0].halves()
+            return await self._invoke_batch([first]) + await self._invoke_batch([second])
         if len(calls) == 1:
-            return [
+            return calls[0].size * [
                 _outcome(
                     OutcomeKind.NOT_RETRYABLE,
                     "PayloadTooLargeError",

@@ -1,6 +1,7 @@
 """The in-process worker pool: asyncio for async handlers, threads for sync ones.
 
-The dispatcher hands it one task at a time with :meth:`WorkerPool.run`; the pool
+The dispatcher hands it one task at a time with :meth:`WorkerPool.run` (or one
+micro-batch with :meth:`WorkerPool.run_batch`, which takes one slot); the pool
 bounds how many attempts run at once (``max_workers``) and reports outcomes. It
 never touches SQS or DynamoDB.
 """
@@ -8,14 +9,15 @@ never touches SQS or DynamoDB.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any, Protocol
 
-from dispatch.context import TaskContext
+from dispatch.context import BatchContext, TaskContext
 from dispatch.registry import TaskSpec
 from workers.outcome import Outcome
-from workers.runtime import run_attempt
+from workers.runtime import run_attempt, run_batch_attempt
 
 __all__ = ["TaskRunner", "WorkerPool"]
 
@@ -32,6 +34,13 @@ class TaskRunner(Protocol):
         self, spec: TaskSpec, args: tuple[Any, ...], kwargs: dict[str, Any], context: TaskContext
     ) -> Outcome:
         """Run one attempt and report how it ended; never raises for a handler's failure."""
+        ...
+
+    async def run_batch(
+        self, spec: TaskSpec, items: Sequence[Any], context: BatchContext
+    ) -> list[Outcome]:
+        """Run a batch handler once on ``items`` (one attempt of each item's task);
+        one outcome per item, in order; never raises for a handler's failure."""
         ...
 
     async def aclose(self) -> None:
@@ -68,6 +77,16 @@ class WorkerPool:
         self._running += 1
         try:
             return await run_attempt(spec, args, kwargs, context=context, executor=self._executor)
+        finally:
+            self._running -= 1
+
+    async def run_batch(
+        self, spec: TaskSpec, items: Sequence[Any], context: BatchContext
+    ) -> list[Outcome]:
+        """Run ``spec``'s batch handler once on ``items`` (one slot for the batch)."""
+        self._running += 1
+        try:
+            return await run_batch_attempt(spec, items, context=context, executor=self._executor)
         finally:
             self._running -= 1
 
