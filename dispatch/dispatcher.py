@@ -289,6 +289,9 @@ class Dispatcher:
                     self._spawn(message)
         finally:
             self._batches.flush()
+            # Receiving has stopped: what still waits for the throttle is deferred
+            # (its attempt given back) instead of starting late.
+            self._stop.set()
             await self._finish(finish_by)
             await self._batches.aclose()
             for background in (heartbeat, publisher, scheduler, metrics):
@@ -602,8 +605,7 @@ class Dispatcher:
                 outcome = await self.runner.run(spec, envelope.args, envelope.kwargs, context)
         finally:
             if permit is not None:
-                permit.release()
-                self._note_release(permit.resource_name)
+                self._release_permit(permit)
         held = self._held.get(receipt)
         if held is not None:
             held.settling = True
@@ -641,30 +643,44 @@ class Dispatcher:
         Waiting is not failing: a wait never spends an attempt. A message that could
         not start within ``throttle_horizon_s`` is hidden until its turn is likely.
         """
+        permit, wait_s = await self._wait_for_permit(throttle)
+        if permit is None:
+            await self._defer(message, wait_s, bound, reason="throttled")
+        return permit
+
+    async def _wait_for_permit(self, throttle: ResourceThrottle) -> tuple[Permit | None, float]:
+        """A permit within the throttle horizon, or None and the seconds until one is
+        likely; the wait is measured either way."""
         name = throttle.resource.name
         started = time.monotonic()
         while True:
             answer = throttle.try_start()
             waited = time.monotonic() - started
-            if isinstance(answer, Permit):
-                if waited > 0.001:
-                    throttle.note_wait(waited)
-                    self.stats.throttle_wait_s += waited
-                    self._wait_since_flush[name] += waited
-                return answer
-            if waited + answer > self.options.throttle_horizon_s or self._stop.is_set():
-                throttle.note_wait(waited)
-                self.stats.throttle_wait_s += waited
-                self._wait_since_flush[name] += waited
-                await self._defer(message, answer, bound, reason="throttled")
-                return None
+            if isinstance(answer, Permit) or (
+                waited + answer > self.options.throttle_horizon_s or self._stop.is_set()
+            ):
+                break
             await self._wait_for_release(name, answer)
+        if waited > 0.001 or not isinstance(answer, Permit):
+            throttle.note_wait(waited)
+            self.stats.throttle_wait_s += waited
+            self._wait_since_flush[name] += waited
+        return (answer, 0.0) if isinstance(answer, Permit) else (None, answer)
+
+    def _release_permit(self, permit: Permit) -> None:
+        """Give a slot back and wake the tasks waiting for one of that resource."""
+        permit.release()
+        self._note_release(permit.resource_name)
 
     async def _wait_for_release(self, name: str, timeout_s: float) -> None:
         """Sleep ``timeout_s``, or less: until a task of resource ``name`` frees its slot."""
         released = self._released.setdefault(name, asyncio.Event())
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(released.wait(), timeout=timeout_s)
+        waits = {asyncio.ensure_future(released.wait()), asyncio.ensure_future(self._stop.wait())}
+        try:
+            await asyncio.wait(waits, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
 
     def _note_release(self, name: str) -> None:
         """Wake the tasks waiting for a slot of resource ``name``."""

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -182,7 +181,7 @@ class MicroBatcher:
             outcomes = await self._run_handler(spec, claimed)
         finally:
             if permit is not None:
-                permit.release()
+                host._release_permit(permit)
         if throttle is not None:
             _feed_back(throttle, spec, outcomes)
         settles = zip(claimed, outcomes, strict=True)
@@ -220,6 +219,7 @@ class MicroBatcher:
         held = host._held.get(item.receipt)
         if held is not None:
             held.settling = True
+            host._slot_freed.set()
         host._claimed.pop(item.receipt, None)
         record = item.claim.record
         bound = item.bound.bind(
@@ -253,27 +253,14 @@ class MicroBatcher:
         (its attempt given back, as for a single task the throttle cannot start)."""
         host = self._host
         name = throttle.resource.name
-        started = time.monotonic()
         host._waiting[name] += len(items)
         try:
-            while True:
-                answer = throttle.try_start()
-                waited = time.monotonic() - started
-                if isinstance(answer, Permit) or (
-                    waited + answer > host.options.throttle_horizon_s or host._stop.is_set()
-                ):
-                    break
-                await asyncio.sleep(answer)
+            permit, wait_s = await host._wait_for_permit(throttle)
         finally:
             host._waiting[name] -= len(items)
-        if waited > 0.001 or not isinstance(answer, Permit):
-            throttle.note_wait(waited)
-            host.stats.throttle_wait_s += waited
-            host._wait_since_flush[name] += waited
-        if isinstance(answer, Permit):
-            return answer
-        await asyncio.gather(*(self._defer(item, answer) for item in items))
-        return None
+        if permit is None:
+            await asyncio.gather(*(self._defer(item, wait_s) for item in items))
+        return permit
 
     async def _defer(self, item: _Item, wait_s: float) -> None:
         if item.done.done():

@@ -294,3 +294,21 @@ async def test_a_deep_backlog_is_not_received_and_deferred_over_and_over(
     receives = counter.snapshot().get(("sqs", "ReceiveMessage"), 0)
     assert 2 <= stats.started <= 4 + 2 + 1
     assert receives <= 12, receives
+
+
+async def test_a_burst_of_one_and_a_cap_of_one_still_runs_every_task(
+    aws_env: Settings, registry: Registry, queue: Queue
+) -> None:
+    """Given a resource allowing one call at a time, 5/s, with no burst (burst 1),
+    when six tasks are drained, then all six run: a token leased from the shared
+    bucket is valid when its lease's answer arrives, not already too late to use."""
+    one = Resource("one-at-a-time", rate_per_s=5, burst=1, max_concurrency=1)
+
+    @task(registry=registry, resource=one)
+    def call(n: int) -> None:
+        pass
+
+    queue.enqueue_many([call.message(n) for n in range(6)])
+    stats = await drain(aws_env, registry)
+
+    assert stats.succeeded == 6
