@@ -155,6 +155,10 @@ class Leases:
                 if _error_code(exc) != "ConditionalCheckFailedException":
                     raise translate_error(exc, "PutItem") from exc
                 held: Any = exc.response.get("Item") or {}
+                if _written_by(held, holder=holder, until=until):
+                    # Our own PutItem, sent again by the call retry after its answer
+                    # was lost: the slot is ours.
+                    return Lease(queue=self.queue, slot=slot, holder=holder, until=until)
                 log.debug(
                     "lease_slot_busy",
                     queue=self.queue,
@@ -182,6 +186,14 @@ class Leases:
         except BotoCoreError as exc:
             raise translate_error(exc, "DeleteItem") from exc
         return True
+
+
+def _written_by(item: Any, *, holder: str, until: float) -> bool:
+    """True when a lease item is the one ``holder`` writes for ``until``."""
+    return bool(
+        item.get("holder", {}).get("S") == holder
+        and item.get("until", {}).get("N") == _number(until)
+    )
 
 
 def _error_code(exc: ClientError) -> str:

@@ -103,7 +103,7 @@ def enqueue_plan(settings: Settings, messages: Sequence[Message], now: float) ->
                 continue
             old = state.old_item(exc)  # type: ignore[arg-type]
             record = state.TaskRecord.from_item(old) if old else None
-            if record is None or not _is_orphan(record, now):
+            if record is None or not (_is_orphan(record, now) or _is_own_write(record, now)):
                 continue  # enqueued before: same key, same task, no second message
         to_send.append(i)
         fresh_keyed.append(i)
@@ -156,6 +156,19 @@ def _is_orphan(record: state.TaskRecord, now: float) -> bool:
         record.status is state.Status.QUEUED
         and record.pending_send
         and now - created > _ORPHAN_AFTER_S
+    )
+
+
+def _is_own_write(record: state.TaskRecord, now: float) -> bool:
+    """The record this very enqueue wrote: the PutItem went through, its answer was
+    lost, and the call retry's repeat was refused by it. Its message must still go
+    out (were it another producer's in the same millisecond, the second message is
+    a duplicate the claim drops)."""
+    return (
+        record.status is state.Status.QUEUED
+        and record.pending_send
+        and record.created_at is not None
+        and abs(record.created_at - round(now, 3)) < 0.0005
     )
 
 

@@ -202,3 +202,64 @@ def test_the_environment_variable_installs_an_injector_on_new_clients(
         ["unavailable", "DescribeTable"]
     ] * 3
     assert install_from_env({}) is None
+
+
+async def test_an_idempotent_enqueue_repeated_after_a_lost_answer_still_sends_its_message(
+    aws_env: Settings, registry: Registry, clients
+) -> None:
+    """Given an enqueue with an idempotency key whose record PutItem is carried out but
+    whose answer is lost (the retry's condition then fails on the record it wrote
+    itself), when the dispatcher drains the queue, then the message was sent all
+    the same and the task ran once; a second enqueue with the key adds nothing."""
+    runs: list[str] = []
+
+    @task(registry=registry)
+    def pay(order: str) -> str:
+        runs.append(order)
+        return order
+
+    injector = FaultInjector(
+        rate=1.0, kinds=(FaultKind.LOST_RESPONSE,), limit=1, operations=frozenset({"PutItem"})
+    )
+    queue = Queue(aws_env)
+    try:
+        with injector.installed():
+            task_id = queue.enqueue(pay.message("o-1", idempotency_key="order-1"))
+        again = queue.enqueue(pay.message("o-1", idempotency_key="order-1"))
+    finally:
+        queue.close()
+    assert injector.total == 1
+    assert again == task_id
+
+    stats = await drain(aws_env, registry)
+
+    assert runs == ["o-1"]
+    assert stats.succeeded == 1
+    record = SyncStateStore(clients.dynamodb, aws_env.table).get(task_id)
+    assert record is not None and record.status is Status.SUCCEEDED
+
+
+async def test_a_dispatcher_lease_taken_by_a_repeated_put_is_recognised_as_its_own(
+    aws_env: Settings,
+) -> None:
+    """Given the Lambda dispatcher's lease PutItem carried out but its answer lost (the
+    retry's condition then fails on the lease it wrote), when a dispatcher acquires
+    the only slot, then it gets that slot instead of finding it busy until it ends."""
+    import time
+
+    from dispatch.lease import Leases
+
+    injector = FaultInjector(
+        rate=1.0, kinds=(FaultKind.LOST_RESPONSE,), limit=1, operations=frozenset({"PutItem"})
+    )
+    with injector.installed():
+        async with async_clients(aws_env) as aio:
+            leases = Leases(
+                aio.dynamodb, aws_env.table, queue_url=aws_env.queue_url, cap=1, clock=time.time
+            )
+            lease = await leases.acquire(holder="invocation-1", until=time.time() + 60)
+            other = await leases.acquire(holder="invocation-2", until=time.time() + 60)
+
+    assert injector.total == 1
+    assert lease is not None and lease.holder == "invocation-1"
+    assert other is None
