@@ -249,8 +249,8 @@ def _send_messages(
                     {"QueueUrl": settings.queue_url, "Entries": entries},
                 )
             except (ClientError, BotoCoreError) as exc:
-                # The whole call failed after botocore's own retries: this batch
-                # and every later one are not on the queue.
+                # The whole call failed after the client's retries (dispatch.aws_retry):
+                # this batch and every later one are not on the queue.
                 unsent = pending + [i for later in batches[position + 1 :] for i in later]
                 failures.note(unsent, translate_error(exc, "SendMessageBatch"))
                 return
