@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -464,6 +464,34 @@ def judge(
             letters[entry.task_id] = entry.reason
     ledger = read_ledger(workdir)
     kinds, operations = read_faults(workdir / "faults.log")
+    wall_s = max(0.0, run.drained_at - run.started_at)
+    return {
+        "enqueued": len(run.enqueued),
+        "faults": sum(kinds.values()),
+        "kills": len(run.kills),
+        **score(run, records=records, letters=letters, ledger=ledger),
+        "planned": dict(Counter(run.enqueued.values())),
+        "executions": sum(len(e) for e in ledger.values()),
+        "dead_letter_copies": letter_copies,
+        "faults_by_kind": dict(sorted(kinds.items())),
+        "faults_by_operation": dict(operations.most_common()),
+        "restarts": run.restarts,
+        "kill_points": [k.executions_ended for k in run.kills],
+        "wall_s": round(wall_s, 1),
+        "tasks_per_s": round(len(run.enqueued) / wall_s, 1) if wall_s else None,
+        "config": asdict(config),
+    }
+
+
+def score(
+    run: RunLog,
+    *,
+    records: Mapping[str, TaskRecord],
+    letters: Mapping[str, str],
+    ledger: Mapping[str, list[Execution]],
+) -> dict[str, Any]:
+    """Judge every enqueued task from its record, its dead letter (task id -> reason)
+    and its executions in the ledger."""
     kill_at = {k.pid: k.at for k in run.kills}
 
     succeeded = dead = lost = rerun_after_success = unexpected_dead = concurrent = 0
@@ -496,11 +524,7 @@ def judge(
                 interrupted += 1
         concurrent += _overlaps(executions, kill_at)
 
-    wall_s = max(0.0, run.drained_at - run.started_at)
     return {
-        "enqueued": len(run.enqueued),
-        "faults": sum(kinds.values()),
-        "kills": len(run.kills),
         "succeeded": succeeded,
         "dead": dead,
         "lost": lost,
@@ -513,35 +537,23 @@ def judge(
         "repeated_without_crash": without_crash,
         "dead_reasons": dict(sorted(dead_reasons.items())),
         "unexpected_dead": unexpected_dead,
-        "planned": dict(Counter(run.enqueued.values())),
-        "executions": sum(len(e) for e in ledger.values()),
         "concurrent_executions": concurrent,
-        "dead_letter_copies": letter_copies,
-        "faults_by_kind": dict(sorted(kinds.items())),
-        "faults_by_operation": dict(operations.most_common()),
-        "restarts": run.restarts,
-        "kill_points": [k.executions_ended for k in run.kills],
         "lost_task_ids": lost_ids[:20],
-        "wall_s": round(wall_s, 1),
-        "tasks_per_s": round(len(run.enqueued) / wall_s, 1) if wall_s else None,
-        "config": asdict(config),
     }
 
 
 def _overlaps(executions: list[Execution], kill_at: Mapping[int, float]) -> int:
-    """Pairs of executions of one task that ran at the same time (a killed process's
-    unfinished execution ends at its kill)."""
-    spans = []
-    for e in executions:
-        end = e.ended_at if e.ended_at is not None else kill_at.get(e.pid, e.started_at)
-        spans.append((e.started_at, end))
-    spans.sort()
-    return sum(1 for (_, end), (start, _) in _pairs(spans) if start < end)
-
-
-def _pairs(items: list[tuple[float, float]]) -> Iterator[tuple[tuple[float, float], ...]]:
-    for k in range(1, len(items)):
-        yield items[k - 1], items[k]
+    """Executions of one task that started while an earlier one was still running (a
+    killed process's unfinished execution ends at its kill)."""
+    spans = sorted(
+        (e.started_at, e.ended_at if e.ended_at is not None else kill_at.get(e.pid, e.started_at))
+        for e in executions
+    )
+    overlaps, running_until = 0, float("-inf")
+    for start, end in spans:
+        overlaps += start < running_until
+        running_until = max(running_until, end)
+    return overlaps
 
 
 def _tail(path: Path) -> str:
