@@ -90,6 +90,7 @@ def enqueue_plan(settings: Settings, messages: Sequence[Message], now: float) ->
 
     to_send = [i for i in plain if i not in failures]
     fresh_keyed: list[int] = []
+    put_here: set[str] = set()  # task ids whose record this call has written
     for i in keyed:
         try:
             yield Call(
@@ -103,8 +104,12 @@ def enqueue_plan(settings: Settings, messages: Sequence[Message], now: float) ->
                 continue
             old = state.old_item(exc)  # type: ignore[arg-type]
             record = state.TaskRecord.from_item(old) if old else None
-            if record is None or not (_is_orphan(record, now) or _is_own_write(record, now)):
+            if record is None:
                 continue  # enqueued before: same key, same task, no second message
+            own = messages[i].task_id not in put_here and _is_own_write(record, now)
+            if not (own or _is_orphan(record, now)):
+                continue
+        put_here.add(messages[i].task_id)
         to_send.append(i)
         fresh_keyed.append(i)
 
