@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint typecheck clean deploy-check bench bench-quick bench-throttle
+.PHONY: run test lint typecheck clean deploy-check bench bench-quick bench-throttle chaos
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,9 @@ bench-quick: $(BIN)/.bench-installed  # the same measurements on small sizes, un
 
 bench-throttle: $(BIN)/.bench-installed  # throttle accuracy, coordination cost, adaptive rate
 	$(BIN)/python -m bench.throttle
+
+chaos: $(BIN)/.installed  # 3,000 tasks under AWS faults and SIGKILLs; QUICK=1: 300, under a minute
+	$(BIN)/python -m bench.chaos $(if $(QUICK),--quick)
 
 deploy-check: $(BIN)/.installed
 	$(MAKE) -C deploy check PYTHON=$(abspath $(BIN)/python)

@@ -1,11 +1,17 @@
 """AWS clients: factories, endpoint/region configuration, call retries, request counts.
 
-Every client Dispatch uses is made here, never at import time. botocore's
-"standard" retry mode retries throttling errors, 5xx answers and connection
-failures with exponential backoff and jitter inside each call. Errors that
-survive it are turned into :class:`dispatch.errors.AWSError` (or
-:class:`~dispatch.errors.ConfigurationError` when the cause is configuration:
-no credentials, a queue or table that does not exist).
+Every client Dispatch uses is made here, never at import time, and every one
+retries its calls with Dispatch's own policy (:mod:`dispatch.aws_retry`:
+throttling errors, 5xx answers, connection failures and timeouts, with
+full-jitter exponential backoff from tenacity, bounded in attempts and in total
+time) in place of botocore's. Errors that survive it are turned into
+:class:`dispatch.errors.AWSError` (or :class:`~dispatch.errors.ConfigurationError`
+when the cause is configuration: no credentials, a queue or table that does not
+exist).
+
+:data:`CLIENT_HOOKS` is a testing hook: callables run on every client made here
+(the fault injector of :mod:`dispatch.local.faults` registers itself there).
+Production code never adds to it.
 
 :class:`RequestCounter` counts the HTTP requests actually sent, per service and
 action, through botocore's ``before-send`` event: the demo and the benchmarks
@@ -16,7 +22,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
@@ -27,6 +33,7 @@ from aiobotocore.session import get_session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
+from dispatch.aws_retry import CallRetry
 from dispatch.config import Endpoint, Settings
 from dispatch.errors import AWSError, ConfigurationError
 
@@ -37,13 +44,18 @@ if TYPE_CHECKING:
     from types_aiobotocore_sqs import SQSClient as AioSQSClient
 
 __all__ = [
+    "CALL_RETRY",
+    "CLIENT_HOOKS",
     "AsyncClients",
     "RequestCounter",
     "SyncClients",
     "aio_client_config",
+    "async_client",
     "async_clients",
     "aws_errors",
     "client_config",
+    "prepare_client",
+    "sync_client",
     "sync_clients",
     "translate_error",
 ]
@@ -63,23 +75,99 @@ _CREDENTIAL_CODES: Final = frozenset(
 )
 
 
-def _config_options(max_attempts: int, max_pool_connections: int) -> dict[str, Any]:
+CALL_RETRY: Final = CallRetry()
+"""The retry policy of every SQS and DynamoDB client (8 attempts, 20 s in all)."""
+
+CLIENT_HOOKS: Final[list[Callable[[Any], None]]] = []
+"""Testing hook: each callable is run on every client made here, after the retry
+policy is installed. Only test and chaos tooling (dispatch.local) adds to it."""
+
+
+def _config_options(
+    max_pool_connections: int, connect_timeout_s: float, read_timeout_s: float
+) -> dict[str, Any]:
     return {
-        "retries": {"mode": "standard", "max_attempts": max_attempts},
-        "connect_timeout": _CONNECT_TIMEOUT_S,
-        "read_timeout": _READ_TIMEOUT_S,
+        # One attempt: botocore's retries are replaced by Dispatch's (prepare_client).
+        "retries": {"mode": "standard", "total_max_attempts": 1},
+        "connect_timeout": connect_timeout_s,
+        "read_timeout": read_timeout_s,
         "max_pool_connections": max_pool_connections,
     }
 
 
-def client_config(*, max_attempts: int = 8, max_pool_connections: int = 50) -> Config:
+def client_config(
+    *,
+    max_pool_connections: int = 50,
+    connect_timeout_s: float = _CONNECT_TIMEOUT_S,
+    read_timeout_s: float = _READ_TIMEOUT_S,
+) -> Config:
     """The botocore configuration every Dispatch boto3 client uses."""
-    return Config(**_config_options(max_attempts, max_pool_connections))
+    return Config(**_config_options(max_pool_connections, connect_timeout_s, read_timeout_s))
 
 
-def aio_client_config(*, max_attempts: int = 8, max_pool_connections: int = 50) -> AioConfig:
+def aio_client_config(
+    *,
+    max_pool_connections: int = 50,
+    connect_timeout_s: float = _CONNECT_TIMEOUT_S,
+    read_timeout_s: float = _READ_TIMEOUT_S,
+) -> AioConfig:
     """The same configuration for aiobotocore clients."""
-    return AioConfig(**_config_options(max_attempts, max_pool_connections))
+    return AioConfig(**_config_options(max_pool_connections, connect_timeout_s, read_timeout_s))
+
+
+def prepare_client(
+    client: Any, *, retry: CallRetry = CALL_RETRY, counter: RequestCounter | None = None
+) -> None:
+    """Install the retry policy, the request counter and the client hooks on ``client``."""
+    retry.install(client)
+    if counter is not None:
+        counter.attach(client)
+    for hook in CLIENT_HOOKS:
+        hook(client)
+
+
+def sync_client(
+    service: str,
+    settings: Settings | Endpoint,
+    *,
+    retry: CallRetry = CALL_RETRY,
+    counter: RequestCounter | None = None,
+    config: Config | None = None,
+    endpoint_url: str | None = None,
+    **options: Any,
+) -> Any:
+    """A boto3 client for ``service`` with Dispatch's retries (``options`` go to boto3:
+    credentials, for instance; ``endpoint_url`` overrides the settings' one)."""
+    client = boto3.session.Session().client(
+        service,  # type: ignore[call-overload]
+        region_name=settings.region,
+        endpoint_url=endpoint_url or settings.endpoint_url,
+        config=config or client_config(),
+        **options,
+    )
+    prepare_client(client, retry=retry, counter=counter)
+    return client
+
+
+@asynccontextmanager
+async def async_client(
+    service: str,
+    settings: Settings | Endpoint,
+    *,
+    retry: CallRetry = CALL_RETRY,
+    counter: RequestCounter | None = None,
+    config: AioConfig | None = None,
+    endpoint_url: str | None = None,
+) -> AsyncIterator[Any]:
+    """An aiobotocore client for ``service`` with Dispatch's retries, closed on exit."""
+    async with get_session().create_client(
+        service,  # type: ignore[call-overload]
+        region_name=settings.region,
+        endpoint_url=endpoint_url or settings.endpoint_url,
+        config=config or aio_client_config(),
+    ) as client:
+        prepare_client(client, retry=retry, counter=counter)
+        yield client
 
 
 class RequestCounter:
@@ -138,18 +226,10 @@ def sync_clients(
     settings: Settings | Endpoint, *, counter: RequestCounter | None = None
 ) -> SyncClients:
     """boto3 clients for the endpoint and region in ``settings``."""
-    session = boto3.session.Session()
-    config = client_config()
-    sqs = session.client(
-        "sqs", region_name=settings.region, endpoint_url=settings.endpoint_url, config=config
+    return SyncClients(
+        sqs=sync_client("sqs", settings, counter=counter),
+        dynamodb=sync_client("dynamodb", settings, counter=counter),
     )
-    dynamodb = session.client(
-        "dynamodb", region_name=settings.region, endpoint_url=settings.endpoint_url, config=config
-    )
-    if counter is not None:
-        counter.attach(sqs)
-        counter.attach(dynamodb)
-    return SyncClients(sqs=sqs, dynamodb=dynamodb)
 
 
 @asynccontextmanager
@@ -157,28 +237,11 @@ async def async_clients(
     settings: Settings | Endpoint, *, counter: RequestCounter | None = None
 ) -> AsyncIterator[AsyncClients]:
     """aiobotocore clients for the endpoint and region in ``settings``, closed on exit."""
-    session = get_session()
-    config = aio_client_config()
     async with AsyncExitStack() as stack:
-        sqs = await stack.enter_async_context(
-            session.create_client(
-                "sqs",
-                region_name=settings.region,
-                endpoint_url=settings.endpoint_url,
-                config=config,
-            )
-        )
+        sqs = await stack.enter_async_context(async_client("sqs", settings, counter=counter))
         dynamodb = await stack.enter_async_context(
-            session.create_client(
-                "dynamodb",
-                region_name=settings.region,
-                endpoint_url=settings.endpoint_url,
-                config=config,
-            )
+            async_client("dynamodb", settings, counter=counter)
         )
-        if counter is not None:
-            counter.attach(sqs)
-            counter.attach(dynamodb)
         yield AsyncClients(sqs=sqs, dynamodb=dynamodb)
 
 

@@ -532,10 +532,18 @@ class Dispatcher:
     async def _claim(
         self, message: dict[str, Any], envelope: Envelope, spec: TaskSpec, bound: Any
     ) -> state.Claim | None:
-        """Claim the attempt in DynamoDB; None (after acting on it) when it must not run."""
+        """Claim the attempt in DynamoDB; None (after acting on it) when it must not run.
+
+        The claim carries a token of this receive, so that a claim the AWS call retry
+        sent twice (its first answer lost) is recognised as this delivery's own.
+        """
         receipt, message_id = message["ReceiptHandle"], message["MessageId"]
         claim = await self._state.claim(
-            envelope, message_id=message_id, now=self._clock(), timeout_s=spec.timeout_s
+            envelope,
+            message_id=message_id,
+            now=self._clock(),
+            timeout_s=spec.timeout_s,
+            token=state.claim_token(receipt),
         )
         record = claim.record
         if claim.status in (state.ClaimStatus.DONE, state.ClaimStatus.DUPLICATE):

@@ -50,7 +50,14 @@ from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 
-from dispatch.aws import RequestCounter, async_clients, aws_errors
+from dispatch.aws import (
+    RequestCounter,
+    aio_client_config,
+    async_client,
+    async_clients,
+    aws_errors,
+)
+from dispatch.aws_retry import INVOKE_RETRY
 from dispatch.config import Settings
 from dispatch.dispatcher import Dispatcher, DispatcherOptions, RunStats
 from dispatch.errors import ConfigurationError, DispatchError
@@ -736,20 +743,18 @@ def _physical_resources(
 
 
 def _lambda_client(settings: Settings, options: LambdaOptions) -> Any:
-    """An aiobotocore Lambda client without retries (a throttle is backpressure at
-    once) and with a read timeout longer than the worker's."""
-    from aiobotocore.config import AioConfig
-    from aiobotocore.session import get_session
-
-    config = AioConfig(
-        retries={"mode": "standard", "total_max_attempts": 1},
-        connect_timeout=_INVOKE_CONNECT_TIMEOUT_S,
-        read_timeout=math.ceil(options.worker_timeout_s + _INVOKE_READ_SLACK_S),
+    """An aiobotocore Lambda client that retries only calls that never connected (a
+    throttle is backpressure at once; an invoke that may have run is not repeated),
+    with a read timeout longer than the worker's."""
+    config = aio_client_config(
+        connect_timeout_s=_INVOKE_CONNECT_TIMEOUT_S,
+        read_timeout_s=math.ceil(options.worker_timeout_s + _INVOKE_READ_SLACK_S),
         max_pool_connections=options.invoke_concurrency + 2,
     )
-    return get_session().create_client(
+    return async_client(
         "lambda",
-        region_name=settings.region,
-        endpoint_url=options.lambda_endpoint_url or settings.endpoint_url,
+        settings,
+        retry=INVOKE_RETRY,
         config=config,
+        endpoint_url=options.lambda_endpoint_url,
     )

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import random
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
@@ -79,13 +80,26 @@ def lease_key(queue: str, slot: int) -> str:
 
 
 def acquire_params(
-    table: str, queue: str, slot: int, *, holder: str, until: float, now: float
+    table: str,
+    queue: str,
+    slot: int,
+    *,
+    holder: str,
+    until: float,
+    now: float,
+    token: str | None = None,
 ) -> dict[str, Any]:
-    """The PutItem that takes ``slot`` if it is free or its lease has ended."""
+    """The PutItem that takes ``slot`` if it is free or its lease has ended.
+
+    ``token`` (fresh for each acquire) lets a repeat of this very request, sent by
+    the call retry after its answer was lost, recognise the lease as its own.
+    """
+    token_attribute = {"token": {"S": token}} if token is not None else {}
     return {
         "TableName": table,
         "Item": {
             c.TABLE_HASH_KEY: {"S": lease_key(queue, slot)},
+            **token_attribute,
             "holder": {"S": holder},
             "until": {"N": _number(until)},
             "acquired_at": {"N": _number(now)},
@@ -142,11 +156,12 @@ class Leases:
         """
         slots = list(range(self.cap))
         self._shuffle(slots)
+        token = uuid.uuid4().hex
         client: Any = self._client
         for slot in slots:
             now = self._clock()
             params = acquire_params(
-                self.table, self.queue, slot, holder=holder, until=until, now=now
+                self.table, self.queue, slot, holder=holder, until=until, now=now, token=token
             )
             self.requests += 1
             try:
@@ -155,6 +170,10 @@ class Leases:
                 if _error_code(exc) != "ConditionalCheckFailedException":
                     raise translate_error(exc, "PutItem") from exc
                 held: Any = exc.response.get("Item") or {}
+                if held.get("token", {}).get("S") == token:
+                    # Our own PutItem, sent again by the call retry after its answer
+                    # was lost: the slot is ours.
+                    return Lease(queue=self.queue, slot=slot, holder=holder, until=until)
                 log.debug(
                     "lease_slot_busy",
                     queue=self.queue,

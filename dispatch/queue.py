@@ -90,6 +90,7 @@ def enqueue_plan(settings: Settings, messages: Sequence[Message], now: float) ->
 
     to_send = [i for i in plain if i not in failures]
     fresh_keyed: list[int] = []
+    put_here: set[str] = set()  # task ids whose record this call has written
     for i in keyed:
         try:
             yield Call(
@@ -103,8 +104,12 @@ def enqueue_plan(settings: Settings, messages: Sequence[Message], now: float) ->
                 continue
             old = state.old_item(exc)  # type: ignore[arg-type]
             record = state.TaskRecord.from_item(old) if old else None
-            if record is None or not _is_orphan(record, now):
+            if record is None:
                 continue  # enqueued before: same key, same task, no second message
+            own = messages[i].task_id not in put_here and _is_own_write(record, now)
+            if not (own or _is_orphan(record, now)):
+                continue
+        put_here.add(messages[i].task_id)
         to_send.append(i)
         fresh_keyed.append(i)
 
@@ -156,6 +161,19 @@ def _is_orphan(record: state.TaskRecord, now: float) -> bool:
         record.status is state.Status.QUEUED
         and record.pending_send
         and now - created > _ORPHAN_AFTER_S
+    )
+
+
+def _is_own_write(record: state.TaskRecord, now: float) -> bool:
+    """The record this very enqueue wrote: the PutItem went through, its answer was
+    lost, and the call retry's repeat was refused by it. Its message must still go
+    out (were it another producer's in the same millisecond, the second message is
+    a duplicate the claim drops)."""
+    return (
+        record.status is state.Status.QUEUED
+        and record.pending_send
+        and record.created_at is not None
+        and abs(record.created_at - round(now, 3)) < 0.0005
     )
 
 
@@ -236,8 +254,8 @@ def _send_messages(
                     {"QueueUrl": settings.queue_url, "Entries": entries},
                 )
             except (ClientError, BotoCoreError) as exc:
-                # The whole call failed after botocore's own retries: this batch
-                # and every later one are not on the queue.
+                # The whole call failed after the client's retries (dispatch.aws_retry):
+                # this batch and every later one are not on the queue.
                 unsent = pending + [i for later in batches[position + 1 :] for i in later]
                 failures.note(unsent, translate_error(exc, "SendMessageBatch"))
                 return

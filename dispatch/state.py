@@ -19,6 +19,7 @@ enqueue API and the CLI) only send them.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ __all__ = [
     "Status",
     "SyncStateStore",
     "TaskRecord",
+    "claim_token",
     "task_key",
 ]
 
@@ -98,6 +100,7 @@ class TaskRecord:
     dead_reason: str | None = None
     result: Any = None
     pending_send: bool = False
+    claim_token: str | None = None
 
     @classmethod
     def from_item(cls, item: Mapping[str, Any]) -> TaskRecord:
@@ -129,6 +132,7 @@ class TaskRecord:
             dead_reason=data.get("dead_reason"),
             result=json.loads(result) if isinstance(result, str) else None,
             pending_send=bool(data.get("pending_send", False)),
+            claim_token=data.get("claim_token"),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -262,11 +266,31 @@ def unsent_params(table: str, task_id: str) -> dict[str, Any]:
     }
 
 
+def claim_token(receipt_handle: str) -> str:
+    """The token a claim stores: short, and different for every receive of a message.
+
+    A claim whose answer was lost and that is sent again (the AWS call retry)
+    finds its own token on the record and knows the attempt is its own; a later
+    delivery of the same message (a new receive, a new receipt handle) does not.
+    """
+    return hashlib.sha256(receipt_handle.encode()).hexdigest()[:24]
+
+
 def claim_params(
-    table: str, envelope: Envelope, *, message_id: str, now: float, timeout_s: float
+    table: str,
+    envelope: Envelope,
+    *,
+    message_id: str,
+    now: float,
+    timeout_s: float,
+    token: str | None = None,
 ) -> dict[str, Any]:
-    """UpdateItem that starts an attempt, if no other delivery owns the task."""
-    return {
+    """UpdateItem that starts an attempt, if no other delivery owns the task.
+
+    ``token`` (:func:`claim_token`) is stored with the claim, so that a repeat of
+    this very request recognises the attempt as its own (:func:`claim_refused`).
+    """
+    params: dict[str, Any] = {
         "TableName": table,
         "Key": task_key(envelope.id),
         "UpdateExpression": (
@@ -297,10 +321,31 @@ def claim_params(
         "ReturnValues": "ALL_NEW",
         "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
     }
+    if token is not None:
+        params["UpdateExpression"] = params["UpdateExpression"].replace(
+            " REMOVE ", ", claim_token = :token REMOVE ", 1
+        )
+        params["ExpressionAttributeValues"].update(_values(token=token))
+    else:
+        params["UpdateExpression"] += ", claim_token"
+    return params
 
 
-def claim_refused(old: TaskRecord, *, message_id: str) -> Claim:
-    """Classify a refused claim from the record that refused it."""
+def claim_refused(
+    old: TaskRecord,
+    *,
+    message_id: str,
+    token: str | None = None,
+    item: dict[str, Any] | None = None,
+) -> Claim:
+    """Classify a refused claim from the record that refused it.
+
+    A running record carrying this claim's own ``token`` was claimed by this very
+    request, whose first answer was lost before a retry sent it again: the
+    attempt is ours (``item``, the record as stored, is kept for settling).
+    """
+    if old.status is Status.RUNNING and token is not None and old.claim_token == token:
+        return Claim(ClaimStatus.CLAIMED, old, item=dict(item or {}))
     if old.status in (Status.SUCCEEDED, Status.CANCELLED):
         return Claim(ClaimStatus.DONE, old)
     if old.status is Status.DEAD:
@@ -519,11 +564,18 @@ class StateStore:
         _check_table(answer["Table"], self.table)
 
     async def claim(
-        self, envelope: Envelope, *, message_id: str, now: float, timeout_s: float
+        self,
+        envelope: Envelope,
+        *,
+        message_id: str,
+        now: float,
+        timeout_s: float,
+        token: str | None = None,
     ) -> Claim:
-        """Start an attempt for this delivery, or say why not."""
+        """Start an attempt for this delivery, or say why not (``token``: :func:`claim_token`
+        of the delivery's receipt handle)."""
         params = claim_params(
-            self.table, envelope, message_id=message_id, now=now, timeout_s=timeout_s
+            self.table, envelope, message_id=message_id, now=now, timeout_s=timeout_s, token=token
         )
         try:
             answer = await self._client.update_item(**params)
@@ -534,9 +586,11 @@ class StateStore:
             old = old_item(exc) or await self._get_item(envelope.id)
             if old is None:  # deleted between the two calls; try once more
                 return await self.claim(
-                    envelope, message_id=message_id, now=now, timeout_s=timeout_s
+                    envelope, message_id=message_id, now=now, timeout_s=timeout_s, token=token
                 )
-            return claim_refused(TaskRecord.from_item(old), message_id=message_id)
+            return claim_refused(
+                TaskRecord.from_item(old), message_id=message_id, token=token, item=old
+            )
         item = dict(answer["Attributes"])
         return Claim(ClaimStatus.CLAIMED, TaskRecord.from_item(item), item=item)
 

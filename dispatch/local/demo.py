@@ -16,13 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-import boto3
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from dispatch.aws import RequestCounter, async_clients, client_config
-from dispatch.config import Settings
+from dispatch.aws import RequestCounter, async_clients, sync_client
+from dispatch.config import Endpoint, Settings
 from dispatch.dispatcher import Dispatcher, RunStats
 from dispatch.local.emulator import LocalAWS, environment
 from dispatch.local.provision import provision
@@ -81,10 +80,8 @@ def run_demo(*, orders: int = 240, console: Console | None = None) -> DemoResult
             f"[bold]Embedded local AWS[/] on {aws.endpoint_url}; warehouse API on {backend.url} "
             f"(serves {backend.stats().capacity} requests at once, 503 beyond)"
         )
-        session = boto3.session.Session()
-        config, region, url = client_config(), aws.region, aws.endpoint_url
-        sqs = session.client("sqs", config=config, region_name=region, endpoint_url=url)
-        dynamodb = session.client("dynamodb", config=config, region_name=region, endpoint_url=url)
+        endpoint = Endpoint(region=aws.region, endpoint_url=aws.endpoint_url)
+        sqs, dynamodb = sync_client("sqs", endpoint), sync_client("dynamodb", endpoint)
         resources = provision(sqs, dynamodb, prefix="demo")
         settings = Settings(
             queue_url=resources.queue_url,

@@ -31,13 +31,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
-import boto3
 from rich.console import Console
 
 from dispatch import constants as c
 from dispatch import lambda_handler as dispatcher_function
-from dispatch.aws import async_clients, client_config
-from dispatch.config import Settings, parse_task_modules
+from dispatch.aws import async_clients, sync_client
+from dispatch.aws_retry import INVOKE_RETRY
+from dispatch.config import Endpoint, Settings, parse_task_modules
 from dispatch.cron import parse
 from dispatch.local.emulator import LocalAWS, environment
 from dispatch.local.lambda_endpoint import (
@@ -119,16 +119,15 @@ def run_dev(
     modules = parse_task_modules(tasks or os.environ.get(c.ENV_TASKS) or DEFAULT_TASKS)
     registry.import_modules(modules)
     with LocalAWS.start() as aws:
-        session = boto3.session.Session()
+        local = Endpoint(region=aws.region, endpoint_url=aws.endpoint_url)
         options: dict[str, Any] = {
-            "region_name": aws.region,
-            "endpoint_url": aws.endpoint_url,
-            "config": client_config(),
             "aws_access_key_id": aws.env()["AWS_ACCESS_KEY_ID"],
             "aws_secret_access_key": aws.env()["AWS_SECRET_ACCESS_KEY"],
         }
         resources = provision(
-            session.client("sqs", **options), session.client("dynamodb", **options), prefix=prefix
+            sync_client("sqs", local, **options),
+            sync_client("dynamodb", local, **options),
+            prefix=prefix,
         )
         env = {**aws.env(), **resources.as_env(), c.ENV_TASKS: ",".join(modules)}
         if not lambda_mode:
@@ -206,13 +205,12 @@ def _run_lambda_topology(
             )
             if on_ready is not None:
                 on_ready(DevEnvironment(env, endpoint.endpoint_url, target, f"{worker_name}:live"))
-            client = boto3.session.Session().client(
+            client = sync_client(
                 "lambda",
-                region_name=endpoint.region,
-                endpoint_url=endpoint.endpoint_url,
+                Endpoint(region=endpoint.region, endpoint_url=endpoint.endpoint_url),
+                retry=INVOKE_RETRY,
                 aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
                 aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-                config=client_config(max_attempts=1),
             )
             try:
                 when = datetime.now(UTC)

@@ -564,6 +564,53 @@ def test_claim_refused_says_what_to_do_with_the_delivery(
     assert answer.record is record
 
 
+def test_a_repeated_claim_recognises_its_own_token_and_nothing_else() -> None:
+    """Given a running record claimed with this receive's token (the claim's answer was
+    lost and the call retry sent it again), when the repeat is refused, then it is
+    classified as claimed, with the stored item; a running record with another token
+    (a later receive of the same message) stays busy, and a finished one stays done."""
+    token = state.claim_token("receipt-1")
+    stored = {"pk": {"S": f"task#{TASK_ID}"}, "claim_token": {"S": token}}
+    running = TaskRecord(
+        task_id=TASK_ID,
+        task="charge",
+        status=Status.RUNNING,
+        message_id=MESSAGE_ID,
+        claim_token=token,
+        attempts=1,
+    )
+
+    mine = state.claim_refused(running, message_id=MESSAGE_ID, token=token, item=stored)
+    later = state.claim_refused(
+        running, message_id=MESSAGE_ID, token=state.claim_token("receipt-2"), item=stored
+    )
+    done = state.claim_refused(
+        TaskRecord(task_id=TASK_ID, task="charge", status=Status.SUCCEEDED, claim_token=token),
+        message_id=MESSAGE_ID,
+        token=token,
+    )
+
+    assert (mine.status, mine.item, mine.record.attempts) == (ClaimStatus.CLAIMED, stored, 1)
+    assert later.status is ClaimStatus.BUSY
+    assert done.status is ClaimStatus.DONE
+    assert state.claim_token("receipt-1") != state.claim_token("receipt-2")
+
+
+def test_a_claim_stores_its_token_and_a_tokenless_claim_clears_an_old_one() -> None:
+    """Given a claim with a token, when built, then the token is set with the claim;
+    without one, any earlier token is removed (it could only mislead)."""
+    token = state.claim_token("r")
+    with_token = state.claim_params(
+        TABLE, envelope(), message_id=MESSAGE_ID, now=NOW, timeout_s=1.0, token=token
+    )
+    without = claim()
+
+    assert "claim_token = :token" in with_token["UpdateExpression"]
+    assert values_of(with_token)[":token"] == token
+    assert without["UpdateExpression"].endswith("REMOVE next_attempt_at, claim_token")
+    assert Condition(with_token).holds_for(item(status="queued"))
+
+
 def test_status_is_final_only_for_the_end_states() -> None:
     """Given every status, when asked, then only succeeded, dead and cancelled are final."""
     assert {s for s in Status if s.is_final} == {Status.SUCCEEDED, Status.DEAD, Status.CANCELLED}

@@ -1,0 +1,564 @@
+"""The chaos harness: enqueue, run a fleet under faults and kills, drain, and judge.
+
+:func:`run_chaos` enqueues ``tasks`` chaos tasks (most succeed at once, some fail
+transiently and succeed on a retry, a few fail for good), starts ``dispatchers``
+processes (:mod:`bench.chaos.dispatcher`) in which ``fault_rate`` of the AWS calls
+fail (:mod:`dispatch.local.faults`), and SIGKILLs a random dispatcher at random
+points of the run (each at a random share of the work done, so every kill lands
+while tasks are in flight), restarting it at once. It waits until the queue is
+empty with no message in flight or delayed and every task's record is final,
+then judges the run from three sources that do not trust each other: the
+DynamoDB records, the dead-letter queue and the handlers' own ledger.
+
+Every wait has a bound, and :class:`Fleet` is a context manager that kills and
+reaps whatever it started, however the run ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, Final, Self
+
+from bench.chaos import tasks
+from dispatch import constants as c
+from dispatch.aws import SyncClients, sync_clients
+from dispatch.config import Settings
+from dispatch.dlq import iter_dead_letters
+from dispatch.local.faults import ENV_FAULTS, FaultKind
+from dispatch.queue import Queue
+from dispatch.state import Status, TaskRecord
+
+__all__ = ["FULL", "QUICK", "ChaosConfig", "ChaosError", "Fleet", "judge", "run_chaos"]
+
+REPO_ROOT: Final = Path(__file__).resolve().parents[2]
+READY_TIMEOUT_S: Final = 60.0
+STOP_TIMEOUT_S: Final = 20.0
+_POLL_S: Final = 0.1
+_EMPTY_CHECKS: Final = 2  # consecutive empty looks at the queue before judging
+_LOG_TAIL_BYTES: Final = 2_000
+
+
+class ChaosError(Exception):
+    """The run could not go on (a dispatcher could not start, the drain timed out)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChaosConfig:
+    """One chaos scenario."""
+
+    tasks: int = 3000
+    dispatchers: int = 3
+    fault_rate: float = 0.05
+    kills: int = 10
+    transient_share: float = 0.15  # fail one or two attempts, then succeed
+    permanent_share: float = 0.02  # raise PermanentError: dead-lettered
+    min_work_ms: int = 5
+    max_work_ms: int = 60
+    visibility_s: int = 6
+    lease_grace_s: float = 5.0
+    max_in_flight: int = 32
+    seed: int = 20261130
+    max_drain_s: float = 900.0
+    fault_kinds: tuple[str, ...] = tuple(k.value for k in FaultKind)
+
+
+FULL: Final = ChaosConfig()
+QUICK: Final = ChaosConfig(tasks=300, kills=2, max_drain_s=120.0)
+
+
+@dataclass(slots=True)
+class Kill:
+    """One SIGKILL: which process, when, and how far the work was."""
+
+    pid: int
+    at: float
+    executions_ended: int
+
+
+@dataclass(slots=True)
+class Execution:
+    """One run of a handler, from the ledger."""
+
+    task_id: str
+    attempt: int
+    pid: int
+    started_at: float
+    ended_at: float | None = None
+    outcome: str | None = None
+
+
+@dataclass(slots=True)
+class RunLog:
+    """What happened during the run, before any judging."""
+
+    enqueued: dict[str, str]  # task id -> plan ("ok", "transient", "permanent")
+    kills: list[Kill] = field(default_factory=list)
+    restarts: int = 0
+    started_at: float = 0.0
+    drained_at: float = 0.0
+
+
+# --- the fleet ----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Process:
+    process: subprocess.Popen[bytes]
+    ready: Path
+    log: Path
+    log_file: IO[bytes]
+
+
+class Fleet:
+    """Dispatcher processes that can be killed and replaced; all reaped on exit."""
+
+    def __init__(self, *, env: Mapping[str, str], workdir: Path, config: ChaosConfig) -> None:
+        self._env = dict(env)
+        self.workdir = workdir
+        self._config = config
+        self._started = 0
+        self.live: list[_Process] = []
+        self.dead: list[_Process] = []
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def start(self) -> _Process:
+        """Start one more dispatcher (not waiting for it to be ready)."""
+        n = self._started
+        self._started += 1
+        ready, log = self.workdir / f"ready-{n}", self.workdir / f"dispatcher-{n}.log"
+        env = dict(self._env)
+        if env.get(ENV_FAULTS):
+            faults = json.loads(env[ENV_FAULTS])
+            faults["seed"] = self._config.seed + n  # each process its own draws
+            env[ENV_FAULTS] = json.dumps(faults)
+        log_file = log.open("wb")
+        command = [
+            sys.executable,
+            "-m",
+            "bench.chaos.dispatcher",
+            "--ready",
+            str(ready),
+            "--visibility-s",
+            str(self._config.visibility_s),
+            "--lease-grace-s",
+            str(self._config.lease_grace_s),
+            "--max-in-flight",
+            str(self._config.max_in_flight),
+        ]
+        try:
+            process = subprocess.Popen(  # noqa: S603 - fixed argv: this interpreter and our module
+                command,
+                stdin=subprocess.PIPE,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=REPO_ROOT,
+                start_new_session=True,
+            )
+        except OSError:
+            log_file.close()
+            raise
+        started = _Process(process=process, ready=ready, log=log, log_file=log_file)
+        self.live.append(started)
+        return started
+
+    def wait_ready(self, *, timeout_s: float) -> None:
+        """Return once every live dispatcher is ready; ChaosError otherwise."""
+        deadline = time.monotonic() + timeout_s
+        while not all(p.ready.exists() for p in self.live):
+            self.check_running()
+            if time.monotonic() >= deadline:
+                raise ChaosError(f"dispatchers not ready within {timeout_s:g} s")
+            time.sleep(0.05)
+
+    def check_running(self) -> None:
+        """ChaosError (with its log) if a dispatcher exited by itself."""
+        for p in self.live:
+            if p.process.poll() is not None:
+                raise ChaosError(
+                    f"dispatcher {p.process.pid} exited with status {p.process.returncode}; "
+                    f"its log ends with:\n{_tail(p.log)}"
+                )
+
+    def kill_one(self, rng: random.Random) -> int:
+        """SIGKILL a random ready dispatcher (any live one if none is ready yet); its pid."""
+        ready = [p for p in self.live if p.ready.exists()] or self.live
+        return self.kill_one_process(rng.choice(ready))
+
+    def kill_one_process(self, victim: _Process) -> int:
+        """SIGKILL ``victim`` (a live dispatcher of this fleet) and reap it; its pid."""
+        with contextlib.suppress(ProcessLookupError):
+            victim.process.send_signal(signal.SIGKILL)
+        victim.process.wait()
+        if victim.process.stdin is not None:
+            with contextlib.suppress(OSError):  # the pipe is broken: its reader is gone
+                victim.process.stdin.close()
+        self.live.remove(victim)
+        self.dead.append(victim)
+        return victim.process.pid
+
+    def close(self) -> None:
+        """Close every lifeline, wait a bounded time, kill the rest; reap all."""
+        for p in self.live:
+            if p.process.stdin is not None:
+                with contextlib.suppress(OSError):
+                    p.process.stdin.close()
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for p in self.live:
+            try:
+                p.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    p.process.kill()
+                p.process.wait()
+        for p in self.live + self.dead:
+            p.log_file.close()
+        self.dead.extend(self.live)
+        self.live.clear()
+
+
+# --- the run -------------------------------------------------------------------------------
+
+
+def plan_tasks(config: ChaosConfig, rng: random.Random) -> list[tuple[Any, str]]:
+    """The messages to enqueue, each with its plan ("ok", "transient", "permanent")."""
+    planned = []
+    for n in range(config.tasks):
+        draw = rng.random()
+        work_ms = rng.randint(config.min_work_ms, config.max_work_ms)
+        if draw < config.permanent_share:
+            planned.append((tasks.work.message(n, work_ms=work_ms, permanent=True), "permanent"))
+        elif draw < config.permanent_share + config.transient_share:
+            fail_times = rng.choice((1, 2))
+            message = tasks.work.message(n, work_ms=work_ms, fail_times=fail_times)
+            planned.append((message, "transient"))
+        else:
+            planned.append((tasks.work.message(n, work_ms=work_ms), "ok"))
+    return planned
+
+
+def run_chaos(
+    config: ChaosConfig,
+    *,
+    settings: Settings,
+    env: Mapping[str, str],
+    workdir: Path,
+    say: Callable[[str], None] = lambda _: None,
+) -> dict[str, Any]:
+    """Run ``config`` on the queue, DLQ and table of ``settings``; the judged figures.
+
+    ``env`` is the environment the dispatchers get (the AWS endpoint and the
+    ``DISPATCH_*`` variables); ``workdir`` receives the ledger, the fault log and
+    each dispatcher's log.
+    """
+    rng = random.Random(config.seed)
+    planned = plan_tasks(config, rng)
+    queue = Queue(settings)
+    try:
+        ids = queue.enqueue_many([message for message, _ in planned])
+    finally:
+        queue.close()
+    run = RunLog(enqueued=dict(zip(ids, (plan for _, plan in planned), strict=True)))
+    say(f"enqueued {len(ids)} tasks")
+    fault_log = workdir / "faults.log"
+    child_env = {
+        **env,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")])),
+        tasks.ENV_LEDGER_DIR: str(workdir),
+        ENV_FAULTS: json.dumps(
+            {"rate": config.fault_rate, "kinds": list(config.fault_kinds), "log": str(fault_log)}
+        ),
+    }
+    kill_points = sorted(int(rng.uniform(0.05, 0.85) * config.tasks) for _ in range(config.kills))
+    clients = sync_clients(settings)
+    try:
+        with Fleet(env=child_env, workdir=workdir, config=config) as fleet:
+            for _ in range(config.dispatchers):
+                fleet.start()
+            fleet.wait_ready(timeout_s=READY_TIMEOUT_S)
+            run.started_at = time.time()
+            say(f"{config.dispatchers} dispatchers running")
+            _chaos_until_drained(
+                config,
+                fleet,
+                run=run,
+                kill_points=kill_points,
+                rng=rng,
+                clients=clients,
+                settings=settings,
+                say=say,
+            )
+            run.drained_at = time.time()
+        say("drained; judging")
+        return judge(config, run, clients, settings, workdir)
+    finally:
+        clients.sqs.close()
+        clients.dynamodb.close()
+
+
+def _chaos_until_drained(
+    config: ChaosConfig,
+    fleet: Fleet,
+    *,
+    run: RunLog,
+    kill_points: list[int],
+    rng: random.Random,
+    clients: SyncClients,
+    settings: Settings,
+    say: Callable[[str], None],
+) -> None:
+    ledger = LedgerTail(fleet.workdir)
+    deadline = time.monotonic() + config.max_drain_s
+    empty_looks, next_look = 0, 0.0
+    while True:
+        if time.monotonic() >= deadline:
+            raise ChaosError(f"not drained within {config.max_drain_s:g} s")
+        ended = ledger.ended()
+        while kill_points and ended >= kill_points[0]:
+            kill_points.pop(0)
+            pid = fleet.kill_one(rng)
+            run.kills.append(Kill(pid=pid, at=time.time(), executions_ended=ended))
+            fleet.start()
+            run.restarts += 1
+            say(f"SIGKILL {pid} after {ended} executions; restarted")
+        fleet.check_running()
+        if time.monotonic() >= next_look:
+            next_look = time.monotonic() + 1.0
+            if _queue_empty(clients, settings.queue_url) and not kill_points:
+                empty_looks += 1
+                if empty_looks >= _EMPTY_CHECKS and _all_final(clients, settings, run):
+                    return
+            else:
+                empty_looks = 0
+        time.sleep(_POLL_S)
+
+
+def _queue_empty(clients: SyncClients, url: str) -> bool:
+    names = [
+        "ApproximateNumberOfMessages",
+        "ApproximateNumberOfMessagesNotVisible",
+        "ApproximateNumberOfMessagesDelayed",
+    ]
+    counts = clients.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=names)["Attributes"]
+    return all(int(counts.get(name, "0")) == 0 for name in names)
+
+
+def _all_final(clients: SyncClients, settings: Settings, run: RunLog) -> bool:
+    records = read_records(clients, settings)
+    return all(task_id in records and records[task_id].status.is_final for task_id in run.enqueued)
+
+
+class LedgerTail:
+    """Counts ``end`` lines in the ledger files of a directory as they grow."""
+
+    def __init__(self, directory: Path) -> None:
+        self._directory = directory
+        self._offsets: dict[Path, int] = {}
+        self._ended = 0
+
+    def ended(self) -> int:
+        """Executions that have ended so far, in every process."""
+        for path in self._directory.glob("ledger-*.log"):
+            offset = self._offsets.get(path, 0)
+            with path.open("rb") as file:
+                file.seek(offset)
+                data = file.read()
+            complete = data[: data.rfind(b"\n") + 1]
+            self._offsets[path] = offset + len(complete)
+            self._ended += complete.count(b"\nend ") + int(complete.startswith(b"end "))
+        return self._ended
+
+
+# --- judging -------------------------------------------------------------------------------
+
+
+def read_records(clients: SyncClients, settings: Settings) -> dict[str, TaskRecord]:
+    """Every task record in the table, by task id."""
+    records: dict[str, TaskRecord] = {}
+    paginator = clients.dynamodb.get_paginator("scan")
+    for page in paginator.paginate(
+        TableName=settings.table,
+        ConsistentRead=True,
+        FilterExpression="begins_with(pk, :prefix)",
+        ExpressionAttributeValues={":prefix": {"S": c.TASK_KEY_PREFIX}},
+    ):
+        for item in page.get("Items", []):
+            record = TaskRecord.from_item(item)
+            records[record.task_id] = record
+    return records
+
+
+def read_ledger(directory: Path) -> dict[str, list[Execution]]:
+    """Every execution the handlers recorded, by task id, in start order."""
+    open_runs: dict[tuple[str, int, int], Execution] = {}
+    by_task: dict[str, list[Execution]] = defaultdict(list)
+    for path in sorted(directory.glob("ledger-*.log")):
+        for line in path.read_text().splitlines():
+            parts = line.split()
+            if len(parts) < 5:
+                continue  # a line cut by a SIGKILL mid-write (os.write makes this unlikely)
+            what, task_id, attempt, pid, at = parts[:5]
+            key = (task_id, int(attempt), int(pid))
+            if what == "start":
+                execution = Execution(task_id, int(attempt), int(pid), float(at))
+                open_runs[key] = execution
+                by_task[task_id].append(execution)
+            elif what == "end" and key in open_runs:
+                execution = open_runs.pop(key)
+                execution.ended_at = float(at)
+                execution.outcome = parts[5] if len(parts) > 5 else None
+    for executions in by_task.values():
+        executions.sort(key=lambda e: e.started_at)
+    return by_task
+
+
+def read_faults(path: Path) -> tuple[Counter[str], Counter[str]]:
+    """Injected faults by kind and by operation, from the shared fault log."""
+    kinds: Counter[str] = Counter()
+    operations: Counter[str] = Counter()
+    if path.exists():
+        for line in path.read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 4:
+                kinds[parts[2]] += 1
+                operations[parts[3]] += 1
+    return kinds, operations
+
+
+def judge(
+    config: ChaosConfig,
+    run: RunLog,
+    clients: SyncClients,
+    settings: Settings,
+    workdir: Path,
+) -> dict[str, Any]:
+    """The figures of a finished run (docs/reliability.md defines each)."""
+    records = read_records(clients, settings)
+    letters: dict[str, str] = {}
+    letter_copies = 0
+    for entry in iter_dead_letters(clients, settings):
+        letter_copies += 1
+        if entry.task_id is not None:
+            letters[entry.task_id] = entry.reason
+    ledger = read_ledger(workdir)
+    kinds, operations = read_faults(workdir / "faults.log")
+    wall_s = max(0.0, run.drained_at - run.started_at)
+    return {
+        "enqueued": len(run.enqueued),
+        "faults": sum(kinds.values()),
+        "kills": len(run.kills),
+        **score(run, records=records, letters=letters, ledger=ledger),
+        "planned": dict(Counter(run.enqueued.values())),
+        "executions": sum(len(e) for e in ledger.values()),
+        "dead_letter_copies": letter_copies,
+        "faults_by_kind": dict(sorted(kinds.items())),
+        "faults_by_operation": dict(operations.most_common()),
+        "restarts": run.restarts,
+        "kill_points": [k.executions_ended for k in run.kills],
+        "wall_s": round(wall_s, 1),
+        "tasks_per_s": round(len(run.enqueued) / wall_s, 1) if wall_s else None,
+        "config": asdict(config),
+    }
+
+
+def score(
+    run: RunLog,
+    *,
+    records: Mapping[str, TaskRecord],
+    letters: Mapping[str, str],
+    ledger: Mapping[str, list[Execution]],
+) -> dict[str, Any]:
+    """Judge every enqueued task from its record, its dead letter (task id -> reason)
+    and its executions in the ledger."""
+    kill_at = {k.pid: k.at for k in run.kills}
+
+    succeeded = dead = lost = rerun_after_success = unexpected_dead = concurrent = 0
+    after_return = interrupted = without_crash = 0
+    lost_ids: list[str] = []
+    dead_reasons: Counter[str] = Counter()
+    for task_id, plan in run.enqueued.items():
+        record = records.get(task_id)
+        executions = ledger.get(task_id, [])
+        ok_runs = [e for e in executions if e.outcome == "ok"]
+        if record is not None and record.status is Status.SUCCEEDED and ok_runs:
+            succeeded += 1
+            finished = record.finished_at or 0.0
+            if any(e.started_at > finished for e in executions):
+                rerun_after_success += 1
+        elif record is not None and record.status is Status.DEAD and task_id in letters:
+            dead += 1
+            dead_reasons[letters[task_id]] += 1
+            unexpected_dead += plan != "permanent"
+        else:
+            lost += 1
+            lost_ids.append(task_id)
+        for earlier in executions[:-1]:
+            if earlier.pid not in kill_at:
+                # Ran again, yet its process was never killed: not the crash window.
+                without_crash += earlier.outcome in ("ok", None)
+            elif earlier.outcome == "ok":
+                after_return += 1
+            elif earlier.outcome is None:
+                interrupted += 1
+        concurrent += _overlaps(executions, kill_at)
+
+    return {
+        "succeeded": succeeded,
+        "dead": dead,
+        "lost": lost,
+        "rerun_after_success": rerun_after_success,
+        "repeated_in_window": after_return + interrupted,
+        "repeated_detail": {
+            "handler_returned_before_the_crash": after_return,
+            "handler_interrupted_by_the_crash": interrupted,
+        },
+        "repeated_without_crash": without_crash,
+        "dead_reasons": dict(sorted(dead_reasons.items())),
+        "unexpected_dead": unexpected_dead,
+        "concurrent_executions": concurrent,
+        "lost_task_ids": lost_ids[:20],
+    }
+
+
+def _overlaps(executions: list[Execution], kill_at: Mapping[int, float]) -> int:
+    """Executions of one task that started while an earlier one was still running (a
+    killed process's unfinished execution ends at its kill)."""
+    spans = sorted(
+        (e.started_at, e.ended_at if e.ended_at is not None else kill_at.get(e.pid, e.started_at))
+        for e in executions
+    )
+    overlaps, running_until = 0, float("-inf")
+    for start, end in spans:
+        overlaps += start < running_until
+        running_until = max(running_until, end)
+    return overlaps
+
+
+def _tail(path: Path) -> str:
+    try:
+        data = path.read_bytes()[-_LOG_TAIL_BYTES:]
+    except OSError as exc:
+        return f"(log unreadable: {exc})"
+    return data.decode("utf-8", "replace").strip() or "(empty)"

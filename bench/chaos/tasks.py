@@ -1,0 +1,82 @@
+"""The chaos run's handlers, and the ledger of every execution they record.
+
+Each execution appends a ``start`` line before the work and an ``end`` line
+after it (``ok``, ``transient`` or ``permanent``) to the ledger file of its
+process: ``<CHAOS_LEDGER_DIR>/ledger-<pid>.log``, opened with O_APPEND and
+written with one ``os.write`` per line, so a line is in the file the moment the
+handler moves on, and a SIGKILL loses nothing already written. The ledger is
+the framework's referee: it is written by the handler, not by Dispatch.
+
+Line format (space-separated): ``start|end task_id attempt pid epoch_s [outcome]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+from typing import Final
+
+from dispatch import PermanentError, Retry, current_task, task
+from dispatch.registry import Registry
+
+__all__ = ["ENV_LEDGER_DIR", "TransientError", "hold", "registry", "work"]
+
+ENV_LEDGER_DIR: Final = "CHAOS_LEDGER_DIR"
+
+registry = Registry()
+"""The chaos tasks' own registry (the dispatcher processes run this one only)."""
+
+_files: dict[str, int] = {}  # ledger path -> file descriptor, one per process and directory
+
+
+class TransientError(Exception):
+    """A failure that goes away on a later attempt."""
+
+
+def _append(line: str) -> None:
+    path = os.path.join(os.environ[ENV_LEDGER_DIR], f"ledger-{os.getpid()}.log")
+    fd = _files.get(path)
+    if fd is None:
+        fd = _files[path] = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.write(fd, (line + "\n").encode())
+
+
+@task(
+    registry=registry,
+    retry=Retry(max_attempts=8, base_delay_s=1.0, max_delay_s=2.0),
+    timeout_s=5,
+)
+async def work(n: int, *, work_ms: int = 20, fail_times: int = 0, permanent: bool = False) -> int:
+    """Work for ``work_ms``; fail the first ``fail_times`` attempts, or every attempt for
+    good when ``permanent``; record the execution in the ledger either way."""
+    context = current_task()
+    head = f"{context.task_id} {context.attempt} {os.getpid()}"
+    _append(f"start {head} {time.time():.6f}")
+    await asyncio.sleep(work_ms / 1000)
+    if permanent:
+        _append(f"end {head} {time.time():.6f} permanent")
+        raise PermanentError(f"task {n} can never succeed")
+    if context.attempt <= fail_times:
+        _append(f"end {head} {time.time():.6f} transient")
+        raise TransientError(f"task {n}: attempt {context.attempt} of {fail_times} failing")
+    _append(f"end {head} {time.time():.6f} ok")
+    return n
+
+
+@task(
+    registry=registry,
+    retry=Retry(max_attempts=3, base_delay_s=1.0, max_delay_s=1.0),
+    timeout_s=6,
+)
+def hold(release_path: str) -> str:
+    """Block until the file ``release_path`` exists (a test holds an attempt open with it);
+    a sync handler, so it blocks a worker thread, not the dispatcher's loop."""
+    context = current_task()
+    head = f"{context.task_id} {context.attempt} {os.getpid()}"
+    _append(f"start {head} {time.time():.6f}")
+    while not Path(release_path).exists():
+        time.sleep(0.02)
+    _append(f"end {head} {time.time():.6f} ok")
+    return release_path
