@@ -39,7 +39,7 @@ from dispatch.batcher import Batcher, EntryResult
 from dispatch.config import Settings
 from dispatch.context import TaskContext
 from dispatch.deadletter import DeadLetter, Reason
-from dispatch.envelope import Envelope, decode, resolve
+from dispatch.envelope import Envelope, decode, is_lean_task_id, resolve
 from dispatch.errors import ConfigurationError, DispatchError, EnvelopeError
 from dispatch.metrics import FLUSH_EVERY_S, Metrics, metrics_from_env
 from dispatch.periodic import PeriodicEnqueuer
@@ -473,7 +473,16 @@ class Dispatcher:
     async def _claim(
         self, message: dict[str, Any], envelope: Envelope, spec: TaskSpec, bound: Any
     ) -> state.Claim | None:
-        """Claim the attempt in DynamoDB; None (after acting on it) when it must not run."""
+        """Claim the attempt in DynamoDB; None (after acting on it) when it must not run.
+
+        A lean task (no record) is not claimed: its attempt is its receive count."""
+        if is_lean_task_id(envelope.id):
+            return state.lean_claim(
+                envelope,
+                receive_count=_receive_count(message),
+                max_attempts=spec.retry.max_attempts,
+                now=self._clock(),
+            )
         receipt, message_id = message["ReceiptHandle"], message["MessageId"]
         claim = await self._state.claim(
             envelope, message_id=message_id, now=self._clock(), timeout_s=spec.timeout_s
@@ -504,7 +513,8 @@ class Dispatcher:
 
     async def _unclaim(self, message: dict[str, Any], task_id: str, *, first_attempt: bool) -> None:
         """Give a claimed attempt back without running it (its message was deferred)."""
-        self._claimed.pop(message["ReceiptHandle"], None)
+        if self._claimed.pop(message["ReceiptHandle"], None) is None:
+            return  # a lean task: nothing was claimed
         await self._state.update(
             state.released_params(
                 self.settings.table,
@@ -628,6 +638,12 @@ class Dispatcher:
     ) -> None:
         receipt, message_id = message["ReceiptHandle"], message["MessageId"]
         table, now = self.settings.table, self._clock()
+        tracked = not is_lean_task_id(envelope.id)  # a lean task has no record to write
+        if outcome.succeeded and not tracked:
+            self.stats.succeeded += 1
+            self._count(envelope.task, "Succeeded")
+            await self._delete(receipt)
+            return
         if outcome.succeeded:
             written = await self._records.submit(
                 {"PutRequest": {"Item": state.succeeded_item(item, now=now, result=outcome.result)}}
@@ -660,17 +676,18 @@ class Dispatcher:
                 delay_s = math.ceil(outcome.retry_after_s)
             else:
                 delay_s = spec.retry.delay_s(1)
-            await self._state.update(
-                state.retrying_params(
-                    table,
-                    envelope.id,
-                    message_id=message_id,
-                    now=now,
-                    error=error,
-                    next_attempt_at=now + delay_s,
-                    refund_attempt=backpressure,
+            if tracked:
+                await self._state.update(
+                    state.retrying_params(
+                        table,
+                        envelope.id,
+                        message_id=message_id,
+                        now=now,
+                        error=error,
+                        next_attempt_at=now + delay_s,
+                        refund_attempt=backpressure,
+                    )
                 )
-            )
             if backpressure:
                 self.stats.backpressure += 1
             else:
@@ -685,11 +702,17 @@ class Dispatcher:
             OutcomeKind.PERMANENT: Reason.PERMANENT_ERROR,
             OutcomeKind.NOT_RETRYABLE: Reason.NOT_RETRYABLE,
         }.get(outcome.kind, Reason.MAX_ATTEMPTS)
-        await self._state.update(
-            state.dead_params(
-                table, envelope.id, message_id=message_id, now=now, error=error, reason=reason.value
+        if tracked:
+            await self._state.update(
+                state.dead_params(
+                    table,
+                    envelope.id,
+                    message_id=message_id,
+                    now=now,
+                    error=error,
+                    reason=reason.value,
+                )
             )
-        )
         letter = DeadLetter(
             body=message["Body"],
             reason=reason,
@@ -744,7 +767,7 @@ class Dispatcher:
         now = self._clock()
         task_id = envelope.id if envelope else exc.task_id
         task = envelope.task if envelope else exc.task
-        if task_id:
+        if task_id and not is_lean_task_id(task_id):
             await self._state.update(
                 state.rejected_params(
                     self.settings.table, task_id, task, now=now, reason=reason.value

@@ -88,7 +88,8 @@ class PeriodicEnqueuer:
         if not due:
             return []
         messages = [periodic_message(spec, fire) for spec, fire in due]
-        ids = await run_async(enqueue_plan(self._settings, messages, self._clock()), self._clients)
+        plan = enqueue_plan(self._settings, messages, self._clock(), scheduled=True)
+        ids = await run_async(plan, self._clients)
         for spec, fire in due:
             self._submitted[spec.name] = fire
             log.info("periodic_enqueued", task=spec.name, fire_time=fire.isoformat())

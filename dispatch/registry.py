@@ -47,6 +47,7 @@ class TaskSpec:
     is_async: bool = False
     signature: inspect.Signature = field(default=None, compare=False)  # type: ignore[assignment]
     schedule: Schedule | None = None  # periodic: enqueued once per fire time
+    track_state: bool = True  # False: lean, SQS only, no task record (docs/api.md)
 
     def __post_init__(self) -> None:
         if self.signature is None:
@@ -216,6 +217,7 @@ def task(
     retry: Retry | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     schedule: str | None = None,
+    track_state: bool = True,
     registry: Registry | None = None,
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
@@ -229,6 +231,7 @@ def task(
     retry: Retry | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     schedule: str | None = None,
+    track_state: bool = True,
     registry: Registry | None = None,
 ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
     """Declare a task: ``@task`` or ``@task(resource=db, retry=Retry(...), timeout_s=30)``.
@@ -236,6 +239,11 @@ def task(
     ``name`` defaults to the function's name. ``timeout_s`` bounds one attempt.
     ``schedule`` (an EventBridge ``cron(...)`` or ``rate(...)`` expression) makes
     it periodic: dispatchers enqueue it once per fire time (docs/operations.md).
+    ``track_state=False`` makes it lean: SQS only, no DynamoDB task record, so
+    about a third of a request per task instead of about 1.4, at the price of
+    plain at-least-once delivery (a duplicate delivery may run twice), attempts
+    counted from the message's receive count, and no ``dispatch status`` or
+    ``dispatch cancel`` for it (docs/api.md, "Lean tasks").
     """
 
     def decorate(func: Callable[P, R]) -> Task[P, R]:
@@ -246,6 +254,7 @@ def task(
             retry=retry or Retry(),
             timeout_s=timeout_s,
             schedule=schedule,
+            track_state=track_state,
         )
         (default_registry if registry is None else registry).register(spec)
         return Task(spec, func)
@@ -263,6 +272,7 @@ def _make_spec(
     retry: Retry,
     timeout_s: float,
     schedule: str | None = None,
+    track_state: bool = True,
 ) -> TaskSpec:
     if not callable(fn):
         raise TaskDefinitionError(f"@task needs a function, got {fn!r}")
@@ -284,6 +294,11 @@ def _make_spec(
     if not isinstance(retry, Retry):
         raise TaskDefinitionError(
             f"task {task_name!r}: retry= takes a dispatch.Retry, got {retry!r}"
+        )
+    if not isinstance(track_state, bool):
+        raise TaskDefinitionError(
+            f"task {task_name!r}: track_state={track_state!r} must be True (a task record in "
+            "DynamoDB, the default) or False (lean: SQS only, no record)"
         )
     signature = inspect.signature(fn)
     clash = sorted(set(signature.parameters) & set(RESERVED_OPTIONS))
@@ -314,6 +329,7 @@ def _make_spec(
         is_async=inspect.iscoroutinefunction(fn),
         signature=signature,
         schedule=parsed,
+        track_state=track_state,
     )
 
 
