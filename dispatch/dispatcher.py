@@ -7,7 +7,8 @@ own asyncio task:
 1. decode and validate the envelope; a bad one is dead-lettered at once with
    the reason (never retried, never crashing the loop);
 2. claim the attempt in DynamoDB (a conditional write), so a duplicate delivery
-   of a finished task is deleted without running it again;
+   of a finished task is deleted without running it again (a lean task, id
+   ``lean-...``, has no record: its attempt is the message's receive count);
 3. hand it to the runner (the in-process :class:`~workers.pool.WorkerPool`, or
    Lambda in the cloud topology);
 4. settle: success → record + delete; retryable failure → record + hide the

@@ -12,6 +12,7 @@ from dispatch import constants as c
 from dispatch.aws import RequestCounter, SyncClients
 from dispatch.config import Settings
 from dispatch.deadletter import parse_attributes
+from dispatch.dlq import redrive
 from dispatch.queue import Queue
 from dispatch.registry import Registry
 from tests.integration.conftest import dispatch_cli, drain, queue_counts, receive_all
@@ -120,6 +121,17 @@ async def test_a_lean_task_out_of_attempts_is_dead_lettered_with_the_reason(
     assert (failure["attempts"], failure["receive_count"]) == (2, 2)
     assert failure["task_id"] == message.task_id
     assert queue_counts(clients, aws_env.queue_url) == EMPTY
+    assert task_records(clients, aws_env) == []
+
+    # Redriven, it is back on the queue with a fresh receive count, and still has no record.
+    clients.sqs.change_message_visibility(
+        QueueUrl=aws_env.dlq_url, ReceiptHandle=letter["ReceiptHandle"], VisibilityTimeout=0
+    )
+    report = redrive(clients, aws_env)
+    assert len(report.redriven) == 1
+    (back,) = receive_all(clients, aws_env.queue_url)
+    assert back["Body"] == message.body
+    assert back["Attributes"]["ApproximateReceiveCount"] == "1"
     assert task_records(clients, aws_env) == []
 
 
