@@ -643,6 +643,7 @@ class Dispatcher:
         if outcome.succeeded and not tracked:
             self.stats.succeeded += 1
             self._count(envelope.task, "Succeeded")
+            bound.debug("task_succeeded", duration_s=round(outcome.duration_s, 4))
             await self._delete(receipt)
             return
         if outcome.succeeded:

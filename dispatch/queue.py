@@ -3,8 +3,9 @@
 Each enqueue first writes the task's ``queued`` record, then sends the message,
 so ``dispatch.status(task_id)`` answers as soon as ``enqueue`` returns and a
 claim can always find the record. A lean task (``@task(track_state=False)``)
-has no record: its enqueue is the SendMessageBatch alone. Batches go out 10 messages (and at most
-1 MiB) per SendMessageBatch and 25 records per BatchWriteItem. Entries SQS
+has no record: its enqueue is the SendMessageBatch alone. Batches go out 10
+messages (and at most 1 MiB) per SendMessageBatch and 25 records per
+BatchWriteItem. Entries SQS
 refuses for a transient reason are sent again; entries refused for good are
 reported in :class:`~dispatch.errors.PartialEnqueueError` with the ids of the
 rest, and their records removed. Nothing is dropped silently.

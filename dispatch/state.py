@@ -13,7 +13,9 @@ message, or two dispatchers, can never both run a task or both settle it::
 
 A lean task (``@task(track_state=False)``, id ``lean-...``) has no record: its
 "claim" is :func:`lean_claim`, built from the message alone, and nothing is
-written when it settles. The request parameters are built by pure functions; :class:`StateStore`
+written when it settles.
+
+The request parameters are built by pure functions; :class:`StateStore`
 (aiobotocore, for the dispatcher) and :class:`SyncStateStore` (boto3, for the
 enqueue API and the CLI) only send them.
 """
