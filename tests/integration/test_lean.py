@@ -212,12 +212,12 @@ async def test_lean_requests_per_task_stay_under_half_a_request(
     assert not [name for name in everything if name.startswith("dynamodb.")], everything
 
 
-async def test_status_and_cancel_of_a_lean_task_say_it_keeps_no_record(
+async def test_status_task_and_cancel_of_a_lean_task_say_it_keeps_no_record(
     aws_env: Settings, registry: Registry, queue: Queue
 ) -> None:
-    """Given a lean task's id, when `dispatch status` and `dispatch cancel` are asked
-    about it, then each exits 4 (not found) with one line saying it is a lean task
-    (track_state=False) whose failures are on the DLQ."""
+    """Given a lean task's id, when `dispatch status`, `dispatch task` and `dispatch
+    cancel` are asked about it, then each exits 4 (not found) with one line saying it
+    is a lean task (track_state=False) whose failures are on the DLQ."""
 
     @task(registry=registry, track_state=False)
     def ping() -> None:
@@ -225,7 +225,7 @@ async def test_status_and_cancel_of_a_lean_task_say_it_keeps_no_record(
 
     task_id = queue.enqueue(ping.message())
 
-    for command in ("status", "cancel"):
+    for command in ("status", "task", "cancel"):
         result = dispatch_cli(command, task_id)
         assert result.returncode == 4, result.stderr
         assert "lean task, declared with track_state=False" in result.stderr
