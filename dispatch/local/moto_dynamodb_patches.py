@@ -98,7 +98,7 @@ handler (parsing, validation, update) is about 3x cheaper and its validation 4.5
 What remains of a request, about 2 ms, is mostly moto's generic HTTP handling,
 request set-up, response serialisation and garbage collection. Writing plain
 answers directly (3.) then took the claim's answer from about a third of moto's
-work for it to a twelfth (profiled in one process), and the claim from 3.3 to
+work for it to a tenth (profiled in one process), and the claim from 3.3 to
 3.0 ms of emulator CPU in the efficiency benchmark's calibration.
 """
 
