@@ -5,7 +5,8 @@ each measurement), in one run, so that every ratio compares figures measured sid
 by side on the same machine:
 
 1. throughput: N no-op tasks enqueued with ``enqueue_many`` and drained by one
-   dispatcher with in-process workers, paired with
+   dispatcher with in-process workers, with full state tracking (the default) and
+   lean (``@task(track_state=False)``), in the same rounds as
 2. the baseline consumer (SendMessage, receive 10, DeleteMessage one by one) in
    the same rounds; medians, and the median of the per-round ratios;
 3. AWS requests per task by service and action, counted from the requests sent,
@@ -139,14 +140,16 @@ def _run(plan: Plan, out: Path, suffix: str) -> tuple[dict[str, Any], list[str]]
 
         pairs = section("throughput", lambda: _throughput(stage, plan))
         if pairs is not None:
-            dispatch, baseline = pairs
+            dispatch, lean, baseline = pairs
             sections["throughput"] = analysis.throughput_section(
-                dispatch, baseline, sections["calibration"]
+                dispatch, baseline, sections["calibration"], lean=lean
             )
             sections["requests"] = analysis.requests_section(
                 dispatch,
                 baseline,
                 drain_tasks_per_s=sections["throughput"]["dispatch"]["drain_tasks_per_s"],
+                lean=lean,
+                lean_drain_tasks_per_s=sections["throughput"]["lean"]["drain_tasks_per_s"],
             )
             _write(out, "throughput", suffix, sections["throughput"])
             _write(out, "requests", suffix, sections["requests"])
@@ -187,33 +190,33 @@ def _run(plan: Plan, out: Path, suffix: str) -> tuple[dict[str, Any], list[str]]
     return sections, errors
 
 
-def _throughput(stage: Stage, plan: Plan) -> tuple[list[Run], list[Run]]:
-    """Paired rounds, the order alternating so that drift hits both sides alike."""
-    dispatch: list[Run] = []
-    baseline: list[Run] = []
+def _throughput(stage: Stage, plan: Plan) -> tuple[list[Run], list[Run], list[Run]]:
+    """Rounds of Dispatch (full state tracking), Dispatch lean and the baseline, the order
+    rotating from round to round so that drift hits every side alike."""
+    runs: dict[str, list[Run]] = {"dispatch": [], "lean": [], "baseline": []}
     tasks = plan.throughput_tasks
     timeout_s = plan.drain_timeout_s(tasks)
+    kinds = list(runs)
     for n in range(plan.rounds):
-        order = ("dispatch", "baseline") if n % 2 == 0 else ("baseline", "dispatch")
-        for kind in order:
-            if kind == "dispatch":
+        for kind in kinds[n % 3 :] + kinds[: n % 3]:
+            if kind == "baseline":
+                run = run_baseline(stage, tasks, name=f"b{n}", timeout_s=timeout_s)
+            else:
                 run = run_dispatch(
                     stage,
                     tasks,
-                    name=f"d{n}",
+                    name=f"{kind[0]}{n}",
                     timeout_s=timeout_s,
-                    probe_rounds=plan.depth_rounds,
+                    probe_rounds=plan.depth_rounds if kind == "dispatch" else 0,
+                    lean=kind == "lean",
                 )
-                dispatch.append(run)
-            else:
-                run = run_baseline(stage, tasks, name=f"b{n}", timeout_s=timeout_s)
-                baseline.append(run)
+            runs[kind].append(run)
             _say(
                 f"    round {n + 1} {kind:8}: enqueue {run.enqueue.per_s:7.1f}/s, "
                 f"drain {run.drain.per_s:7.1f}/s, {sum(run.requests.values()) / tasks:.3f} "
                 f"requests/task{'' if run.complete else ' (INCOMPLETE)'}"
             )
-    return dispatch, baseline
+    return runs["dispatch"], runs["lean"], runs["baseline"]
 
 
 def _scaling(stage: Stage, plan: Plan) -> list[dict[str, Any]]:

@@ -61,6 +61,9 @@ TARGETS: Final = (
     Target("sqs_requests_per_task", "SQS requests per task", 0.35, at_most=True),
     Target("aws_requests_per_task", "AWS requests per task (full state tracking)", 1.5, True),
     Target("throughput_ratio_vs_baseline", "drain throughput / baseline", 3.0, at_most=False),
+    Target("sqs_requests_per_task_lean", "SQS requests per task, lean", 0.35, at_most=True),
+    Target("aws_requests_per_task_lean", "AWS requests per task, lean", 0.5, at_most=True),
+    Target("throughput_ratio_vs_baseline_lean", "drain throughput / baseline, lean", 3.0, False),
     Target("idle_cost_ratio_vs_esm", "idle cost / idle event source mapping", 0.5, True),
     Target(
         "emulator_depth_ratio", "local AWS per-call cost, deepest / empty", FLAT_RATIO_MAX, True
@@ -91,41 +94,63 @@ def _median(values: Sequence[float]) -> float:
 
 # --- throughput ---------------------------------------------------------------------------
 def throughput_section(
-    dispatch: Sequence[Run], baseline: Sequence[Run], calibration: Mapping[str, Any]
+    dispatch: Sequence[Run],
+    baseline: Sequence[Run],
+    calibration: Mapping[str, Any],
+    *,
+    lean: Sequence[Run] = (),
 ) -> dict[str, Any]:
-    """Medians of the paired rounds, the ratio, and where the drain time went."""
-    ratios = [
-        d.drain.per_s / b.drain.per_s
-        for d, b in zip(dispatch, baseline, strict=True)
-        if b.drain.per_s > 0
+    """Medians of the rounds, the ratios to the baseline (full state tracking and lean),
+    and where the drain time went."""
+    ratios = _ratios(dispatch, baseline, "drain")
+    lean_ratios = _ratios(lean, baseline, "drain")
+    enqueue_ratios = _ratios(dispatch, baseline, "enqueue")
+    rounds = [
+        {"round": n + 1, **r.to_json()}
+        for side in (dispatch, lean, baseline)
+        for n, r in enumerate(side)
     ]
-    enqueue_ratios = [
-        d.enqueue.per_s / b.enqueue.per_s
-        for d, b in zip(dispatch, baseline, strict=True)
-        if b.enqueue.per_s > 0
-    ]
+    rounds.sort(key=lambda r: r["round"])
     return {
         "tasks": dispatch[0].tasks if dispatch else 0,
         "rounds": len(dispatch),
-        "complete": all(r.complete for r in (*dispatch, *baseline)),
+        "complete": all(r.complete for r in (*dispatch, *lean, *baseline)),
         "duplicates": sum(r.duplicates for r in dispatch),
-        "dispatch": {
-            "enqueue_tasks_per_s": round(_median([r.enqueue.per_s for r in dispatch]), 1),
-            "drain_tasks_per_s": round(_median([r.drain.per_s for r in dispatch]), 1),
-            "peak_in_flight": max((r.peak_in_flight for r in dispatch), default=0),
-        },
+        "dispatch": _rates(dispatch),
+        "lean": _rates(lean),
         "baseline": {
             "enqueue_tasks_per_s": round(_median([r.enqueue.per_s for r in baseline]), 1),
             "drain_tasks_per_s": round(_median([r.drain.per_s for r in baseline]), 1),
         },
         "drain_ratio": round(_median(ratios), 3),
         "drain_ratios": [round(r, 3) for r in ratios],
+        "lean_drain_ratio": round(_median(lean_ratios), 3),
+        "lean_drain_ratios": [round(r, 3) for r in lean_ratios],
         "enqueue_ratio": round(_median(enqueue_ratios), 3),
         "where_time_goes": {
             "dispatch": _drain_profile(dispatch, calibration, DRAIN_LABELS),
+            "lean": _drain_profile(lean, calibration, DRAIN_LABELS) if lean else {},
             "baseline": _drain_profile(baseline, calibration, DRAIN_LABELS),
         },
-        "runs": [r.to_json() for pair in zip(dispatch, baseline, strict=True) for r in pair],
+        "runs": rounds,
+    }
+
+
+def _ratios(runs: Sequence[Run], baseline: Sequence[Run], phase: str) -> list[float]:
+    """Per-round ratios of ``phase`` throughput, each run against its round's baseline."""
+    out = []
+    for run, base in zip(runs, baseline, strict=False):
+        ours, theirs = getattr(run, phase).per_s, getattr(base, phase).per_s
+        if theirs > 0:
+            out.append(ours / theirs)
+    return out
+
+
+def _rates(runs: Sequence[Run]) -> dict[str, Any]:
+    return {
+        "enqueue_tasks_per_s": round(_median([r.enqueue.per_s for r in runs]), 1),
+        "drain_tasks_per_s": round(_median([r.drain.per_s for r in runs]), 1),
+        "peak_in_flight": max((r.peak_in_flight for r in runs), default=0),
     }
 
 
@@ -169,41 +194,22 @@ def _drain_profile(
 
 # --- requests and dollars -----------------------------------------------------------------
 def requests_section(
-    dispatch: Sequence[Run], baseline: Sequence[Run], *, drain_tasks_per_s: float
+    dispatch: Sequence[Run],
+    baseline: Sequence[Run],
+    *,
+    drain_tasks_per_s: float,
+    lean: Sequence[Run] = (),
+    lean_drain_tasks_per_s: float | None = None,
 ) -> dict[str, Any]:
-    """Requests per task by action, billing units and dollars per million tasks."""
-    tasks = sum(r.tasks for r in dispatch)
-    enqueue = _sum([r.enqueue.requests for r in dispatch])
-    drain = _sum([r.drain.requests for r in dispatch])
-    both = _sum([enqueue, drain])
-    usage = merge(r.usage for r in dispatch)
+    """Requests per task by action, billing units and dollars per million tasks: full
+    state tracking, lean (when measured) and the baseline."""
     base_tasks = sum(r.tasks for r in baseline)
     base = _sum([r.requests for r in baseline])
     base_usage = merge(r.usage for r in baseline)
-    deletes = drain.get("sqs.DeleteMessageBatch", 0)
-    receives = drain.get("sqs.ReceiveMessage", 0)
-    sends = enqueue.get("sqs.SendMessageBatch", 0)
     return {
-        "tasks": tasks,
-        "dispatch": {
-            "per_task": {
-                "enqueue": per_task(enqueue, tasks),
-                "drain": per_task(drain, tasks),
-                "all": per_task(both, tasks),
-            },
-            "sqs_requests_per_task": round(_service_total(both, "sqs.") / tasks, 4),
-            "dynamodb_requests_per_task": round(_service_total(both, "dynamodb.") / tasks, 4),
-            "aws_requests_per_task": round(_service_total(both) / tasks, 4),
-            "batch_fill": {
-                "messages_per_SendMessageBatch": round(tasks / sends, 2) if sends else None,
-                "messages_per_ReceiveMessage": round(tasks / receives, 2) if receives else None,
-                "entries_per_DeleteMessageBatch": round(tasks / deletes, 2) if deletes else None,
-            },
-            "units_per_task": _units_per_task(usage, tasks),
-            "dollars_per_million_tasks": cost_per_million(
-                usage, tasks, drain_tasks_per_s=drain_tasks_per_s
-            ),
-        },
+        "tasks": sum(r.tasks for r in dispatch),
+        "dispatch": _mode_requests(dispatch, drain_tasks_per_s=drain_tasks_per_s),
+        "lean": _mode_requests(lean, drain_tasks_per_s=lean_drain_tasks_per_s) if lean else None,
         "baseline": {
             "per_task": per_task(base, base_tasks),
             "sqs_requests_per_task": round(_service_total(base, "sqs.") / base_tasks, 4)
@@ -214,7 +220,38 @@ def requests_section(
             else None,
             "dollars_per_million_tasks": cost_per_million(base_usage, base_tasks),
         },
-        "lean_mode": "none offered: every task is claimed and settled in DynamoDB",
+    }
+
+
+def _mode_requests(runs: Sequence[Run], *, drain_tasks_per_s: float | None) -> dict[str, Any]:
+    """One mode's requests per task (enqueue, drain, both), batch fill, units and dollars."""
+    tasks = sum(r.tasks for r in runs)
+    enqueue = _sum([r.enqueue.requests for r in runs])
+    drain = _sum([r.drain.requests for r in runs])
+    both = _sum([enqueue, drain])
+    usage = merge(r.usage for r in runs)
+    deletes = drain.get("sqs.DeleteMessageBatch", 0)
+    receives = drain.get("sqs.ReceiveMessage", 0)
+    sends = enqueue.get("sqs.SendMessageBatch", 0)
+    return {
+        "tasks": tasks,
+        "per_task": {
+            "enqueue": per_task(enqueue, tasks),
+            "drain": per_task(drain, tasks),
+            "all": per_task(both, tasks),
+        },
+        "sqs_requests_per_task": round(_service_total(both, "sqs.") / tasks, 4),
+        "dynamodb_requests_per_task": round(_service_total(both, "dynamodb.") / tasks, 4),
+        "aws_requests_per_task": round(_service_total(both) / tasks, 4),
+        "batch_fill": {
+            "messages_per_SendMessageBatch": round(tasks / sends, 2) if sends else None,
+            "messages_per_ReceiveMessage": round(tasks / receives, 2) if receives else None,
+            "entries_per_DeleteMessageBatch": round(tasks / deletes, 2) if deletes else None,
+        },
+        "units_per_task": _units_per_task(usage, tasks),
+        "dollars_per_million_tasks": cost_per_million(
+            usage, tasks, drain_tasks_per_s=drain_tasks_per_s
+        ),
     }
 
 

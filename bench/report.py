@@ -49,6 +49,12 @@ def summary(sections: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, A
         "latency_p50_ms": _get(latency, "enqueue_to_start_ms", "p50"),
         "latency_p99_ms": _get(latency, "enqueue_to_start_ms", "p99"),
         "emulator_depth_ratio": deepest.get("depth_ratio"),
+        "throughput_ratio_vs_baseline_lean": _get(throughput, "lean_drain_ratio"),
+        "sqs_requests_per_task_lean": _get(requests, "lean", "sqs_requests_per_task"),
+        "aws_requests_per_task_lean": _get(requests, "lean", "aws_requests_per_task"),
+        "dollars_per_million_tasks_lean": _get(
+            requests, "lean", "dollars_per_million_tasks", "total"
+        ),
     }
     out: dict[str, Any] = {
         "mode": meta.get("mode"),
@@ -56,9 +62,11 @@ def summary(sections: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, A
         "wall_s": meta.get("wall_s"),
         **values,
         "dynamodb_requests_per_task": _get(requests, "dispatch", "dynamodb_requests_per_task"),
-        "lean_mode_requests_per_task": None,
+        "dynamodb_requests_per_task_lean": _get(requests, "lean", "dynamodb_requests_per_task"),
         "enqueue_tasks_per_s": _get(throughput, "dispatch", "enqueue_tasks_per_s"),
         "drain_tasks_per_s": _get(throughput, "dispatch", "drain_tasks_per_s"),
+        "enqueue_tasks_per_s_lean": _get(throughput, "lean", "enqueue_tasks_per_s"),
+        "drain_tasks_per_s_lean": _get(throughput, "lean", "drain_tasks_per_s"),
         "baseline_enqueue_tasks_per_s": _get(throughput, "baseline", "enqueue_tasks_per_s"),
         "baseline_drain_tasks_per_s": _get(throughput, "baseline", "drain_tasks_per_s"),
         "baseline_sqs_requests_per_task": _get(requests, "baseline", "sqs_requests_per_task"),
@@ -151,6 +159,11 @@ def _summary_table(
     rows = [
         "## Summary",
         "",
+        "Dispatch is measured twice: with full state tracking (the default: a task record "
+        "in DynamoDB, claimed and settled with conditional writes) and lean "
+        "(`@task(track_state=False)`: SQS only). The issue's keys in summary.json are the "
+        "full-tracking figures; the lean ones end in `_lean`.",
+        "",
         "| figure | Dispatch | baseline | target |",
         "|---|---|---|---|",
         f"| enqueue, tasks/s ({_fmt(tasks)} tasks, median of {plan.get('rounds')}) | "
@@ -169,9 +182,24 @@ def _summary_table(
         f"{_fmt(summary['aws_requests_per_task'], 3)} | "
         f"{_fmt(_get(sections, 'requests', 'baseline', 'aws_requests_per_task'), 3)} | "
         f"{_result(targets['aws_requests_per_task'], summary)} |",
-        "| AWS requests per task, leaner mode | none offered | | ≤ 0.5 n/a |",
         f"| $ per million tasks | {_fmt(summary['dollars_per_million_tasks'], 3)} | "
         f"{_fmt(summary['baseline_dollars_per_million_tasks'], 3)} (requests only) | |",
+        f"| **lean**: enqueue, tasks/s | {_fmt(summary['enqueue_tasks_per_s_lean'], 1)} | "
+        f"{_fmt(summary['baseline_enqueue_tasks_per_s'], 1)} | |",
+        f"| **lean**: drain, tasks/s | {_fmt(summary['drain_tasks_per_s_lean'], 1)} | "
+        f"{_fmt(summary['baseline_drain_tasks_per_s'], 1)} | |",
+        f"| **lean**: drain throughput / baseline | "
+        f"{_fmt(summary['throughput_ratio_vs_baseline_lean'], 2)} x | 1 x | "
+        f"{_result(targets['throughput_ratio_vs_baseline_lean'], summary)} |",
+        f"| **lean**: SQS requests per task | {_fmt(summary['sqs_requests_per_task_lean'], 3)} | "
+        f"{_fmt(summary['baseline_sqs_requests_per_task'], 3)} | "
+        f"{_result(targets['sqs_requests_per_task_lean'], summary)} |",
+        f"| **lean**: all AWS requests per task | "
+        f"{_fmt(summary['aws_requests_per_task_lean'], 3)} | "
+        f"{_fmt(_get(sections, 'requests', 'baseline', 'aws_requests_per_task'), 3)} | "
+        f"{_result(targets['aws_requests_per_task_lean'], summary)} |",
+        f"| **lean**: $ per million tasks | {_fmt(summary['dollars_per_million_tasks_lean'], 3)} "
+        f"| {_fmt(summary['baseline_dollars_per_million_tasks'], 3)} (requests only) | |",
         f"| idle $ per queue per month (256 MB; 128 MB) | "
         f"{_fmt(summary['idle_dollars_per_month'].get('256MB'), 4)}; "
         f"{_fmt(summary['idle_dollars_per_month'].get('128MB'), 4)} | "
@@ -204,6 +232,9 @@ def _limits(sections: Mapping[str, Any], summary: Mapping[str, Any]) -> list[str
         "throughput_ratio_vs_baseline": _limit_throughput(sections),
         "idle_cost_ratio_vs_esm": _limit_idle(sections),
         "emulator_depth_ratio": _limit_depth(sections),
+        "sqs_requests_per_task_lean": _limit_sqs(sections, mode="lean"),
+        "aws_requests_per_task_lean": _limit_aws_lean(sections),
+        "throughput_ratio_vs_baseline_lean": _limit_throughput_lean(sections),
     }
     ordered = sorted(TARGETS, key=lambda t: summary["targets"][t.key]["result"] != "FAIL")
     for target in ordered:
@@ -227,8 +258,8 @@ def _breakdown(per_task: Mapping[str, float], prefix: str = "") -> str:
     return " + ".join(parts) or "none"
 
 
-def _limit_sqs(sections: Mapping[str, Any]) -> str:
-    dispatch = _get(sections, "requests", "dispatch")
+def _limit_sqs(sections: Mapping[str, Any], *, mode: str = "dispatch") -> str:
+    dispatch = _get(sections, "requests", mode)
     if not dispatch:
         return "Not measured."
     per_task = dispatch["per_task"]["all"]
@@ -264,6 +295,39 @@ def _limit_aws(sections: Mapping[str, Any]) -> str:
         f"{dispatch['units_per_task']['dynamodb_write_units']:.2f} DynamoDB write units per task "
         f"(largest item {dispatch['units_per_task']['largest_item_bytes']} bytes, so every write "
         "is one unit)."
+    )
+
+
+def _limit_aws_lean(sections: Mapping[str, Any]) -> str:
+    lean = _get(sections, "requests", "lean")
+    if not lean:
+        return "Not measured."
+    per_task = lean["per_task"]["all"]
+    return (
+        f"All AWS requests per task: {lean['aws_requests_per_task']:.3f} "
+        f"({_breakdown(per_task)}): send, receive and delete, ten at a time, and no DynamoDB "
+        f"request ({lean['dynamodb_requests_per_task']:.3f} per task). The floor is 0.3; what "
+        "is above it is partial batches (receives and deletes that leave with fewer than 10) "
+        "and the until-empty checks."
+    )
+
+
+def _limit_throughput_lean(sections: Mapping[str, Any]) -> str:
+    tp = sections.get("throughput", {})
+    lean = _get(tp, "where_time_goes", "lean")
+    base = _get(tp, "where_time_goes", "baseline")
+    if not lean or not base:
+        return "Not measured."
+    ratios = ", ".join(f"{r:.2f}" for r in tp.get("lean_drain_ratios", []))
+    return (
+        f"Per-round ratios {ratios}. Per task drained, the emulator spent "
+        f"{_fmt(lean['emulator_cpu_ms_per_task'], 2)} ms of CPU for the lean drain (baseline "
+        f"{_fmt(base['emulator_cpu_ms_per_task'], 2)} ms) and the dispatcher process "
+        f"{_fmt(lean['consumer_cpu_ms_per_task'], 2)} ms (the baseline's consumer "
+        f"{_fmt(base['consumer_cpu_ms_per_task'], 2)} ms); the emulator was busy "
+        f"{_fmt(lean['emulator_pct_of_one_core'], 0)} % of a core. Both processes share this "
+        "machine's cores with each other (and with anything else running), so the lean drain "
+        "is bound by the sum of the two CPU figures, not by requests."
     )
 
 
@@ -331,7 +395,8 @@ def _limit_throughput(sections: Mapping[str, Any]) -> str:
         without = total - predicted.get("dynamodb.UpdateItem", 0)
         parts.append(
             text + f". Without the claim the calibrated drain cost is {_fmt(without, 2)} ms a "
-            "task: batching claims (or a mode without them) is what would move this figure."
+            "task: the claim is what holds this figure down, and the lean mode (no claim, "
+            "no record) is the drain without it."
         )
     sensitivity = sections.get("sensitivity")
     if isinstance(sensitivity, list) and sensitivity:
@@ -391,17 +456,17 @@ def _throughput(sections: Mapping[str, Any]) -> list[str]:
     if "runs" not in tp:
         return []
     out = [
-        f"## 1-2. Throughput: {tp['tasks']:,} no-op tasks, Dispatch and the baseline in the same "
-        "rounds",
+        f"## 1-2. Throughput: {tp['tasks']:,} no-op tasks, Dispatch (full state tracking and "
+        "lean) and the baseline in the same rounds",
         "",
         "| round | consumer | enqueue s | enqueue tasks/s | drain s | drain tasks/s "
         "| requests/task | emulator CPU % (drain) | complete |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for n, run in enumerate(tp["runs"]):
+    for run in tp["runs"]:
         requests = sum(run["enqueue"]["requests"].values()) + sum(run["drain"]["requests"].values())
         out.append(
-            f"| {n // 2 + 1} | {run['kind']} | {run['enqueue']['seconds']:.2f} | "
+            f"| {run['round']} | {run['kind']} | {run['enqueue']['seconds']:.2f} | "
             f"{run['enqueue']['tasks_per_s']:,.1f} | {run['drain']['seconds']:.2f} | "
             f"{run['drain']['tasks_per_s']:,.1f} | {requests / run['tasks']:.3f} | "
             f"{_fmt(run['drain']['cpu']['pct_of_one_core'].get('emulator'), 0)} | "
@@ -410,8 +475,10 @@ def _throughput(sections: Mapping[str, Any]) -> list[str]:
     out += [
         "",
         f"Per-round drain ratios: {', '.join(f'{r:.2f}' for r in tp['drain_ratios'])} "
-        f"(median {tp['drain_ratio']:.2f}); enqueue ratio (enqueue_many vs SendMessage one by "
-        f"one) {tp['enqueue_ratio']:.2f}. Duplicate deliveries skipped by Dispatch: "
+        f"(median {tp['drain_ratio']:.2f}); lean: "
+        f"{', '.join(f'{r:.2f}' for r in tp.get('lean_drain_ratios', []))} (median "
+        f"{_fmt(tp.get('lean_drain_ratio'), 2)}); enqueue ratio (enqueue_many vs SendMessage "
+        f"one by one) {tp['enqueue_ratio']:.2f}. Duplicate deliveries skipped by Dispatch: "
         f"{tp['duplicates']}.",
         "",
     ]
@@ -423,46 +490,55 @@ def _requests(sections: Mapping[str, Any]) -> list[str]:
     if not req:
         return []
     d, b = req["dispatch"], req["baseline"]
-    names = sorted(set(d["per_task"]["all"]) | set(b["per_task"]))
+    lean: Mapping[str, Any] = req.get("lean") or {}
+    lean_all: Mapping[str, float] = _get(lean, "per_task", "all") or {}
+    names = sorted(set(d["per_task"]["all"]) | set(b["per_task"]) | set(lean_all))
     out = [
         "## 3. AWS requests per task, by service and action (counted)",
         "",
         "Counted by `dispatch.aws.RequestCounter` on the queue's and the dispatcher's clients "
-        f"over {req['tasks']:,} tasks (every throughput round).",
+        f"over {req['tasks']:,} tasks per mode (every throughput round).",
         "",
-        "| action | Dispatch enqueue | Dispatch drain | Dispatch total | baseline |",
-        "|---|---|---|---|---|",
+        "| action | full: enqueue | full: drain | full: total | lean: total | baseline |",
+        "|---|---|---|---|---|---|",
     ]
     for name in names:
         out.append(
             f"| {name} | {_fmt(d['per_task']['enqueue'].get(name), 4, missing='-')} | "
             f"{_fmt(d['per_task']['drain'].get(name), 4, missing='-')} | "
             f"{_fmt(d['per_task']['all'].get(name), 4, missing='-')} | "
+            f"{_fmt(lean_all.get(name), 4, missing='-')} | "
             f"{_fmt(b['per_task'].get(name), 4, missing='-')} |"
         )
     out.append(
         f"| **all** | | | **{d['aws_requests_per_task']:.4f}** | "
+        f"**{_fmt(lean.get('aws_requests_per_task'), 4)}** | "
         f"**{_fmt(b['aws_requests_per_task'], 4)}** |"
     )
     units = d["units_per_task"]
     cost = d["dollars_per_million_tasks"]
+    lean_cost: Mapping[str, float] = lean.get("dollars_per_million_tasks") or {}
     out += [
         "",
-        f"Billing units per task (bench/billing.py): {units['sqs_billed_requests']:.4f} SQS "
-        f"requests as billed (64 KiB chunks), {units['dynamodb_write_units']:.4f} DynamoDB write "
-        f"units, {units['dynamodb_read_units']:.4f} read units; the largest item written was "
-        f"{units['largest_item_bytes']} bytes. Leaner mode: {req['lean_mode']}.",
+        f"Billing units per task (bench/billing.py), full state tracking: "
+        f"{units['sqs_billed_requests']:.4f} SQS requests as billed (64 KiB chunks), "
+        f"{units['dynamodb_write_units']:.4f} DynamoDB write units, "
+        f"{units['dynamodb_read_units']:.4f} read units; the largest item written was "
+        f"{units['largest_item_bytes']} bytes. Lean: "
+        f"{_fmt(_get(lean, 'units_per_task', 'sqs_billed_requests'), 4)} SQS requests, "
+        f"{_fmt(_get(lean, 'units_per_task', 'dynamodb_write_units'), 4)} write units.",
         "",
-        "| $ per million tasks | Dispatch | baseline |",
-        "|---|---|---|",
+        "| $ per million tasks | full | lean | baseline |",
+        "|---|---|---|---|",
     ]
     for line in ("sqs", "dynamodb_writes", "dynamodb_reads", "lambda_requests", "lambda_gb_s"):
         out.append(
-            f"| {line} | {_fmt(cost.get(line), 4)} | "
+            f"| {line} | {_fmt(cost.get(line), 4)} | {_fmt(lean_cost.get(line), 4)} | "
             f"{_fmt(b['dollars_per_million_tasks'].get(line), 4)} |"
         )
     out += [
         f"| **total** | **{_fmt(cost.get('total'), 4)}** | "
+        f"**{_fmt(lean_cost.get('total'), 4)}** | "
         f"**{_fmt(b['dollars_per_million_tasks'].get('total'), 4)}** |",
         "",
         "Lambda lines: the dispatcher function (256 MB, in-process workers) busy for a million "

@@ -63,7 +63,7 @@ class Phase:
 class Run:
     """One producer + consumer run of N tasks (Dispatch or the baseline)."""
 
-    kind: str  # "dispatch" | "baseline"
+    kind: str  # "dispatch" (full state tracking) | "lean" (track_state=False) | "baseline"
     tasks: int
     enqueue: Phase
     drain: Phase
@@ -105,19 +105,26 @@ class Run:
 
 
 def run_dispatch(
-    stage: Stage, tasks: int, *, name: str, timeout_s: float, probe_rounds: int = 0
+    stage: Stage,
+    tasks: int,
+    *,
+    name: str,
+    timeout_s: float,
+    probe_rounds: int = 0,
+    lean: bool = False,
 ) -> Run:
     """Fresh resources, ``enqueue_many`` of ``tasks`` no-ops, one dispatcher drains them.
 
     With ``probe_rounds``, the local AWS's per-call cost is measured (uncounted,
     untimed) with every task queued and on an empty queue, before the drain.
+    ``lean``: the no-op declared ``track_state=False`` (no task record).
     """
     settings = stage.fresh(name)
-    produced = enqueue(stage, settings, tasks)
+    produced = enqueue(stage, settings, tasks, lean=lean)
     cost = call_cost_ms(stage, settings, rounds=probe_rounds) if probe_rounds else None
     drained, stats = drain(stage, settings, tasks, timeout_s=timeout_s)
     return Run(
-        kind="dispatch",
+        kind="lean" if lean else "dispatch",
         tasks=tasks,
         enqueue=produced,
         drain=drained,
@@ -127,14 +134,14 @@ def run_dispatch(
     )
 
 
-def enqueue(stage: Stage, settings: Settings, tasks: int) -> Phase:
+def enqueue(stage: Stage, settings: Settings, tasks: int, *, lean: bool = False) -> Phase:
     """One ``Queue.enqueue_many`` call with ``tasks`` no-op messages (built beforehand)."""
     counter, meter = RequestCounter(), BillingMeter()
     queue = Queue(settings, counter=counter)
     clients = queue.sync_clients()
     meter.attach(clients.sqs)
     meter.attach(clients.dynamodb)
-    messages = workload.noop_messages(tasks)
+    messages = workload.noop_messages(tasks, lean=lean)
     before = stage.cpu()
     started = time.perf_counter()
     ids = queue.enqueue_many(messages)

@@ -1,9 +1,11 @@
 """The benchmark's tasks, in a registry of their own.
 
 ``noop`` does nothing, so every figure measured with it is the framework's own
-cost. ``probe`` notes when its handler started, for the latency measurement: the
-producer passes the time it called ``enqueue`` and the dispatcher process reports
-each probe's pair of times when it exits.
+cost; ``noop_lean`` is the same task declared lean (``track_state=False``: SQS
+only, no task record), for the lean mode's figures. ``probe`` notes when its
+handler started, for the latency measurement: the producer passes the time it
+called ``enqueue`` and the dispatcher process reports each probe's pair of times
+when it exits.
 """
 
 from __future__ import annotations
@@ -15,10 +17,19 @@ from typing import Final
 from dispatch.envelope import Message
 from dispatch.registry import Registry, task
 
-__all__ = ["NOOP", "PROBE", "noop_messages", "probe_message", "probe_starts", "registry"]
+__all__ = [
+    "NOOP",
+    "NOOP_LEAN",
+    "PROBE",
+    "noop_messages",
+    "probe_message",
+    "probe_starts",
+    "registry",
+]
 
 registry: Final = Registry()
 NOOP: Final = "bench.noop"
+NOOP_LEAN: Final = "bench.noop_lean"
 PROBE: Final = "bench.probe"
 
 _starts_lock = threading.Lock()
@@ -30,6 +41,11 @@ async def noop(n: int) -> None:
     """Nothing: the cost measured is the framework's."""
 
 
+@task(name=NOOP_LEAN, registry=registry, track_state=False)
+async def noop_lean(n: int) -> None:
+    """Nothing, and no task record: the cost measured is the lean mode's."""
+
+
 @task(name=PROBE, registry=registry)
 async def probe(sent_at: float) -> None:
     """Note (sent_at, now): the producer's enqueue call and this handler's start."""
@@ -38,9 +54,10 @@ async def probe(sent_at: float) -> None:
         _starts.append((sent_at, started))
 
 
-def noop_messages(count: int) -> list[Message]:
-    """``count`` no-op messages, ready for ``enqueue_many``."""
-    return [noop.message(n=n) for n in range(count)]
+def noop_messages(count: int, *, lean: bool = False) -> list[Message]:
+    """``count`` no-op messages (``lean``: of the lean task), ready for ``enqueue_many``."""
+    chosen = noop_lean if lean else noop
+    return [chosen.message(n=n) for n in range(count)]
 
 
 def probe_message(sent_at: float) -> Message:

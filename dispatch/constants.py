@@ -23,6 +23,9 @@ DEFAULT_REGION: Final = "us-east-1"
 
 # --- the message envelope --------------------------------------------------
 ENVELOPE_VERSION: Final = 1
+# Ids of lean tasks (@task(track_state=False)) start with this: the id alone tells
+# every reader (dispatcher, `dispatch status`, `dispatch cancel`) that no record is kept.
+LEAN_TASK_ID_PREFIX: Final = "lean-"
 
 # --- SQS limits --------------------------------------------------------------
 SQS_MAX_MESSAGE_BYTES: Final = 1_048_576  # 1 MiB, body + message attributes

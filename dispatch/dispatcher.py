@@ -7,7 +7,8 @@ own asyncio task:
 1. decode and validate the envelope; a bad one is dead-lettered at once with
    the reason (never retried, never crashing the loop);
 2. claim the attempt in DynamoDB (a conditional write), so a duplicate delivery
-   of a finished task is deleted without running it again;
+   of a finished task is deleted without running it again (a lean task, id
+   ``lean-...``, has no record: its attempt is the message's receive count);
 3. hand it to the runner (the in-process :class:`~workers.pool.WorkerPool`, or
    Lambda in the cloud topology);
 4. settle: success → record + delete; retryable failure → record + hide the
@@ -40,7 +41,7 @@ from dispatch.batcher import Batcher, EntryResult
 from dispatch.config import Settings
 from dispatch.context import TaskContext
 from dispatch.deadletter import DeadLetter, Reason
-from dispatch.envelope import Envelope, decode, resolve
+from dispatch.envelope import Envelope, decode, is_lean_task_id, resolve
 from dispatch.errors import ConfigurationError, DispatchError, EnvelopeError
 from dispatch.metrics import FLUSH_EVERY_S, Metrics, metrics_from_env
 from dispatch.microbatch import MicroBatcher
@@ -535,8 +536,16 @@ class Dispatcher:
         """Claim the attempt in DynamoDB; None (after acting on it) when it must not run.
 
         The claim carries a token of this receive, so that a claim the AWS call retry
-        sent twice (its first answer lost) is recognised as this delivery's own.
+        sent twice (its first answer lost) is recognised as this delivery's own. A
+        lean task (no record) is not claimed: its attempt is its receive count.
         """
+        if is_lean_task_id(envelope.id):
+            return state.lean_claim(
+                envelope,
+                receive_count=_receive_count(message),
+                max_attempts=spec.retry.max_attempts,
+                now=self._clock(),
+            )
         receipt, message_id = message["ReceiptHandle"], message["MessageId"]
         claim = await self._state.claim(
             envelope,
@@ -571,7 +580,8 @@ class Dispatcher:
 
     async def _unclaim(self, message: dict[str, Any], task_id: str, *, first_attempt: bool) -> None:
         """Give a claimed attempt back without running it (its message was deferred)."""
-        self._claimed.pop(message["ReceiptHandle"], None)
+        if self._claimed.pop(message["ReceiptHandle"], None) is None:
+            return  # a lean task: nothing was claimed
         await self._state.update(
             state.released_params(
                 self.settings.table,
@@ -733,6 +743,13 @@ class Dispatcher:
     ) -> None:
         receipt, message_id = message["ReceiptHandle"], message["MessageId"]
         table, now = self.settings.table, self._clock()
+        tracked = not is_lean_task_id(envelope.id)  # a lean task has no record to write
+        if outcome.succeeded and not tracked:
+            self.stats.succeeded += 1
+            self._count(envelope.task, "Succeeded")
+            bound.debug("task_succeeded", duration_s=round(outcome.duration_s, 4))
+            await self._delete(receipt)
+            return
         if outcome.succeeded:
             written = await self._records.submit(
                 {"PutRequest": {"Item": state.succeeded_item(item, now=now, result=outcome.result)}}
@@ -765,17 +782,18 @@ class Dispatcher:
                 delay_s = math.ceil(outcome.retry_after_s)
             else:
                 delay_s = spec.retry.delay_s(1)
-            await self._state.update(
-                state.retrying_params(
-                    table,
-                    envelope.id,
-                    message_id=message_id,
-                    now=now,
-                    error=error,
-                    next_attempt_at=now + delay_s,
-                    refund_attempt=backpressure,
+            if tracked:
+                await self._state.update(
+                    state.retrying_params(
+                        table,
+                        envelope.id,
+                        message_id=message_id,
+                        now=now,
+                        error=error,
+                        next_attempt_at=now + delay_s,
+                        refund_attempt=backpressure,
+                    )
                 )
-            )
             if backpressure:
                 self.stats.backpressure += 1
             else:
@@ -790,11 +808,17 @@ class Dispatcher:
             OutcomeKind.PERMANENT: Reason.PERMANENT_ERROR,
             OutcomeKind.NOT_RETRYABLE: Reason.NOT_RETRYABLE,
         }.get(outcome.kind, Reason.MAX_ATTEMPTS)
-        await self._state.update(
-            state.dead_params(
-                table, envelope.id, message_id=message_id, now=now, error=error, reason=reason.value
+        if tracked:
+            await self._state.update(
+                state.dead_params(
+                    table,
+                    envelope.id,
+                    message_id=message_id,
+                    now=now,
+                    error=error,
+                    reason=reason.value,
+                )
             )
-        )
         letter = DeadLetter(
             body=message["Body"],
             reason=reason,
@@ -849,7 +873,7 @@ class Dispatcher:
         now = self._clock()
         task_id = envelope.id if envelope else exc.task_id
         task = envelope.task if envelope else exc.task
-        if task_id:
+        if task_id and not is_lean_task_id(task_id):
             await self._state.update(
                 state.rejected_params(
                     self.settings.table, task_id, task, now=now, reason=reason.value

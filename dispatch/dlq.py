@@ -18,7 +18,7 @@ from dispatch import constants as c
 from dispatch import state
 from dispatch.aws import aws_errors
 from dispatch.deadletter import ATTR_TASK, parse_attributes
-from dispatch.envelope import decode
+from dispatch.envelope import decode, is_lean_task_id
 from dispatch.errors import DispatchError, EnvelopeError
 from dispatch.signing import ATTR_SIGNATURE
 
@@ -204,7 +204,7 @@ def _move(clients: SyncClients, settings: Settings, batch: list[DeadLetterEntry]
     """Reset the records, send the bodies to the main queue, then delete from the DLQ."""
     now = time.time()
     for entry in batch:
-        if entry.task_id:
+        if entry.task_id and not is_lean_task_id(entry.task_id):  # a lean task has no record
             with aws_errors("UpdateItem"):
                 clients.dynamodb.update_item(**_reset_params(settings.table, entry.task_id, now))
     with aws_errors("SendMessageBatch"):

@@ -31,6 +31,7 @@ __all__ = [
     "Message",
     "MessageOptions",
     "decode",
+    "is_lean_task_id",
     "resolve",
 ]
 
@@ -160,6 +161,8 @@ class Message:
             ).hex
         else:
             task_id = uuid.uuid4().hex
+        if not spec.track_state:
+            task_id = f"{c.LEAN_TASK_ID_PREFIX}{task_id}"
         envelope = Envelope(
             id=task_id,
             task=spec.name,
@@ -181,6 +184,11 @@ class Message:
     def sqs_delay_seconds(self) -> int:
         """DelaySeconds for SendMessage: SQS allows 900 at most; ``eta`` covers the rest."""
         return min(c.SQS_MAX_DELAY_S, math.ceil(self.delay_s))
+
+
+def is_lean_task_id(task_id: str) -> bool:
+    """True for the id of a lean task (``@task(track_state=False)``): no record is kept."""
+    return task_id.startswith(c.LEAN_TASK_ID_PREFIX)
 
 
 def _check_json(task: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:

@@ -57,8 +57,8 @@ class UnknownTaskError(DispatchError):
 class TaskNotFoundError(DispatchError):
     """No task record exists for this id (never enqueued, or expired after its TTL)."""
 
-    def __init__(self, task_id: str) -> None:
-        super().__init__(f"no task with id {task_id!r} (never enqueued, or its record expired)")
+    def __init__(self, task_id: str, *, why: str = "never enqueued, or its record expired") -> None:
+        super().__init__(f"no task with id {task_id!r} ({why})")
         self.task_id = task_id
 
 

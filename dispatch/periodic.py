@@ -3,8 +3,9 @@
 Every dispatcher run checks the scheduled tasks and enqueues each fire time that
 has come, exactly once however many dispatchers run: the message of fire time
 *t* carries the idempotency key ``schedule:<t>``, so its task id is the same in
-every dispatcher and the conditional write of its ``queued`` record lets only
-the first one through (docs/formats.md, "Transitions").
+every dispatcher and the conditional write of its ``queued`` record (a lean
+task's: its ``sched#`` marker) lets only the first one through (docs/formats.md,
+"Transitions").
 
 Catch-up policy: a fire time is enqueued if some dispatcher runs within
 ``catch_up_s`` (default one hour) after it. When several fire times were missed
@@ -88,7 +89,8 @@ class PeriodicEnqueuer:
         if not due:
             return []
         messages = [periodic_message(spec, fire) for spec, fire in due]
-        ids = await run_async(enqueue_plan(self._settings, messages, self._clock()), self._clients)
+        plan = enqueue_plan(self._settings, messages, self._clock(), scheduled=True)
+        ids = await run_async(plan, self._clients)
         for spec, fire in due:
             self._submitted[spec.name] = fire
             log.info("periodic_enqueued", task=spec.name, fire_time=fire.isoformat())

@@ -2,8 +2,10 @@
 
 Each enqueue first writes the task's ``queued`` record, then sends the message,
 so ``dispatch.status(task_id)`` answers as soon as ``enqueue`` returns and a
-claim can always find the record. Batches go out 10 messages (and at most
-1 MiB) per SendMessageBatch and 25 records per BatchWriteItem. Entries SQS
+claim can always find the record. A lean task (``@task(track_state=False)``)
+has no record: its enqueue is the SendMessageBatch alone. Batches go out 10
+messages (and at most 1 MiB) per SendMessageBatch and 25 records per
+BatchWriteItem. Entries SQS
 refuses for a transient reason are sent again; entries refused for good are
 reported in :class:`~dispatch.errors.PartialEnqueueError` with the ids of the
 rest, and their records removed. Nothing is dropped silently.
@@ -28,7 +30,7 @@ from dispatch import constants as c
 from dispatch import state
 from dispatch.aws import RequestCounter, async_clients, sync_clients, translate_error
 from dispatch.config import Settings
-from dispatch.envelope import Message
+from dispatch.envelope import Message, is_lean_task_id
 from dispatch.errors import EnqueueError, PartialEnqueueError
 from dispatch.signing import signature_attribute
 
@@ -70,33 +72,76 @@ def _backoff_s(attempt: int) -> float:
     return random.uniform(0, min(2.0, 0.05 * 2**attempt))  # noqa: S311 - jitter, not a secret
 
 
-def enqueue_plan(settings: Settings, messages: Sequence[Message], now: float) -> Plan[list[str]]:
+def enqueue_plan(
+    settings: Settings, messages: Sequence[Message], now: float, *, scheduled: bool = False
+) -> Plan[list[str]]:
     """Write records, send messages, clean up what could not be sent; returns the task ids.
 
     Every failure is caught per message and reported at the end, so one refused
     entry never leaves the others half done (a record without its message).
+    Lean tasks (``track_state=False``) get no record: their messages are only sent.
+    ``scheduled`` (the periodic enqueuer): a lean message's idempotency key is
+    honoured with a ``sched#`` marker item instead of a task record.
     """
-    if settings.is_fifo and any(m.delay_s for m in messages):
-        raise EnqueueError(
-            "FIFO queues do not support per-message delays (SQS ignores DelaySeconds on them); "
-            "enqueue without delay_s, or use a standard queue"
-        )
+    lean = [is_lean_task_id(m.task_id) for m in messages]
+    _check_options(settings, messages, lean, scheduled=scheduled)
     failures = _Failures()
-    plain = [i for i, m in enumerate(messages) if m.envelope.idempotency_key is None]
-    keyed = [i for i, m in enumerate(messages) if m.envelope.idempotency_key is not None]
+    plain: list[int] = []  # a queued record, batched
+    keyed: list[int] = []  # a conditional record (or a marker), one by one
+    bare: list[int] = []  # lean: the message only
+    for i, m in enumerate(messages):
+        if m.envelope.idempotency_key is None:
+            (bare if lean[i] else plain).append(i)
+        else:
+            (bare if lean[i] and not scheduled else keyed).append(i)
 
     for chunk in state.chunks(plain, c.DDB_MAX_BATCH_WRITE):
         yield from _write_records(settings.table, messages, chunk, now, failures)
 
-    to_send = [i for i in plain if i not in failures]
-    fresh_keyed: list[int] = []
+    fresh_keyed = yield from _write_keyed(
+        settings.table, messages, keyed, lean=lean, now=now, failures=failures
+    )
+    to_send = [i for i in plain if i not in failures] + bare + fresh_keyed
+    yield from _send_messages(settings, messages, sorted(to_send), failures)
+    for i in fresh_keyed:
+        if i not in failures:
+            params = state.sent_params(settings.table, messages[i].task_id, marker=lean[i])
+            yield Call("dynamodb", "update_item", params)
+    unrecorded = set(bare)
+    for i in sorted(failures.reasons):
+        if i not in unrecorded:
+            yield from _forget(settings.table, messages[i].task_id, marker=lean[i])
+    if failures.reasons:
+        if len(failures.reasons) == len(messages) and failures.errors:
+            # Nothing went out and AWS said why (no table, no queue, no credentials):
+            # that error is the clearest report.
+            raise failures.errors[0]
+        ids: list[str | None] = [
+            None if i in failures else m.task_id for i, m in enumerate(messages)
+        ]
+        raise PartialEnqueueError(ids, failures.reasons)
+    return [m.task_id for m in messages]
+
+
+def _write_keyed(
+    table: str,
+    messages: Sequence[Message],
+    keyed: Sequence[int],
+    *,
+    lean: Sequence[bool],
+    now: float,
+    failures: _Failures,
+) -> Plan[list[int]]:
+    """Conditionally write each keyed message's record (a lean one's: its marker);
+    returns those whose message must be sent: new, or orphaned by a dead producer."""
+    fresh: list[int] = []
     put_here: set[str] = set()  # task ids whose record this call has written
     for i in keyed:
         try:
             yield Call(
                 "dynamodb",
                 "put_item",
-                state.put_queued_params(settings.table, messages[i].envelope, now),
+                state.put_queued_params(table, messages[i].envelope, now, marker=lean[i]),
             )
         except (ClientError, BotoCoreError) as exc:
             if not _is_condition_failure(exc):
@@ -110,26 +155,29 @@ def enqueue_plan(settings: Settings, messages: Sequence[Message], now: float) ->
             if not (own or _is_orphan(record, now)):
                 continue
         put_here.add(messages[i].task_id)
-        to_send.append(i)
-        fresh_keyed.append(i)
+        fresh.append(i)
+    return fresh
 
-    yield from _send_messages(settings, messages, sorted(to_send), failures)
-    for i in fresh_keyed:
-        if i not in failures:
-            params = state.sent_params(settings.table, messages[i].task_id)
-            yield Call("dynamodb", "update_item", params)
-    for i in sorted(failures.reasons):
-        yield from _forget(settings.table, messages[i].task_id)
-    if failures.reasons:
-        if len(failures.reasons) == len(messages) and failures.errors:
-            # Nothing went out and AWS said why (no table, no queue, no credentials):
-            # that error is the clearest report.
-            raise failures.errors[0]
-        ids: list[str | None] = [
-            None if i in failures else m.task_id for i, m in enumerate(messages)
-        ]
-        raise PartialEnqueueError(ids, failures.reasons)
-    return [m.task_id for m in messages]
+
+def _check_options(
+    settings: Settings, messages: Sequence[Message], lean: Sequence[bool], *, scheduled: bool
+) -> None:
+    """Refuse, before anything is written or sent, options this queue cannot honour."""
+    if settings.is_fifo and any(m.delay_s for m in messages):
+        raise EnqueueError(
+            "FIFO queues do not support per-message delays (SQS ignores DelaySeconds on them); "
+            "enqueue without delay_s, or use a standard queue"
+        )
+    if settings.is_fifo or scheduled:
+        return
+    for message, is_lean in zip(messages, lean, strict=True):
+        if is_lean and message.envelope.idempotency_key is not None:
+            raise EnqueueError(
+                f"task {message.envelope.task!r} is declared with track_state=False (lean: no "
+                "task record), and idempotency_key= needs a record to recognise a repeat; "
+                "declare the task with track_state=True, or use a FIFO queue, where SQS drops "
+                "a repeat of the same key within its 5-minute deduplication interval"
+            )
 
 
 def _is_condition_failure(exc: BaseException) -> bool:
@@ -272,9 +320,9 @@ def _send_messages(
             yield Pause(_backoff_s(attempt))
 
 
-def _forget(table: str, task_id: str) -> Plan[None]:
+def _forget(table: str, task_id: str, *, marker: bool) -> Plan[None]:
     try:
-        yield Call("dynamodb", "delete_item", state.unsent_params(table, task_id))
+        yield Call("dynamodb", "delete_item", state.unsent_params(table, task_id, marker=marker))
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
             raise

@@ -87,6 +87,7 @@ class TaskSpec:
     signature: inspect.Signature = field(default=None, compare=False)  # type: ignore[assignment]
     schedule: Schedule | None = None  # periodic: enqueued once per fire time
     batch: BatchOptions | None = None  # micro-batch: the handler takes a list of items
+    track_state: bool = True  # False: lean, SQS only, no task record (docs/api.md)
 
     def __post_init__(self) -> None:
         if self.signature is None:
@@ -343,6 +344,7 @@ def task(
     resource: Resource | None = None,
     retry: Retry | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
+    track_state: bool = True,
     registry: Registry | None = None,
 ) -> Callable[[Callable[[list[T]], R]], BatchTask[T, R]]: ...
 
@@ -355,6 +357,7 @@ def task(
     retry: Retry | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     schedule: str | None = None,
+    track_state: bool = True,
     registry: Registry | None = None,
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
@@ -370,6 +373,7 @@ def task(
     schedule: str | None = None,
     batch_size: int | None = None,
     batch_window_s: float | None = None,
+    track_state: bool = True,
     registry: Registry | None = None,
 ) -> Any:
     """Declare a task: ``@task`` or ``@task(resource=db, retry=Retry(...), timeout_s=30)``.
@@ -381,6 +385,11 @@ def task(
     task: the handler takes one list and receives up to ``batch_size`` items
     gathered from the queue, or fewer once ``batch_window_s`` has passed since
     the first arrived (docs/api.md, "Micro-batch tasks").
+    ``track_state=False`` makes it lean: SQS only, no DynamoDB task record, so
+    about a third of a request per task instead of about 1.4, at the price of
+    plain at-least-once delivery (a duplicate delivery may run twice), attempts
+    counted from the message's receive count, and no ``dispatch status`` or
+    ``dispatch cancel`` for it (docs/api.md, "Lean tasks").
     """
 
     def decorate(func: Callable[..., Any]) -> Any:
@@ -393,6 +402,7 @@ def task(
             schedule=schedule,
             batch_size=batch_size,
             batch_window_s=batch_window_s,
+            track_state=track_state,
         )
         (default_registry if registry is None else registry).register(spec)
         if spec.batch is not None:
@@ -414,6 +424,7 @@ def _make_spec(
     schedule: str | None = None,
     batch_size: int | None = None,
     batch_window_s: float | None = None,
+    track_state: bool = True,
 ) -> TaskSpec:
     if not callable(fn):
         raise TaskDefinitionError(f"@task needs a function, got {fn!r}")
@@ -422,20 +433,9 @@ def _make_spec(
         raise TaskDefinitionError(
             f"task name {task_name!r}: use 1 to 128 letters, digits or _ . : -"
         )
-    if not (isinstance(timeout_s, int | float) and math.isfinite(timeout_s) and timeout_s > 0):
-        raise TaskDefinitionError(f"task {task_name!r}: timeout_s={timeout_s!r} must be > 0")
-    if timeout_s > c.SQS_MAX_VISIBILITY_S:
-        raise TaskDefinitionError(
-            f"task {task_name!r}: timeout_s={timeout_s} is over SQS's 12-hour visibility limit"
-        )
-    if resource is not None and not isinstance(resource, Resource):
-        raise TaskDefinitionError(
-            f"task {task_name!r}: resource= takes a dispatch.Resource, got {resource!r}"
-        )
-    if not isinstance(retry, Retry):
-        raise TaskDefinitionError(
-            f"task {task_name!r}: retry= takes a dispatch.Retry, got {retry!r}"
-        )
+    _check_options(
+        task_name, timeout_s=timeout_s, resource=resource, retry=retry, track_state=track_state
+    )
     signature = inspect.signature(fn)
     clash = sorted(set(signature.parameters) & set(RESERVED_OPTIONS))
     if clash:
@@ -475,7 +475,38 @@ def _make_spec(
         signature=signature,
         schedule=parsed,
         batch=batch,
+        track_state=track_state,
     )
+
+
+def _check_options(
+    task_name: str,
+    *,
+    timeout_s: float,
+    resource: Resource | None,
+    retry: Retry,
+    track_state: bool,
+) -> None:
+    """Refuse option values that cannot describe a task, naming the option."""
+    if not (isinstance(timeout_s, int | float) and math.isfinite(timeout_s) and timeout_s > 0):
+        raise TaskDefinitionError(f"task {task_name!r}: timeout_s={timeout_s!r} must be > 0")
+    if timeout_s > c.SQS_MAX_VISIBILITY_S:
+        raise TaskDefinitionError(
+            f"task {task_name!r}: timeout_s={timeout_s} is over SQS's 12-hour visibility limit"
+        )
+    if resource is not None and not isinstance(resource, Resource):
+        raise TaskDefinitionError(
+            f"task {task_name!r}: resource= takes a dispatch.Resource, got {resource!r}"
+        )
+    if not isinstance(retry, Retry):
+        raise TaskDefinitionError(
+            f"task {task_name!r}: retry= takes a dispatch.Retry, got {retry!r}"
+        )
+    if not isinstance(track_state, bool):
+        raise TaskDefinitionError(
+            f"task {task_name!r}: track_state={track_state!r} must be True (a task record in "
+            "DynamoDB, the default) or False (lean: SQS only, no record)"
+        )
 
 
 def _batch_options(

@@ -11,6 +11,10 @@ message, or two dispatchers, can never both run a task or both settle it::
       │                 └──▶ dead
       └── enqueue (written before the message is sent)
 
+A lean task (``@task(track_state=False)``, id ``lean-...``) has no record: its
+"claim" is :func:`lean_claim`, built from the message alone, and nothing is
+written when it settles.
+
 The request parameters are built by pure functions; :class:`StateStore`
 (aiobotocore, for the dispatcher) and :class:`SyncStateStore` (boto3, for the
 enqueue API and the CLI) only send them.
@@ -76,6 +80,15 @@ class Status(StrEnum):
 def task_key(task_id: str) -> dict[str, Any]:
     """The DynamoDB key of a task record."""
     return {c.TABLE_HASH_KEY: {"S": f"{c.TASK_KEY_PREFIX}{task_id}"}}
+
+
+def marker_key(task_id: str) -> dict[str, Any]:
+    """The DynamoDB key of a periodic lean task's enqueue marker (no task record is kept)."""
+    return {c.TABLE_HASH_KEY: {"S": f"{c.SCHEDULE_KEY_PREFIX}{task_id}"}}
+
+
+def _key(task_id: str, *, marker: bool) -> dict[str, Any]:
+    return marker_key(task_id) if marker else task_key(task_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,10 +224,11 @@ def _ttl(now: float) -> int:
 # --- request builders (pure) ---------------------------------------------------
 
 
-def queued_item(envelope: Envelope, now: float) -> dict[str, Any]:
-    """The item written at enqueue time."""
+def queued_item(envelope: Envelope, now: float, *, marker: bool = False) -> dict[str, Any]:
+    """The item written at enqueue time (``marker``: a periodic lean task's marker)."""
+    prefix = c.SCHEDULE_KEY_PREFIX if marker else c.TASK_KEY_PREFIX
     item: dict[str, Any] = {
-        c.TABLE_HASH_KEY: f"{c.TASK_KEY_PREFIX}{envelope.id}",
+        c.TABLE_HASH_KEY: f"{prefix}{envelope.id}",
         "task_id": envelope.id,
         "task": envelope.task,
         "status": Status.QUEUED.value,
@@ -228,14 +242,18 @@ def queued_item(envelope: Envelope, now: float) -> dict[str, Any]:
     return {key: _SERIALIZER.serialize(_decimalize(value)) for key, value in item.items()}
 
 
-def put_queued_params(table: str, envelope: Envelope, now: float) -> dict[str, Any]:
+def put_queued_params(
+    table: str, envelope: Envelope, now: float, *, marker: bool = False
+) -> dict[str, Any]:
     """PutItem that creates an idempotent task's record only if its id is new.
 
     The record is marked ``pending_send`` until the message is on the queue, so
     a later enqueue with the same key can tell a task whose producer died
     between the two steps (it sends the message again) from one already queued.
+    ``marker``: a periodic lean task keeps no record, so the same item goes under
+    ``sched#<task id>`` instead, where no reader takes it for the task's state.
     """
-    item = queued_item(envelope, now)
+    item = queued_item(envelope, now, marker=marker)
     item["pending_send"] = {"BOOL": True}
     return {
         "TableName": table,
@@ -245,21 +263,21 @@ def put_queued_params(table: str, envelope: Envelope, now: float) -> dict[str, A
     }
 
 
-def sent_params(table: str, task_id: str) -> dict[str, Any]:
+def sent_params(table: str, task_id: str, *, marker: bool = False) -> dict[str, Any]:
     """UpdateItem: the idempotent task's message is on the queue."""
     return {
         "TableName": table,
-        "Key": task_key(task_id),
+        "Key": _key(task_id, marker=marker),
         "UpdateExpression": "REMOVE pending_send",
         "ConditionExpression": "attribute_exists(pk)",
     }
 
 
-def unsent_params(table: str, task_id: str) -> dict[str, Any]:
+def unsent_params(table: str, task_id: str, *, marker: bool = False) -> dict[str, Any]:
     """DeleteItem: the message could not be sent, so the queued record must not stay."""
     return {
         "TableName": table,
-        "Key": task_key(task_id),
+        "Key": _key(task_id, marker=marker),
         "ConditionExpression": "#s = :queued",
         "ExpressionAttributeNames": {"#s": "status"},
         "ExpressionAttributeValues": _values(queued=Status.QUEUED.value),
@@ -329,6 +347,27 @@ def claim_params(
     else:
         params["UpdateExpression"] += ", claim_token"
     return params
+
+
+def lean_claim(
+    envelope: Envelope, *, receive_count: int | None, max_attempts: int, now: float
+) -> Claim:
+    """The attempt a lean task's delivery makes, from the message alone: no record, no write.
+
+    The attempt number is the message's ApproximateReceiveCount, so every receive
+    counts, a throttle deferral or a release included. It is capped at
+    ``max_attempts``: a delivery whose receives ran past the budget still runs,
+    as the last attempt, instead of dying without having run.
+    """
+    attempt = max(1, min(receive_count or 1, max_attempts))
+    record = TaskRecord(
+        task_id=envelope.id,
+        task=envelope.task,
+        status=Status.RUNNING,
+        attempts=attempt,
+        started_at=now,
+    )
+    return Claim(ClaimStatus.CLAIMED, record)
 
 
 def claim_refused(

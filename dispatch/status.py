@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from botocore.exceptions import ClientError
 
 from dispatch.aws import translate_error
+from dispatch.envelope import is_lean_task_id
 from dispatch.errors import DispatchError, TaskNotFoundError
 from dispatch.state import Status, SyncStateStore, TaskRecord, old_item, task_key
 
@@ -15,6 +16,12 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
 __all__ = ["cancel", "status"]
+
+_LEAN: Final = (
+    "a lean task, declared with track_state=False: Dispatch keeps no record of it, so it "
+    "has no status to show and cannot be cancelled; its failures are on the dead-letter "
+    "queue (`dispatch dlq show TASK_ID`)"
+)
 
 
 def status(task_id: str) -> TaskRecord:
@@ -25,6 +32,8 @@ def status(task_id: str) -> TaskRecord:
     """
     from dispatch.queue import default_queue
 
+    if is_lean_task_id(task_id):
+        raise TaskNotFoundError(task_id, why=_LEAN)
     queue = default_queue()
     record = SyncStateStore(queue.sync_clients().dynamodb, queue.settings.table).get(task_id)
     if record is None:
@@ -38,6 +47,8 @@ def cancel(client: DynamoDBClient, table: str, task_id: str) -> TaskRecord:
     Its message, when next received, is deleted without running. A task that is
     running or finished cannot be cancelled; the error says which state it is in.
     """
+    if is_lean_task_id(task_id):
+        raise TaskNotFoundError(task_id, why=_LEAN)
     now = time.time()
     try:
         answer = client.update_item(

@@ -971,6 +971,78 @@ def test_tree_copy_matches_deepcopy() -> None:
     assert result.stdout.strip() == "ok"
 
 
+_ANSWER_CHECK = """
+import json, sys
+from moto.core.serialize import XFormedAttributePicker, get_serializer_class
+from moto.core.utils import get_service_model
+
+def body(operation, result):
+    model = get_service_model("dynamodb").operation_model(operation)
+    serializer = get_serializer_class("dynamodb", "json")(
+        model, value_picker=XFormedAttributePicker(response_transformers={})
+    )
+    return serializer.serialize(result)["body"]
+
+answers = json.loads(sys.argv[1])
+stock = [body(operation, result) for operation, result in answers]
+from dispatch.local import moto_dynamodb_patches
+moto_dynamodb_patches.apply()
+patched = [body(operation, result) for operation, result in answers]
+for (operation, result), before, after in zip(answers, stock, patched):
+    assert before == after, (operation, result, before, after)
+plain = [moto_dynamodb_patches.plain_attribute_value(v) for v in json.loads(sys.argv[2])]
+print(json.dumps([p is not None for p in plain]))
+"""
+
+
+def test_answers_are_serialised_byte_for_byte_as_stock_moto() -> None:
+    """Given DynamoDB answers holding every kind of attribute value (plain ones, nested
+    maps and lists, binary values, empty sets, odd shapes moto's walk handles its own
+    way), when serialised by stock moto and then with the patches applied, then the
+    JSON bodies are identical byte for byte, and the direct path is taken for exactly
+    the plain values (checked in a child process, so this one's moto stays unpatched)."""
+    item = {
+        "pk": {"S": "task#1"},
+        "n": {"N": "12.5"},
+        "empty": {"S": ""},
+        "unicode": {"S": "caf\u00e9 \u2603"},
+        "yes": {"BOOL": True},
+        "no": {"BOOL": False},
+        "nothing": {"NULL": True},
+        "tags": {"SS": ["a", "b"]},
+        "nums": {"NS": ["1", "2.5"]},
+        "none": {"SS": []},
+        "map": {"M": {"x": {"N": "1"}, "y": {"L": [{"S": "z"}, {"M": {}}]}}},
+        "list": {"L": [{"N": "1"}, {"BOOL": False}, {"L": []}]},
+        "blob": {"B": "aGVsbG8="},
+        "blobs": {"BS": ["aGVsbG8="]},
+        "nested_blob": {"M": {"b": {"B": "aGVsbG8="}}},
+        "two": {"S": "a", "N": "1"},
+        "null_s": {"S": None},
+        "lower": {"s": "x"},
+        "int_n": {"N": 5},
+    }
+    answers = [
+        ["GetItem", {"Item": item}],
+        ["UpdateItem", {"Attributes": item}],
+        ["Query", {"Items": [item, {"pk": {"S": "task#2"}}], "Count": 2, "ScannedCount": 2}],
+        ["BatchWriteItem", {"UnprocessedItems": {}}],
+        ["PutItem", {}],
+    ]
+    values = [item[name] for name in item]
+    result = subprocess.run(  # noqa: S603 - this interpreter, our own script
+        [sys.executable, "-c", _ANSWER_CHECK, json.dumps(answers), json.dumps(values)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    direct = dict(zip(item, json.loads(result.stdout), strict=True))
+    walked = {"blob", "blobs", "nested_blob", "two", "null_s", "lower", "int_n"}
+    assert {name for name, fast in direct.items() if not fast} == walked
+
+
 def test_dynamodb_patches_refuse_another_moto_version(monkeypatch: pytest.MonkeyPatch) -> None:
     """Given a moto version other than the pinned one, then apply() refuses, naming both."""
     monkeypatch.setattr(moto, "__version__", "5.3.0")

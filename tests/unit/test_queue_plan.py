@@ -668,3 +668,88 @@ def test_a_put_item_error_other_than_the_condition_propagates() -> None:
     assert caught.value.code == "ProvisionedThroughputExceededException"
 
     assert aws.calls("send_message_batch") == []
+
+
+# --- lean tasks (track_state=False) ---------------------------------------------------------
+
+
+def lean_spec() -> TaskSpec:
+    """``ping(n)`` declared lean (no task record) in a fresh registry."""
+
+    def ping(n: int) -> None:
+        """Ping."""
+
+    return task(registry=Registry(), track_state=False)(ping).spec
+
+
+def lean_message(n: int, *, key: str | None = None) -> Message:
+    """A message for the lean ``ping(n)``."""
+    return Message.build(lean_spec(), [n], {}, MessageOptions(idempotency_key=key), now=NOW)
+
+
+def test_lean_messages_are_only_sent() -> None:
+    """Given 25 lean messages, when enqueued, then the only calls are three
+    SendMessageBatch (10, 10, 5): no record is written, and the ids say lean."""
+    aws = FakeAws()
+
+    ids = enqueue(aws, [lean_message(n) for n in range(25)])
+
+    assert aws.operations == ["send_message_batch"] * 3
+    assert aws.items == {}
+    assert aws.queued_ids == ids
+    assert all(i.startswith(c.LEAN_TASK_ID_PREFIX) for i in ids)
+
+
+def test_lean_and_tracked_messages_mix_in_one_call() -> None:
+    """Given a tracked and a lean message in one call, when enqueued, then only the
+    tracked one has a record and both are on the queue, in input order."""
+    aws = FakeAws()
+    tracked, lean = message("1"), lean_message(2)
+
+    ids = enqueue(aws, [tracked, lean])
+
+    assert aws.queued_ids == ids
+    assert aws.record(tracked.task_id) is not None
+    assert aws.record(lean.task_id) is None
+    assert len(aws.items) == 1
+
+
+def test_an_idempotency_key_on_a_lean_task_is_refused_on_a_standard_queue() -> None:
+    """Given a lean task and an idempotency key on a standard queue, when enqueued, then
+    EnqueueError says why (no record to recognise a repeat) and what to do, and
+    nothing was sent or written."""
+    aws = FakeAws()
+
+    with pytest.raises(EnqueueError, match=r"track_state=False.*idempotency_key.*FIFO"):
+        enqueue(aws, [message("1"), lean_message(1, key="order-1")])
+
+    assert aws.operations == []
+
+
+def test_an_idempotency_key_on_a_lean_task_uses_fifo_deduplication() -> None:
+    """Given a lean task with an idempotency key on a FIFO queue, when enqueued twice,
+    then no record is written and both sends carry the same deduplication id (the
+    key's task id), so SQS keeps one."""
+    aws = FakeAws()
+
+    first = enqueue(aws, [lean_message(1, key="order-1")], FIFO_SETTINGS)
+    second = enqueue(aws, [lean_message(1, key="order-1")], FIFO_SETTINGS)
+
+    assert first == second
+    assert aws.items == {}
+    assert [e["MessageDeduplicationId"] for e in aws.queue] == first * 2
+
+
+def test_a_scheduled_lean_message_is_guarded_by_a_marker_not_a_task_record() -> None:
+    """Given a periodic lean task's message (keyed by its fire time), when the periodic
+    enqueuer sends it twice, then it is sent once, and the only item is a ``sched#``
+    marker: no ``task#`` record that `dispatch status` would show as queued forever."""
+    aws = FakeAws()
+    fire = lean_message(0, key="schedule:2026-01-01T00:00:00+00:00")
+
+    for _ in range(2):
+        aws.run(enqueue_plan(SETTINGS, [fire], NOW, scheduled=True))
+
+    assert aws.queued_ids == [fire.task_id]
+    assert list(aws.items) == [f"{c.SCHEDULE_KEY_PREFIX}{fire.task_id}"]
+    assert "pending_send" not in aws.items[f"{c.SCHEDULE_KEY_PREFIX}{fire.task_id}"]

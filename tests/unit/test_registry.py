@@ -273,6 +273,29 @@ def test_retry_must_be_a_retry() -> None:
         task(retry=3, registry=Registry())(charge)  # type: ignore[call-overload]
 
 
+@pytest.mark.parametrize("value", ["no", 0, None])
+def test_track_state_must_be_a_bool(value: Any) -> None:
+    """Given ``track_state`` that is not True or False, when declared, then
+    TaskDefinitionError names the option and its two meanings."""
+    with pytest.raises(TaskDefinitionError, match=r"track_state=.* must be True .* or False"):
+        task(track_state=value, registry=Registry())(charge)
+
+
+def test_tasks_track_state_unless_declared_lean() -> None:
+    """Given a default task and one declared track_state=False, then only the lean one's
+    spec says so, and only its messages carry a lean task id (what tells the dispatcher,
+    `dispatch status` and `dispatch cancel` that no record is kept)."""
+    tracked = task(registry=Registry())(charge)
+    lean = task(registry=Registry(), track_state=False)(refund)
+
+    assert tracked.spec.track_state is True
+    assert lean.spec.track_state is False
+    assert not tracked.message("1").task_id.startswith(c.LEAN_TASK_ID_PREFIX)
+    assert lean.message("1").task_id.startswith(c.LEAN_TASK_ID_PREFIX)
+    keyed = lean.message("1", idempotency_key="k")
+    assert keyed.task_id == lean.message("1", idempotency_key="k").task_id
+
+
 # --- messages ------------------------------------------------------------------------------
 
 

@@ -632,3 +632,47 @@ def test_chunks_splits_in_order_at_the_size(count: int, size: int, lengths: list
 
     assert [len(part) for part in parts] == lengths
     assert [x for part in parts for x in part] == items
+
+
+# --- lean tasks (no record) ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("receive_count", "attempt"),
+    [(None, 1), (1, 1), (2, 2), (3, 3), (4, 3), (60, 3)],
+)
+def test_a_lean_attempt_is_the_receive_count_capped_at_max_attempts(
+    receive_count: int | None, attempt: int
+) -> None:
+    """Given a lean task's delivery with a receive count, when its attempt is made from the
+    message alone, then it is the receive count (1 when SQS did not say), never more than
+    max_attempts, so a delivery whose receives ran past the budget runs as the last
+    attempt instead of dying unrun; the claim wrote nothing and says claimed."""
+    claim = state.lean_claim(
+        Envelope(id=f"{c.LEAN_TASK_ID_PREFIX}{TASK_ID}", task="charge"),
+        receive_count=receive_count,
+        max_attempts=3,
+        now=NOW,
+    )
+
+    assert claim.status is ClaimStatus.CLAIMED
+    assert (claim.record.status, claim.record.attempts) == (Status.RUNNING, attempt)
+    assert claim.item == {}
+
+
+def test_a_periodic_lean_marker_lives_under_its_own_prefix() -> None:
+    """Given a periodic lean task's keyed envelope, when its enqueue guard is written, sent
+    and cleaned up, then every request addresses ``sched#<id>``, never a ``task#`` record,
+    and the put is conditional on the marker being new."""
+    lean_id = f"{c.LEAN_TASK_ID_PREFIX}{TASK_ID}"
+    keyed = Envelope(id=lean_id, task="tick", idempotency_key="schedule:2026-01-01T00:00:00+00:00")
+    marker = {c.TABLE_HASH_KEY: {"S": f"{c.SCHEDULE_KEY_PREFIX}{lean_id}"}}
+
+    put = state.put_queued_params("t", keyed, NOW, marker=True)
+    sent = state.sent_params("t", lean_id, marker=True)
+    unsent = state.unsent_params("t", lean_id, marker=True)
+
+    assert put["Item"][c.TABLE_HASH_KEY] == marker[c.TABLE_HASH_KEY]
+    assert put["ConditionExpression"] == "attribute_not_exists(pk)"
+    assert sent["Key"] == marker
+    assert unsent["Key"] == marker
