@@ -36,10 +36,10 @@ if TYPE_CHECKING:
         UnknownTaskError,
     )
     from dispatch.queue import Queue, enqueue_many, enqueue_many_async
+    from dispatch.records import status
     from dispatch.registry import BatchTask, Registry, Task, TaskSpec, default_registry, task
     from dispatch.retry import Retry
     from dispatch.state import Status, TaskRecord
-    from dispatch.status import status
     from dispatch.throttle import Resource
 
 __all__ = [
@@ -121,7 +121,7 @@ _HOME: dict[str, str] = {
     **dict.fromkeys(["Dispatcher", "DispatcherOptions", "RunStats"], "dispatch.dispatcher"),
     "Settings": "dispatch.config",
     **dict.fromkeys(["Status", "TaskRecord"], "dispatch.state"),
-    "status": "dispatch.status",
+    "status": "dispatch.records",
 }
 
 

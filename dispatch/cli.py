@@ -391,7 +391,7 @@ def status(task_id: str | None, max_scan: int, as_json: bool) -> None:
     every throttled resource's state (rates, tokens, in flight, waiting, time spent
     waiting); or, given TASK_ID, that task's record."""
     if task_id is not None:
-        from dispatch.status import status as task_status
+        from dispatch.records import status as task_status
 
         record = task_status(task_id).to_dict()
         if as_json:
@@ -510,7 +510,7 @@ def dev(lambda_mode: bool, tasks: str | None, schedule: str | None) -> None:
 @_errors
 def task_record(task_id: str, as_json: bool) -> None:
     """Show one task's full record: status, attempts, times, last error, result."""
-    from dispatch.status import status as task_status
+    from dispatch.records import status as task_status
 
     record = task_status(task_id).to_dict()
     if as_json:
@@ -532,7 +532,7 @@ def task_record(task_id: str, as_json: bool) -> None:
 def cancel(task_id: str, as_json: bool) -> None:
     """Cancel a queued or retrying task: it will not run (its message is dropped)."""
     from dispatch.queue import default_queue
-    from dispatch.status import cancel as cancel_task
+    from dispatch.records import cancel as cancel_task
 
     queue = default_queue()
     record = cancel_task(queue.sync_clients().dynamodb, queue.settings.table, task_id)

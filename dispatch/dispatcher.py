@@ -176,6 +176,7 @@ class Dispatcher:
         )
         self._waiting: Counter[str] = Counter()
         self._backlogged = 0  # messages deferred as backlog since the last receive
+        self._last_published: dict[str, Any] | None = None  # activity as last published
         self._released: dict[str, asyncio.Event] = {}  # per resource: set when a slot frees
         self._receive_pace_s = 0.0
         self._last_received = 0
@@ -994,13 +995,17 @@ class Dispatcher:
         snapshots = self.throttle_snapshots()
         for snapshot in snapshots:
             log.info("throttle_state", **_snapshot_fields(snapshot, self._waiting[snapshot.name]))
+        activity = self._activity.snapshot()
+        if not _has_news(activity, self._last_published, snapshots, self._waiting):
+            return  # an idle dispatcher writes nothing: idle costs stay one request a tick
+        self._last_published = activity
         put, directory = publish_params(
             self.settings.table,
             self._coordinator.owner,
             snapshots,
             self._waiting,
             self._clock(),
-            activity=self._activity.snapshot(),
+            activity=activity,
         )
         dynamodb: Any = self._clients.dynamodb
         try:
@@ -1054,6 +1059,24 @@ async def _batch_write(client: Any, table: str, entries: list[dict[str, Any]]) -
     return {
         "Failed": [{"Id": i, "Code": "Unprocessed", "Message": "left unprocessed"} for i in failed]
     }
+
+
+def _has_news(
+    activity: dict[str, Any],
+    last: dict[str, Any] | None,
+    snapshots: tuple[ThrottleSnapshot, ...],
+    waiting: Counter[str],
+) -> bool:
+    """Whether a dispatcher has anything to publish: a message received or a task
+    counted since it last published, or work in flight or waiting."""
+    if activity.get("oldest_message_age_s") is not None:
+        return True
+    if activity.get("tasks") != (last or {}).get("tasks", {}):
+        return True
+    for counts in activity.get("tasks", {}).values():
+        if counts.get("dispatched_per_s") or counts.get("in_flight"):
+            return True
+    return any(s.in_flight or waiting[s.name] for s in snapshots)
 
 
 def _snapshot_fields(snapshot: ThrottleSnapshot, waiting: int) -> dict[str, Any]:

@@ -1,4 +1,8 @@
-"""Reading task records: ``dispatch.status(task_id)``."""
+"""Task records from the user's side: ``dispatch.status(task_id)`` and cancelling.
+
+Named ``records``, not ``status``: a submodule ``dispatch.status`` would replace the
+``dispatch.status`` function on the package as soon as anything imported it.
+"""
 
 from __future__ import annotations
 
