@@ -178,6 +178,7 @@ class Dispatcher:
         self._backlogged = 0  # messages deferred as backlog since the last receive
         self._last_published: dict[str, Any] | None = None  # activity as last published
         self._released: dict[str, asyncio.Event] = {}  # per resource: set when a slot frees
+        self._gates: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._receive_pace_s = 0.0
         self._last_received = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -672,14 +673,17 @@ class Dispatcher:
         likely; the wait is measured either way."""
         name = throttle.resource.name
         started = time.monotonic()
-        while True:
-            answer = throttle.try_start()
-            waited = time.monotonic() - started
-            if isinstance(answer, Permit) or (
-                waited + answer > self.options.throttle_horizon_s or self._stop.is_set()
-            ):
-                break
-            await self._wait_for_release(name, answer)
+        # One waiter at a time asks the throttle (asyncio.Lock is first come, first
+        # served): the rest queue behind it instead of all waking for every token.
+        async with self._gates[name]:
+            while True:
+                answer = throttle.try_start()
+                waited = time.monotonic() - started
+                if isinstance(answer, Permit) or (
+                    waited + answer > self.options.throttle_horizon_s or self._stop.is_set()
+                ):
+                    break
+                await self._wait_for_release(name, answer)
         if waited > 0.001 or not isinstance(answer, Permit):
             throttle.note_wait(waited)
             self.stats.throttle_wait_s += waited

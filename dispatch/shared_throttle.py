@@ -25,8 +25,9 @@ state table, written with conditional updates:
 
 Exactness of the rate. Tasks never start before their token is valid; a token
 not used within ``late_s`` of its valid time is dropped, and the bucket's
-capacity is ``burst - rate * late_s``, so over any window of ``w`` seconds at
-most ``rate * w + burst`` tasks start, across all dispatchers. ``late_s`` is
+capacity is ``burst - rate * (late_s + START_JITTER_S)``, so over any window of
+``w`` seconds at most ``rate * w + burst`` tasks start, across all dispatchers,
+with room for the jitter between a permit and the call reaching the resource. ``late_s`` is
 one token's interval, but at least ``LATE_FLOOR_S`` when the burst allows it:
 at 200 /s one interval (5 ms) is shorter than the event loop's jitter.
 
@@ -74,9 +75,14 @@ RETRY_HINT_S: Final = 0.02
 """Seconds a task waits before asking again while a lease is on its way."""
 LATE_FLOOR_S: Final = 0.02
 """A leased token stays usable at least this long after its valid time (burst allowing)."""
+START_JITTER_S: Final = 0.02
+"""Kept out of the bucket's capacity for what happens between the permit and the call
+reaching the resource (the event loop, the HTTP request): at 200/s, 4 tokens."""
 _MIN_STEP_S: Final = 0.001
 """Each lease moves the bucket's ``updated_at`` (its version) on by at least this."""
 _RTT_START_S: Final = 0.01
+_MIN_LEASE_GAP_S: Final = 0.1
+"""A dispatcher leases at most this often from one bucket."""
 """The lease round trip assumed before one has been measured."""
 SLOT_TTL_S: Final = 30.0
 """A dispatcher's slot holding expires this long after its last renewal."""
@@ -230,7 +236,8 @@ class SharedTokenSource:
         burst = self._scaled_burst(rate_per_s)
         if burst < 2:
             return 1.0
-        return float(max(1, math.floor(burst - rate_per_s * self._late_for(rate_per_s) + 1e-9)))
+        margin_s = self._late_for(rate_per_s) + START_JITTER_S
+        return float(max(1, math.floor(burst - rate_per_s * margin_s + 1e-9)))
 
     def _late_for(self, rate_per_s: float) -> float:
         burst = self._scaled_burst(rate_per_s)
@@ -248,10 +255,12 @@ class SharedTokenSource:
 
     @property
     def horizon_s(self) -> float:
-        """How far ahead one lease may reserve: about 20 tokens' worth, at least 0.5 s,
-        and at most ``max_horizon_s`` (half the dispatcher's wait horizon, so another
-        dispatcher never waits longer for its share than it is willing to)."""
-        return max(0.5, min(self._max_horizon_s, max(1.0, 20.0 / self._rate)))
+        """How far ahead one lease may reserve: 1.5 s, or 20 tokens' worth when that is
+        longer, at most ``max_horizon_s`` (half the dispatcher's wait horizon, so
+        another dispatcher never waits longer for its share than it is willing to).
+        A dispatcher leases again when half of it is left: with N dispatchers that
+        is about ``N / (rate x 1 s)`` requests per task."""
+        return max(0.5, min(self._max_horizon_s, max(1.5, 20.0 / self._rate)))
 
     def _drop_late(self, now: float) -> None:
         while self._valid and self._valid[0] < now - self.late_s:
@@ -360,6 +369,11 @@ class SharedTokenSource:
             "by": item_values[":by"],
         }
         self._misses = 0
+        # Lease no sooner than useful: when the bucket (not the demand) limited this
+        # lease, the tokens still wanted come back at the rate, not at once.
+        short = want - take
+        pause_s = _MIN_LEASE_GAP_S if short <= 0 else short / self._rate
+        self._next_lease_at = sent + min(self.horizon_s / 2, max(_MIN_LEASE_GAP_S, pause_s))
         ready = max(0, math.floor(level))
         # Tokens the bucket holds at `now` are valid then; the rest as it refills them.
         leased = [now if j < ready else now + (j + 1 - level) / self._rate for j in range(take)]
