@@ -91,6 +91,7 @@ class Scenario:
     max_concurrency: int | None = None
     capacity: int = 1000
     capacity_after: int | None = None  # adaptive: the capacity from half the window on
+    track_state: bool = True  # False: lean tasks, no claim or record per task
 
     @property
     def tasks_to_enqueue(self) -> int:
@@ -164,7 +165,7 @@ def run_scenario(
         endpoint_url=aws.endpoint_url,
     )
     started = time.perf_counter()
-    enqueued = enqueue(settings, scenario.tasks_to_enqueue)
+    enqueued = enqueue(settings, scenario.tasks_to_enqueue, track_state=scenario.track_state)
     enqueue_s = time.perf_counter() - started
 
     with Backend.start(capacity=scenario.capacity) as backend:
@@ -298,18 +299,19 @@ def calibrate_emulator(
     }
 
 
-def enqueue(settings: Settings, count: int) -> int:
+def enqueue(settings: Settings, count: int, *, track_state: bool = True) -> int:
     """Enqueue ``count`` tasks through the public queue API, a few batches at a time.
 
     On asyncio rather than threads, so that an interruption (Ctrl-C, SIGTERM)
     cancels it at once instead of waiting for threads stuck in retries.
     """
-    return asyncio.run(_enqueue(settings, count))
+    return asyncio.run(_enqueue(settings, count, track_state=track_state))
 
 
-async def _enqueue(settings: Settings, count: int) -> int:
+async def _enqueue(settings: Settings, count: int, *, track_state: bool) -> int:
     queue = Queue(settings)
-    messages: list[Message] = [tasks.call_backend.message(n) for n in range(count)]
+    call = tasks.call_backend if track_state else tasks.call_backend_lean
+    messages: list[Message] = [call.message(n) for n in range(count)]
     chunks = [messages[i : i + _ENQUEUE_CHUNK] for i in range(0, count, _ENQUEUE_CHUNK)]
     in_flight = asyncio.Semaphore(_ENQUEUE_CONCURRENCY)
 

@@ -74,12 +74,7 @@ async def close_session() -> None:
         await session.close()
 
 
-@task(
-    resource=RESOURCE,
-    retry=Retry(max_attempts=5, base_delay_s=1.0, max_delay_s=2.0),
-    timeout_s=_HTTP_TIMEOUT_S + 5,
-)
-async def call_backend(n: int) -> int:
+async def _call_backend(n: int) -> int:
     """``GET /work?ms=BENCH_WORK_MS``; a 503 is Backpressure (retry later, slow down)."""
     url = f"{os.environ[ENV_BACKEND_URL]}/work?ms={os.environ.get(ENV_WORK_MS, '5')}"
     async with _client().get(url) as response:
@@ -89,3 +84,21 @@ async def call_backend(n: int) -> int:
         response.raise_for_status()
         await response.read()
     return n
+
+
+_RETRY = Retry(max_attempts=5, base_delay_s=1.0, max_delay_s=2.0)
+
+call_backend = task(
+    name="call_backend", resource=RESOURCE, retry=_RETRY, timeout_s=_HTTP_TIMEOUT_S + 5
+)(_call_backend)
+"""The backend call with a task record in DynamoDB (the default)."""
+
+call_backend_lean = task(
+    name="call_backend_lean",
+    resource=RESOURCE,
+    retry=_RETRY,
+    timeout_s=_HTTP_TIMEOUT_S + 5,
+    track_state=False,
+)(_call_backend)
+"""The same call as a lean task (SQS only): the throttle is the same; the emulator's
+DynamoDB work per task (a claim and a record) is not."""
