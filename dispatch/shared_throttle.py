@@ -48,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import random
 import socket
 import time
 import uuid
@@ -325,7 +326,10 @@ class SharedTokenSource:
                 self._on_remote_rate(rate)  # another dispatcher slowed the resource down
         take = min(want, math.floor(level + self._rate * self.horizon_s))
         if take < 1:
-            self._next_lease_at = now + (1.0 - level) / self._rate - self._rtt_s
+            # Everyone refused now would come back at the same instant and collide:
+            # spread the returns over the next half of the wait.
+            wait_s = (1.0 - level) / self._rate
+            self._next_lease_at = now - self._rtt_s + wait_s * random.uniform(1.0, 1.5)  # noqa: S311
             return True
         item_values = {
             ":tokens": _n(level - take),
@@ -373,7 +377,8 @@ class SharedTokenSource:
         # lease, the tokens still wanted come back at the rate, not at once.
         short = want - take
         pause_s = _MIN_LEASE_GAP_S if short <= 0 else short / self._rate
-        self._next_lease_at = sent + min(self.horizon_s / 2, max(_MIN_LEASE_GAP_S, pause_s))
+        pause_s = min(self.horizon_s / 2, max(_MIN_LEASE_GAP_S, pause_s))
+        self._next_lease_at = sent + pause_s * random.uniform(1.0, 1.5)  # noqa: S311 - jitter
         ready = max(0, math.floor(level))
         # Tokens the bucket holds at `now` are valid then; the rest as it refills them.
         leased = [now if j < ready else now + (j + 1 - level) / self._rate for j in range(take)]
