@@ -66,7 +66,13 @@ BACKEND_URL_ENV = "EXAMPLE_BACKEND_URL"
 @task(resource=WAREHOUSE, retry=QUICK_RETRY, timeout_s=10)
 async def reserve_stock(order_id: str, sku: str) -> str:
     """Reserve stock at the warehouse; a 503 means it is overloaded (Backpressure)."""
-    url = f"{os.environ[BACKEND_URL_ENV]}/work?ms=50"
+    base = os.environ.get(BACKEND_URL_ENV)
+    if not base:
+        raise PermanentError(
+            f"{BACKEND_URL_ENV} is not set: the warehouse API this task calls is started by "
+            "`dispatch demo` and `dispatch dev`; elsewhere, run one and export its URL"
+        )
+    url = f"{base}/work?ms=50"
     async with aiohttp.ClientSession() as session, session.get(url) as response:
         if response.status == 503:
             retry_after = float(response.headers.get("Retry-After", "1"))

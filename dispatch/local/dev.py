@@ -22,11 +22,12 @@ deadline is brought forward, so they stop receiving, settle and release.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import threading
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -118,7 +119,7 @@ def run_dev(
     registry = default_registry if registry is None else registry
     modules = parse_task_modules(tasks or os.environ.get(c.ENV_TASKS) or DEFAULT_TASKS)
     registry.import_modules(modules)
-    with LocalAWS.start() as aws:
+    with LocalAWS.start() as aws, contextlib.ExitStack() as extras:
         local = Endpoint(region=aws.region, endpoint_url=aws.endpoint_url)
         options: dict[str, Any] = {
             "aws_access_key_id": aws.env()["AWS_ACCESS_KEY_ID"],
@@ -130,6 +131,7 @@ def run_dev(
             prefix=prefix,
         )
         env = {**aws.env(), **resources.as_env(), c.ENV_TASKS: ",".join(modules)}
+        env.update(_example_backend(modules, extras, console))
         if not lambda_mode:
             with environment(env):
                 _print_exports(console, env)
@@ -151,6 +153,21 @@ def run_dev(
             stop=stop,
             on_ready=on_ready,
         )
+
+
+def _example_backend(
+    modules: Sequence[str], extras: contextlib.ExitStack, console: Console
+) -> dict[str, str]:
+    """The example app's warehouse API, started beside it when it runs and no URL is set
+    (as the demo does), so its ``reserve_stock`` tasks have something to call."""
+    if DEFAULT_TASKS not in modules or os.environ.get("EXAMPLE_BACKEND_URL"):
+        return {}
+    from examples import app
+    from examples.backend import Backend
+
+    backend = extras.enter_context(Backend.start(capacity=app.WAREHOUSE.max_concurrency or 1))
+    console.print(f"example warehouse API on {backend.url} (for examples.app's reserve_stock)")
+    return {app.BACKEND_URL_ENV: backend.url}
 
 
 def _run_lambda_topology(
