@@ -8,7 +8,6 @@ has a bound.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from types import TracebackType
 from typing import IO, Any, Final, Self
 
 from bench.drainer import GO_LINE
+from bench.processes import close_lifelines, stop_all
 
 __all__ = ["REPO_ROOT", "Fleet", "FleetError"]
 
@@ -85,20 +85,7 @@ class Fleet:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self._close_stdins()
-        deadline = time.monotonic() + _STOP_WAIT_S
-        for process in self._processes:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=max(0.0, deadline - time.monotonic()))
-        for process in self._processes:
-            if process.poll() is None:
-                process.terminate()
-        for process in self._processes:
-            try:
-                process.wait(timeout=_KILL_WAIT_S)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_all(self._processes, grace_s=_STOP_WAIT_S, term_wait_s=_KILL_WAIT_S)
         for log in self._logs:
             log.close()
         self._workdir.cleanup()
@@ -129,7 +116,7 @@ class Fleet:
 
     def stop(self) -> None:
         """Ask every dispatcher to stop (end-of-file on its stdin)."""
-        self._close_stdins()
+        close_lifelines(self._processes)
 
     def wait(self, *, timeout_s: float) -> list[dict[str, Any]]:
         """Wait for every process to exit; their result files, in start order."""
@@ -149,12 +136,6 @@ class Fleet:
                 raise FleetError(f"dispatcher {n} failed: {result['error']}\n{self._tail(n)}")
             results.append(result)
         return results
-
-    def _close_stdins(self) -> None:
-        for process in self._processes:
-            if process.stdin is not None and not process.stdin.closed:
-                with contextlib.suppress(OSError):  # already gone: the pipe is broken
-                    process.stdin.close()
 
     def _tail(self, n: int) -> str:
         self._logs[n].flush()

@@ -16,11 +16,9 @@ reaps whatever it started, however the run ends.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -32,6 +30,7 @@ from types import TracebackType
 from typing import IO, Any, Final, Self
 
 from bench.chaos import tasks
+from bench.processes import close_lifelines, kill, stop_all
 from dispatch import constants as c
 from dispatch.aws import SyncClients, sync_clients
 from dispatch.config import Settings
@@ -209,30 +208,15 @@ class Fleet:
 
     def kill_one_process(self, victim: _Process) -> int:
         """SIGKILL ``victim`` (a live dispatcher of this fleet) and reap it; its pid."""
-        with contextlib.suppress(ProcessLookupError):
-            victim.process.send_signal(signal.SIGKILL)
-        victim.process.wait()
-        if victim.process.stdin is not None:
-            with contextlib.suppress(OSError):  # the pipe is broken: its reader is gone
-                victim.process.stdin.close()
+        kill(victim.process)
+        close_lifelines([victim.process])
         self.live.remove(victim)
         self.dead.append(victim)
         return victim.process.pid
 
     def close(self) -> None:
         """Close every lifeline, wait a bounded time, kill the rest; reap all."""
-        for p in self.live:
-            if p.process.stdin is not None:
-                with contextlib.suppress(OSError):
-                    p.process.stdin.close()
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        for p in self.live:
-            try:
-                p.process.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    p.process.kill()
-                p.process.wait()
+        stop_all([p.process for p in self.live], grace_s=STOP_TIMEOUT_S, term_wait_s=None)
         for p in self.live + self.dead:
             p.log_file.close()
         self.dead.extend(self.live)

@@ -17,7 +17,6 @@ stop by themselves when the harness's end of their stdin closes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import math
 import os
@@ -35,6 +34,7 @@ from typing import IO, Any, Final, Literal
 import boto3
 from botocore.config import Config
 
+from bench.processes import send, stop_all
 from bench.throttle import tasks
 from dispatch import constants as c
 from dispatch.aws import sync_clients
@@ -457,17 +457,12 @@ class WorkerGroup:
 
         Returns a note for each worker that had to be killed.
         """
-        for worker in self._workers:
-            _signal(worker.process, signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        notes = []
-        for k, worker in enumerate(self._workers):
-            try:
-                worker.process.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                notes.append(f"worker {k} did not stop within {timeout_s:g} s of SIGTERM: killed")
-                _kill(worker.process)
-        return notes
+        processes = [worker.process for worker in self._workers]
+        for process in processes:
+            send(process, signal.SIGTERM)
+        killed = stop_all(processes, grace_s=timeout_s, term_wait_s=None)
+        note = "worker {} did not stop within {:g} s of SIGTERM: killed"
+        return [note.format(k, timeout_s) for k in killed]
 
     def results(self) -> list[dict[str, Any]]:
         """Each worker's result file, or an error entry naming why there is none."""
@@ -486,17 +481,10 @@ class WorkerGroup:
 
     def close(self) -> None:
         """Stop (SIGTERM, then SIGKILL) and reap every worker; close its pipes and log."""
+        stop_all(
+            [worker.process for worker in self._workers], grace_s=0.0, term_wait_s=KILL_TIMEOUT_S
+        )
         for worker in self._workers:
-            if worker.process.stdin is not None:
-                with contextlib.suppress(OSError):  # a broken pipe: the worker is gone
-                    worker.process.stdin.close()
-            _signal(worker.process, signal.SIGTERM)
-        deadline = time.monotonic() + KILL_TIMEOUT_S
-        for worker in self._workers:
-            try:
-                worker.process.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                _kill(worker.process)
             worker.log_file.close()
 
     def __enter__(self) -> WorkerGroup:
@@ -509,18 +497,6 @@ class WorkerGroup:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
-
-
-def _signal(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):  # exited between poll and signal
-            process.send_signal(sig)
-
-
-def _kill(process: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        process.kill()
-    process.wait()
 
 
 def _tail(path: Path) -> str:
