@@ -1076,10 +1076,9 @@ def _has_news(
     if activity.get("oldest_message_age_s") is not None:
         return True
     if activity.get("tasks") != (last or {}).get("tasks", {}):
+        return True  # counted something (a dispatch also moves dispatched_per_s)
+    if any(counts.get("in_flight") for counts in activity.get("tasks", {}).values()):
         return True
-    for counts in activity.get("tasks", {}).values():
-        if counts.get("dispatched_per_s") or counts.get("in_flight"):
-            return True
     return any(s.in_flight or waiting[s.name] for s in snapshots)
 
 
