@@ -45,7 +45,7 @@ from dispatch.config import Settings
 from dispatch.dispatcher import Dispatcher, RunStats
 from dispatch.logs import configure_logging
 
-__all__ = ["GO_LINE", "main"]
+__all__ = ["GO_LINE", "main", "wait_for_go"]
 
 GO_LINE: Final = "go"
 
@@ -83,7 +83,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
             try:
                 await dispatcher.check()
                 args.ready.touch()
-                if not await _wait_for_go(go, stop, timeout_s=args.go_timeout_s):
+                if not await wait_for_go(go, stop, timeout_s=args.go_timeout_s):
                     result["error"] = "stopped (or timed out) before the go signal"
                     return result
                 counter.reset()
@@ -120,7 +120,8 @@ async def _run_until_stopped(
         watcher.cancel()
 
 
-async def _wait_for_go(go: asyncio.Event, stop: asyncio.Event, *, timeout_s: float) -> bool:
+async def wait_for_go(go: asyncio.Event, stop: asyncio.Event, *, timeout_s: float) -> bool:
+    """Wait for ``go`` (True) or ``stop`` or ``timeout_s`` (False), whichever comes first."""
     waits = {asyncio.ensure_future(go.wait()), asyncio.ensure_future(stop.wait())}
     try:
         await asyncio.wait(waits, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)

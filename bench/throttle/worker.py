@@ -41,6 +41,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
+from bench.drainer import wait_for_go
 from bench.throttle import tasks
 from dispatch.aws import RequestCounter, async_clients
 from dispatch.config import Settings
@@ -141,7 +142,7 @@ async def _run(args: argparse.Namespace, permit_times: list[float]) -> dict[str,
             try:
                 await dispatcher.check()
                 args.ready.touch()
-                if not await _wait_for_go(go, stop, timeout_s=args.go_timeout_s):
+                if not await wait_for_go(go, stop, timeout_s=args.go_timeout_s):
                     result["error"] = "stopped (or timed out) before the go signal"
                     return result
                 counter.reset()
@@ -154,16 +155,6 @@ async def _run(args: argparse.Namespace, permit_times: list[float]) -> dict[str,
         result["error"] = f"{type(exc).__name__}: {exc}"
         result["traceback"] = traceback.format_exc()
     return result
-
-
-async def _wait_for_go(go: asyncio.Event, stop: asyncio.Event, *, timeout_s: float) -> bool:
-    waits = {asyncio.ensure_future(go.wait()), asyncio.ensure_future(stop.wait())}
-    try:
-        await asyncio.wait(waits, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiting in waits:
-            waiting.cancel()
-    return go.is_set() and not stop.is_set()
 
 
 async def _run_dispatcher(
