@@ -69,6 +69,10 @@ receives slow down to one per this many seconds at most (a deep backlog is not
 received and deferred over and over); a receive with other messages resets it."""
 _PACE_BACKLOG_SHARE: Final = 0.8
 """The share of a receive that must be backlog for the next receive to wait."""
+_EMPTY_SHORT_POLL_PAUSE_S: Final = 1.0
+"""After a short poll (no long-poll wait) that found nothing, the next receive waits this long."""
+_MAX_RECEIVE_CONCURRENCY: Final = 10
+"""The most receives one dispatcher keeps out at once (``receive_concurrency``)."""
 _QUEUE_COUNTERS: Final = (
     "ApproximateNumberOfMessages",
     "ApproximateNumberOfMessagesNotVisible",
@@ -86,6 +90,7 @@ class DispatcherOptions:
     visibility_timeout_s: int = 30  # hidden for this long at receive; extended while held
     flush_s: float = 0.2  # how long a batch (deletes, visibility changes, records) may wait to fill
     throttle_horizon_s: float = 5.0  # a task that cannot start within this is deferred
+    receive_concurrency: int = 3  # receives out at once while each brings a whole batch
 
     def __post_init__(self) -> None:
         if self.max_in_flight < 1:
@@ -95,6 +100,11 @@ class DispatcherOptions:
         if not 2 <= self.visibility_timeout_s <= c.SQS_MAX_VISIBILITY_S:
             raise ConfigurationError(
                 f"visibility_timeout_s={self.visibility_timeout_s}: must be 2 to 43200"
+            )
+        if not 1 <= self.receive_concurrency <= _MAX_RECEIVE_CONCURRENCY:
+            raise ConfigurationError(
+                f"receive_concurrency={self.receive_concurrency}: "
+                f"must be 1 to {_MAX_RECEIVE_CONCURRENCY}"
             )
 
 
@@ -181,6 +191,7 @@ class Dispatcher:
         self._gates: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._receive_pace_s = 0.0
         self._last_received = 0
+        self._last_receive_full = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._slot_freed = asyncio.Event()
         self._stop = asyncio.Event()
@@ -271,26 +282,31 @@ class Dispatcher:
         if self._periodic.has_schedules:
             await self._enqueue_periodic()
         scheduler = asyncio.create_task(self._schedule_loop())
+        receiving: dict[asyncio.Future[list[dict[str, Any]]], int] = {}  # receive -> asked for
+        ended = False
         try:
             while not self._stop.is_set():
                 if deadline is not None and self._clock() >= deadline:
                     break
-                room = self._room()
-                if room <= 0:
+                room = min(c.SQS_MAX_BATCH_ENTRIES, self._room() - sum(receiving.values()))
+                if room > 0 and self._may_receive_more(len(receiving)):
+                    idle = not receiving and not self._held
+                    if until_empty and idle and await self._queue_is_empty():
+                        break
+                    wait_s = self._poll_wait_s(until_empty=until_empty, deadline=deadline)
+                    await self._pace_receives()
+                    receive = self._receive(room, wait_s, deadline=deadline)
+                    receiving[asyncio.ensure_future(receive)] = room
+                elif receiving:
+                    await self._take_received(receiving)
+                else:
                     await self._wait_for_slot()
-                    continue
-                if until_empty and not self._held and await self._queue_is_empty():
-                    break
-                wait_s = self.options.drain_wait_time_s if until_empty else self.options.wait_time_s
-                if deadline is not None:
-                    wait_s = min(wait_s, max(0, math.floor(deadline - self._clock())))
-                await self._pace_receives()
-                messages = await self._receive(room, wait_s)
-                self._backlogged = 0
-                self._last_received = len(messages)
-                for message in messages:
-                    self._spawn(message)
+            ended = True
         finally:
+            if not ended:
+                self._stop.set()  # the receives still out give up at once
+            for message in await self._last_received_messages(receiving):
+                self._spawn(message)
             self._batches.flush()
             # Receiving has stopped: what still waits for the throttle is deferred
             # (its attempt given back) instead of starting late.
@@ -308,6 +324,59 @@ class Dispatcher:
             self.stats.finished_at = self._clock()
         return self.stats
 
+    def _poll_wait_s(self, *, until_empty: bool, deadline: float | None) -> int:
+        wait_s = self.options.drain_wait_time_s if until_empty else self.options.wait_time_s
+        if deadline is not None:
+            wait_s = min(wait_s, max(0, math.floor(deadline - self._clock())))
+        return wait_s
+
+    async def _take_received(
+        self, receiving: dict[asyncio.Future[list[dict[str, Any]]], int]
+    ) -> None:
+        """Wait for a receive to come back and start handling what it brought."""
+        done, _ = await asyncio.wait(set(receiving), return_when=asyncio.FIRST_COMPLETED)
+        for receive in done:
+            asked = receiving.pop(receive)
+            messages = receive.result()
+            self._backlogged = 0
+            self._last_received = len(messages)
+            self._last_receive_full = len(messages) >= asked
+            for message in messages:
+                self._spawn(message)
+
+    def _may_receive_more(self, receiving: int) -> bool:
+        """Whether to start another receive while ``receiving`` are out.
+
+        One receive at a time, as long as receives come back short: an idle or
+        shallow queue costs no more requests than with one. While the last receive
+        brought all it asked for and none of it was backlog, up to
+        ``receive_concurrency`` are out at once, so the next batch is on its way
+        while this one is handled (the receive's round trip no longer bounds a
+        deep queue's drain).
+        """
+        if receiving == 0:
+            return True
+        return (
+            receiving < self.options.receive_concurrency
+            and self._last_receive_full
+            and self._backlogged == 0
+            and self._receive_pace_s == 0.0
+        )
+
+    async def _last_received_messages(
+        self, receiving: dict[asyncio.Future[list[dict[str, Any]]], int]
+    ) -> list[dict[str, Any]]:
+        """What the receives still out bring once they end.
+
+        Each was started with a long poll no longer than the time left (``for_s``,
+        ``finish_by``), and gives up at once when the dispatcher is stopped.
+        """
+        messages: list[dict[str, Any]] = []
+        for receive in receiving:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                messages.extend(await receive)
+        return messages
+
     async def _finish(self, finish_by: float | None) -> None:
         """Let the tasks in flight finish; release those still running at ``finish_by``."""
         if not self._tasks:
@@ -322,7 +391,7 @@ class Dispatcher:
             await asyncio.gather(*unfinished, return_exceptions=True)
 
     def _room(self) -> int:
-        """How many messages the next receive may take.
+        """How many more messages this dispatcher may hold (receives take at most 10 of them).
 
         ``max_in_flight`` bounds the messages waiting to start or running; a message
         whose outcome is known and only waits for its batched settlement does not
@@ -331,7 +400,6 @@ class Dispatcher:
         """
         active = sum(1 for held in self._held.values() if not held.settling)
         return min(
-            c.SQS_MAX_BATCH_ENTRIES,
             self.options.max_in_flight - active,
             2 * self.options.max_in_flight - len(self._held),
         )
@@ -365,7 +433,15 @@ class Dispatcher:
         counts = answer.get("Attributes", {})
         return all(int(counts.get(name, "0")) == 0 for name in _QUEUE_COUNTERS)
 
-    async def _receive(self, room: int, wait_s: int) -> list[dict[str, Any]]:
+    async def _receive(
+        self, room: int, wait_s: int, *, deadline: float | None = None
+    ) -> list[dict[str, Any]]:
+        """Receive up to ``room`` messages, long-polling ``wait_s`` seconds.
+
+        A short poll (``wait_s`` 0: the option, or the last second before
+        ``deadline``) that brings nothing is followed by a pause of a second (or
+        until ``deadline``), so an empty queue is not polled in a tight loop.
+        """
         sqs: Any = self._clients.sqs
         receive = asyncio.ensure_future(
             sqs.receive_message(
@@ -398,6 +474,12 @@ class Dispatcher:
             await asyncio.sleep(1.0)
             return []
         messages: list[dict[str, Any]] = answer.get("Messages", [])
+        if not messages and wait_s == 0:
+            pause_s = _EMPTY_SHORT_POLL_PAUSE_S
+            if deadline is not None:
+                pause_s = min(pause_s, max(0.0, deadline - self._clock()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=pause_s)
         self.stats.received += len(messages)
         now_ms = self._clock() * 1000
         for message in messages:
