@@ -16,6 +16,9 @@ by side on the same machine:
 6. drain throughput with 1, 2 and 4 dispatcher processes;
 7. requests per task and drain throughput by workload size, and the local AWS's
    per-call cost with the queue empty and full;
+8. the drain comparison of 1. and 2. again on a second emulator that holds each
+   request for about the network's round trip to AWS (SQS 20 ms, DynamoDB 5 ms:
+   bench/round_trips.py), where waiting for answers costs what it costs on AWS;
 
 and, to say what limits those figures: the local AWS's cost per request (a
 calibration, first) and, in the full run, the drain with two dispatcher options
@@ -50,6 +53,7 @@ from bench.idle import run_idle
 from bench.latency import run_latency
 from bench.output import to_json, write_atomically
 from bench.plan import Plan
+from bench.round_trips import run_round_trips
 from bench.scaling import run_scaling
 from bench.sensitivity import run_sensitivity
 from bench.stage import Stage
@@ -131,6 +135,13 @@ def _run(plan: Plan, out: Path, suffix: str) -> tuple[dict[str, Any], list[str]]
         _say(f"    done in {time.monotonic() - began:.1f} s")
         return value
 
+    def measure(name: str, run: Callable[[], Any]) -> None:
+        """Measure one section, keep it (or its error) and write it at once."""
+        value = section(name, run)
+        if value is not None:
+            sections[name] = value
+        _write(out, name, suffix, sections[name])
+
     with Stage.start() as stage:
         calibration = section(
             "calibration", lambda: run_calibration(stage, rounds=plan.calibration_rounds)
@@ -154,39 +165,22 @@ def _run(plan: Plan, out: Path, suffix: str) -> tuple[dict[str, Any], list[str]]
             _write(out, "throughput", suffix, sections["throughput"])
             _write(out, "requests", suffix, sections["requests"])
 
-        idle = section(
-            "idle", lambda: run_idle(stage, plan.idle_ticks, budget_s=30 + plan.idle_ticks * 5)
-        )
-        if idle is not None:
-            sections["idle"] = idle
-        _write(out, "idle", suffix, sections["idle"])
-
-        latency = section("latency", lambda: run_latency(stage, plan.latency_probes))
-        if latency is not None:
-            sections["latency"] = latency
-        _write(out, "latency", suffix, sections["latency"])
-
-        scaling = section("scaling", lambda: _scaling(stage, plan))
-        if scaling is not None:
-            sections["scaling"] = scaling
-        _write(out, "scaling", suffix, sections["scaling"])
-
-        growth = section(
-            "growth", lambda: _growth(stage, plan, dispatch if pairs is not None else [])
-        )
-        if growth is not None:
-            sections["growth"] = growth
-        _write(out, "growth", suffix, sections["growth"])
-
+        measure("idle", lambda: run_idle(stage, plan.idle_ticks, budget_s=30 + plan.idle_ticks * 5))
+        measure("latency", lambda: run_latency(stage, plan.latency_probes))
+        measure("scaling", lambda: _scaling(stage, plan))
+        measure("growth", lambda: _growth(stage, plan, dispatch if pairs is not None else []))
         if plan.sensitivity_tasks:
             tasks = plan.sensitivity_tasks
-            sensitivity = section(
+            measure(
                 "sensitivity",
                 lambda: run_sensitivity(stage, tasks, timeout_s=plan.drain_timeout_s(tasks)),
             )
-            if sensitivity is not None:
-                sections["sensitivity"] = sensitivity
-            _write(out, "sensitivity", suffix, sections["sensitivity"])
+
+    # On an emulator of its own, started once the first one has stopped.
+    measure(
+        "round_trips",
+        lambda: run_round_trips(plan.round_trip_tasks, rounds=plan.round_trip_rounds),
+    )
     return sections, errors
 
 

@@ -19,8 +19,9 @@ from bench.cpu import Utilisation
 from bench.stage import Stage
 from bench.throughput import Phase, Run, requests_by_action
 from dispatch.aws import RequestCounter, sync_clients
+from dispatch.config import Settings
 
-__all__ = ["handle", "run_baseline"]
+__all__ = ["drain_baseline", "handle", "run_baseline"]
 
 _LONG_POLL_S: Final = 20
 
@@ -50,8 +51,16 @@ def run_baseline(stage: Stage, tasks: int, *, name: str, timeout_s: float) -> Ru
         cpu=Utilisation.between(before, stage.cpu()),
     )
 
+    drained = drain_baseline(stage, settings, tasks, timeout_s=timeout_s)
+    return Run(kind="baseline", tasks=tasks, enqueue=produced, drain=drained)
+
+
+def drain_baseline(stage: Stage, settings: Settings, tasks: int, *, timeout_s: float) -> Phase:
+    """The consumer's loop on a queue holding ``tasks`` messages: receive 10, run each,
+    delete each with its own DeleteMessage, until all are handled or ``timeout_s``."""
+    queue_url = settings.queue_url
     counter, meter = RequestCounter(), BillingMeter()
-    sqs = sync_clients(settings, counter=counter).sqs
+    sqs: Any = sync_clients(settings, counter=counter).sqs
     meter.attach(sqs)
     handled = 0
     before = stage.cpu()
@@ -66,11 +75,10 @@ def run_baseline(stage: Stage, tasks: int, *, name: str, timeout_s: float) -> Ru
             handle(**json.loads(message["Body"]))
             sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
             handled += 1
-    drained = Phase(
+    return Phase(
         seconds=time.perf_counter() - started,
         done=min(handled, tasks),
         requests=requests_by_action(counter),
         usage=meter.snapshot(),
         cpu=Utilisation.between(before, stage.cpu()),
     )
-    return Run(kind="baseline", tasks=tasks, enqueue=produced, drain=drained)

@@ -22,6 +22,8 @@ class Plan:
     calibration_rounds: int
     depth_rounds: int
     sensitivity_tasks: int  # 0: not measured
+    round_trip_tasks: int
+    round_trip_rounds: int
 
     @classmethod
     def full(cls) -> Plan:
@@ -38,6 +40,8 @@ class Plan:
             calibration_rounds=100,
             depth_rounds=25,
             sensitivity_tasks=2_000,
+            round_trip_tasks=1_000,
+            round_trip_rounds=3,
         )
 
     @classmethod
@@ -55,6 +59,8 @@ class Plan:
             calibration_rounds=20,
             depth_rounds=10,
             sensitivity_tasks=0,
+            round_trip_tasks=100,
+            round_trip_rounds=1,
         )
 
     def drain_timeout_s(self, tasks: int) -> float:

@@ -35,6 +35,7 @@ def summary(sections: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, A
     latency = sections.get("latency", {})
     growth = sections.get("growth", [])
     scaling = sections.get("scaling", [])
+    round_trips = sections.get("round_trips", {})
     deepest: Mapping[str, Any] = max(growth, key=lambda p: p["tasks"], default={})
     values: dict[str, Any] = {
         "sqs_requests_per_task": _get(requests, "dispatch", "sqs_requests_per_task"),
@@ -93,6 +94,10 @@ def summary(sections: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, A
             t.key: {"value": values.get(t.key), "target": t.text, "result": t.check(values[t.key])}
             for t in TARGETS
         },
+        "round_trip_ms": _get(round_trips, "round_trip_ms"),
+        "throughput_ratio_vs_baseline_round_trips": _get(round_trips, "drain_ratio"),
+        "throughput_ratio_vs_baseline_lean_round_trips": _get(round_trips, "lean_drain_ratio"),
+        "round_trips_drain_tasks_per_s": _get(round_trips, "drain_tasks_per_s"),
         "errors": meta.get("errors", []),
     }
     return out
@@ -130,6 +135,7 @@ def markdown(
     lines += _growth(sections, chart_name)
     lines += _calibration(sections)
     lines += _sensitivity(sections)
+    lines += _round_trips(sections)
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -214,6 +220,11 @@ def _summary_table(
         "| local AWS receive+delete cost, deepest queue / empty | "
         f"{_fmt(summary['emulator_depth_ratio'], 2)} | | "
         f"{_result(targets['emulator_depth_ratio'], summary)} |",
+        f"| with AWS-like round trips ({_round_trip_text(summary.get('round_trip_ms'))}): "
+        "drain throughput / baseline, full; lean | "
+        f"{_fmt(summary.get('throughput_ratio_vs_baseline_round_trips'), 2)} x; "
+        f"{_fmt(summary.get('throughput_ratio_vs_baseline_lean_round_trips'), 2)} x | 1 x | "
+        "no target |",
         "",
     ]
     if tp.get("complete") is False:
@@ -724,3 +735,45 @@ def _sensitivity(sections: Mapping[str, Any]) -> list[str]:
         )
     out.append("")
     return out
+
+
+def _round_trip_text(round_trip_ms: Mapping[str, float] | None) -> str:
+    if not round_trip_ms:
+        return "n/a"
+    return ", ".join(f"{service} {ms:g} ms" for service, ms in round_trip_ms.items())
+
+
+def _round_trips(sections: Mapping[str, Any]) -> list[str]:
+    rt = sections.get("round_trips")
+    if not rt or "error" in rt:
+        return []
+    per_s = rt["drain_tasks_per_s"]
+    by_round = rt["drain_tasks_per_s_by_round"]
+    requests = rt["requests_per_task"]
+    lines = [
+        f"## With AWS-like round trips ({_round_trip_text(rt['round_trip_ms'])})",
+        "",
+        "A second emulator holds every request for about the network's round trip to "
+        "AWS before serving it (bench/round_trips.py). The same drains as the throughput "
+        f"section: {_fmt(rt['tasks'])} no-op tasks per kind and round, {rt['rounds']} "
+        "round(s), the order rotating.",
+        "",
+        "| kind | drain tasks/s (median) | by round | requests per task | ratio to baseline |",
+        "|---|---|---|---|---|",
+    ]
+    ratios = {
+        "dispatch": f"{_fmt(rt['drain_ratio'], 2)} x "
+        f"({', '.join(_fmt(r, 2) for r in rt['drain_ratios'])})",
+        "lean": f"{_fmt(rt['lean_drain_ratio'], 2)} x "
+        f"({', '.join(_fmt(r, 2) for r in rt['lean_drain_ratios'])})",
+        "baseline": "1 x",
+    }
+    names = {"dispatch": "Dispatch, full state tracking", "lean": "Dispatch, lean"}
+    for kind in ("dispatch", "lean", "baseline"):
+        lines.append(
+            f"| {names.get(kind, kind)} | {_fmt(per_s[kind], 1)} | "
+            f"{', '.join(_fmt(v, 1) for v in by_round[kind])} | "
+            f"{_fmt(requests[kind], 3)} | {ratios[kind]} |"
+        )
+    lines.append("")
+    return lines

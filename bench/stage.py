@@ -8,7 +8,7 @@ uses), so no measurement sees another's messages, records or queue depth.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Final
 
@@ -36,9 +36,10 @@ class Stage:
 
     @classmethod
     @contextmanager
-    def start(cls) -> Iterator[Stage]:
-        """Start the emulator and point this process's AWS SDK (and children's) at it."""
-        with LocalAWS.start() as aws, environment(aws.env()):
+    def start(cls, *, round_trip_ms: Mapping[str, float] | None = None) -> Iterator[Stage]:
+        """Start the emulator and point this process's AWS SDK (and children's) at it
+        (``round_trip_ms``: hold each request to those services that long)."""
+        with LocalAWS.start(round_trip_ms=round_trip_ms) as aws, environment(aws.env()):
             yield cls(aws)
 
     @property

@@ -62,18 +62,28 @@ class LocalAWS:
 
     @classmethod
     def start(
-        cls, *, port: int = 0, startup_timeout_s: float = 30.0, patch_moto: bool = True
+        cls,
+        *,
+        port: int = 0,
+        startup_timeout_s: float = 30.0,
+        patch_moto: bool = True,
+        round_trip_ms: Mapping[str, float] | None = None,
     ) -> LocalAWS:
         """Start the emulator process and return once it accepts connections.
 
         ``port=0`` picks a free port. ``patch_moto=False`` runs moto without
         :mod:`dispatch.local.moto_patches` (only to reproduce moto's own bugs).
+        ``round_trip_ms`` (e.g. ``{"sqs": 20, "dynamodb": 5}``) holds each request
+        to those services that long, standing in for the network to AWS
+        (``--round-trip-ms`` in :mod:`dispatch.local.server`).
         Raises :class:`~dispatch.errors.DispatchError` with the child's stderr if
         it does not report ready within ``startup_timeout_s``.
         """
         command = [sys.executable, "-m", "dispatch.local.server", "--port", str(port)]
         if not patch_moto:
             command.append("--stock-moto")
+        for service, ms in (round_trip_ms or {}).items():
+            command += ["--round-trip-ms", f"{service}={ms:g}"]
         # stderr goes to a file, not a pipe: nobody reads it while all is well,
         # and a full pipe would block the server's request threads. The LocalAWS
         # owns the file and closes it in stop().

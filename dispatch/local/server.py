@@ -12,6 +12,15 @@ Contract with whoever starts it:
   (unless stdin is a terminal, where Ctrl-C does that job);
 * SIGTERM and SIGINT shut it down cleanly (exit status 0).
 
+``--round-trip-ms SERVICE=MS`` (repeatable, e.g. ``sqs=20 dynamodb=5``) holds every
+request to that service for MS milliseconds before moto sees it, to stand in for
+the network between a client and AWS: on loopback a request's round trip is the
+emulator's work alone, which flatters a client that waits for each answer before
+sending the next. The service is read from the request's SigV4 credential scope;
+requests without one (the emulator's own ``/moto-api``) are never held. The wait
+sleeps in the request's own thread, so held requests do not queue behind each
+other, and costs no CPU.
+
 moto is imported only inside :func:`main`, so importing this module (for
 :data:`READY_PREFIX`) stays cheap and needs no optional dependency.
 """
@@ -24,12 +33,14 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from types import FrameType
 from typing import Any, Final
 
 HOST: Final = "127.0.0.1"  # loopback only: nothing here may listen beyond this machine
 READY_PREFIX: Final = "DISPATCH-LOCAL-AWS READY"
+_MAX_ROUND_TRIP_MS: Final = 10_000.0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -48,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"dispatch.local.server: {exc}", file=sys.stderr)
             return 2
 
-    server = _make_server(args.port)
+    server = _make_server(args.port, round_trips_s=args.round_trip_s)
     port = int(server.server_port)
     # moto builds some URLs (Lambda's view of the endpoint) from MOTO_PORT, as its
     # own server entry point does.
@@ -84,13 +95,74 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="do not apply dispatch.local.moto_patches (to reproduce moto's own behaviour)",
     )
+    parser.add_argument(
+        "--round-trip-ms",
+        action="append",
+        default=[],
+        metavar="SERVICE=MS",
+        help="hold every request to SERVICE (its SigV4 name: sqs, dynamodb, ...) for MS "
+        "milliseconds, standing in for the network to AWS (repeatable)",
+    )
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535:
         parser.error(f"--port {args.port} is not a TCP port (0 to 65535)")
+    try:
+        args.round_trip_s = parse_round_trips(args.round_trip_ms)
+    except ValueError as exc:
+        parser.error(str(exc))
     return args
 
 
-def _make_server(port: int) -> Any:  # werkzeug's BaseWSGIServer (untyped here)
+def parse_round_trips(specs: Sequence[str]) -> dict[str, float]:
+    """``["sqs=20", "dynamodb=5"]`` -> ``{"sqs": 0.02, "dynamodb": 0.005}`` (seconds).
+
+    Raises ValueError naming the first spec that is not ``SERVICE=MS`` with MS a
+    number from 0 to 10,000.
+    """
+    round_trips: dict[str, float] = {}
+    for spec in specs:
+        service, sep, ms = spec.partition("=")
+        try:
+            value = float(ms) if sep and service.strip() else -1.0
+        except ValueError:
+            value = -1.0
+        if not 0 <= value <= _MAX_ROUND_TRIP_MS:
+            raise ValueError(
+                f"--round-trip-ms {spec!r}: expected SERVICE=MS with MS from 0 to "
+                f"{_MAX_ROUND_TRIP_MS:g}, e.g. sqs=20"
+            )
+        round_trips[service.strip().lower()] = value / 1000
+    return round_trips
+
+
+def request_service(environ: dict[str, Any]) -> str | None:
+    """The AWS service a request is signed for (SigV4 credential scope), or None."""
+    authorization = str(environ.get("HTTP_AUTHORIZATION", ""))
+    _, found, rest = authorization.partition("Credential=")
+    if not found:
+        return None
+    scope = rest.split(",", 1)[0].split("/")
+    # AKID/date/region/service/aws4_request
+    return scope[3].lower() if len(scope) >= 5 else None
+
+
+def _held(app: Any, round_trips_s: dict[str, float]) -> Any:
+    """``app``, with each request to a service in ``round_trips_s`` held that long first."""
+
+    def held_app(environ: dict[str, Any], start_response: Any) -> Any:
+        service = request_service(environ)
+        if service is not None:
+            delay_s = round_trips_s.get(service, 0.0)
+            if delay_s > 0:
+                time.sleep(delay_s)
+        return app(environ, start_response)
+
+    return held_app
+
+
+def _make_server(
+    port: int, *, round_trips_s: dict[str, float] | None = None
+) -> Any:  # werkzeug's BaseWSGIServer (untyped here)
     """moto's WSGI app in werkzeug's threaded server, bound to loopback only."""
     # Imported here so that importing this module (for READY_PREFIX) needs no moto.
     from moto.moto_server.werkzeug_app import (
@@ -103,7 +175,9 @@ def _make_server(port: int) -> Any:  # werkzeug's BaseWSGIServer (untyped here)
     # The same app and request handler as moto's ThreadedMotoServer, built here so
     # the host is ours to choose (ThreadedMotoServer defaults to 0.0.0.0) and so
     # it prints nothing on stdout.
-    app = DomainDispatcherApplication(create_backend_app)
+    app: Any = DomainDispatcherApplication(create_backend_app)
+    if round_trips_s and any(round_trips_s.values()):
+        app = _held(app, round_trips_s)
     return make_server(HOST, port, app, threaded=True, request_handler=MotoRequestHandler)
 
 
