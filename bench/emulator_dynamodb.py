@@ -1,4 +1,4 @@
-"""The embedded local AWS's CPU cost per DynamoDB UpdateItem, patched and stock.
+"""The embedded local AWS's CPU cost per DynamoDB request (Dispatch's shapes), patched and stock.
 
     .venv/bin/python bench/emulator_dynamodb.py                  # both, side by side
     .venv/bin/python bench/emulator_dynamodb.py --only patched   # one emulator only
@@ -19,7 +19,22 @@ The shapes:
 * ``claim-new``: the same claim on a task without a record (the item is created);
 * ``success``: succeeded_params on a claimed task (the result kept);
 * ``bucket-lease``: SharedBucket's lease, conditional on the ``updated_at`` it saw;
-* ``slot-lease``: SharedSlots' lease of a slot (nested map path ``#h.#me``).
+* ``slot-lease``: SharedSlots' lease of a slot (nested map path ``#h.#me``);
+
+and, to price claims made ten at a time instead of one by one (docs/performance.md,
+"What limits each figure"), three batched shapes, each one request for ten tasks
+whose ``queued`` records exist:
+
+* ``get-10``: BatchGetItem of the ten records, strongly consistent (reading the
+  records a batched claim would decide on);
+* ``put-10``: BatchWriteItem of ten records (as enqueue and success write them);
+* ``transact-10``: TransactWriteItems of ten conditional Puts, each the claimed
+  record, conditional on the record read (the one way to make ten conditional
+  writes in one request). moto copies every table a transaction touches, so this
+  shape's cost grows with the table: measure it with few calls, e.g.
+  ``--shapes transact-10 --calls 10 --rounds 3``.
+
+The figure is per request; a batched shape's cost per task is a tenth of it.
 
 Linux only (reads /proc). ``--json PATH`` also writes the figures.
 """
@@ -46,7 +61,16 @@ from dispatch.envelope import Envelope
 from dispatch.local.emulator import LocalAWS
 
 TABLE = "bench-state"
-SHAPES = ("claim", "claim-new", "success", "bucket-lease", "slot-lease")
+SHAPES = (
+    "claim",
+    "claim-new",
+    "success",
+    "bucket-lease",
+    "slot-lease",
+    "get-10",
+    "put-10",
+    "transact-10",
+)
 BUCKET_NAMES = {  # dispatch.shared_throttle._BUCKET_NAMES
     "#tokens": "tokens",
     "#updated": "updated_at",
@@ -96,7 +120,7 @@ def main() -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         payload = {
-            "unit": "ms per UpdateItem (median over rounds)",
+            "unit": "ms per request (median over rounds)",
             "rounds": args.rounds,
             "calls_per_round": args.calls,
             "results": results,
@@ -144,6 +168,9 @@ def _shape(client: Any, shape: str) -> Callable[[int], Iterator[Call]]:
         "success": lambda n: _successes(client, n),
         "bucket-lease": lambda n: _bucket_leases(client, n),
         "slot-lease": lambda n: _slot_leases(client, n),
+        "get-10": lambda n: _batched(client, n, _get_ten),
+        "put-10": lambda n: _batched(client, n, _put_ten),
+        "transact-10": lambda n: _batched(client, n, _transact_ten),
     }[shape]
 
 
@@ -267,6 +294,58 @@ def _update(client: Any, params: dict[str, Any]) -> None:
     client.update_item(**params)
 
 
+def _batched(
+    client: Any, n: int, send: Callable[[Any, list[Envelope], float], None]
+) -> Iterator[Call]:
+    """n requests, each for ten tasks whose queued records exist."""
+    now = time.time()
+    for _ in range(n):
+        envelopes = _envelopes(10)
+        _enqueue(client, envelopes, now)
+        yield functools.partial(send, client, envelopes, now)
+
+
+def _get_ten(client: Any, envelopes: list[Envelope], now: float) -> None:
+    keys = [state.task_key(e.id) for e in envelopes]
+    client.batch_get_item(RequestItems={TABLE: {"Keys": keys, "ConsistentRead": True}})
+
+
+def _put_ten(client: Any, envelopes: list[Envelope], now: float) -> None:
+    items = [{"PutRequest": {"Item": state.queued_item(e, now)}} for e in envelopes]
+    client.batch_write_item(RequestItems={TABLE: items})
+
+
+def _transact_ten(client: Any, envelopes: list[Envelope], now: float) -> None:
+    puts = []
+    for envelope in envelopes:
+        queued = state.queued_item(envelope, now)
+        claimed = {
+            **queued,
+            "status": {"S": "running"},
+            "attempts": {"N": "1"},
+            "message_id": {"S": uuid.uuid4().hex},
+            "started_at": queued["updated_at"],
+            "lease_until": {"N": f"{now + 60:.3f}"},
+        }
+        puts.append(
+            {
+                "Put": {
+                    "TableName": TABLE,
+                    "Item": claimed,
+                    "ConditionExpression": "#s = :seen AND attempts = :a AND updated_at = :u",
+                    "ExpressionAttributeNames": {"#s": "status"},
+                    "ExpressionAttributeValues": {
+                        ":seen": {"S": "queued"},
+                        ":a": {"N": "0"},
+                        ":u": queued["updated_at"],
+                    },
+                    "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+                }
+            }
+        )
+    client.transact_write_items(TransactItems=puts)
+
+
 # --- plumbing ---------------------------------------------------------------------------------
 def _client(aws: LocalAWS) -> Any:
     return boto3.client(
@@ -293,7 +372,7 @@ def print_table(
 ) -> None:
     """One row per shape: CPU ms per request for each emulator, and stock / patched."""
     print(
-        f"Local AWS CPU per DynamoDB UpdateItem, moto 5.2.5 stock vs + dispatch.local patches "
+        f"Local AWS CPU per DynamoDB request, moto 5.2.5 stock vs + dispatch.local patches "
         f"(median of {rounds} rounds x {calls} requests; ms)"
     )
     columns = [f"{name} CPU" for name in results] + [f"{name} RTT" for name in results]
