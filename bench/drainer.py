@@ -45,18 +45,14 @@ from dispatch.config import Settings
 from dispatch.dispatcher import Dispatcher, RunStats
 from dispatch.logs import configure_logging
 
-__all__ = ["GO_LINE", "main", "wait_for_go"]
+__all__ = ["GO_LINE", "harness_parser", "main", "wait_for_go"]
 
 GO_LINE: Final = "go"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one dispatcher as the harness asks; 0 when it ran, 1 when it failed."""
-    parser = argparse.ArgumentParser(prog="python -m bench.drainer")
-    parser.add_argument("--ready", type=Path, required=True, help="created once ready to go")
-    parser.add_argument("--result", type=Path, required=True, help="JSON written on exit")
-    parser.add_argument("--max-run-s", type=float, required=True, help="stop after this long")
-    parser.add_argument("--go-timeout-s", type=float, default=120.0, help="give up waiting for go")
+    parser = harness_parser("python -m bench.drainer")
     parser.add_argument("--until-empty", action="store_true", help="drain the queue and return")
     args = parser.parse_args(argv)
     configure_logging(level="WARNING", json=True)
@@ -118,6 +114,17 @@ async def _run_until_stopped(
         return await dispatcher.run(until_empty=until_empty, for_s=max_run_s)
     finally:
         watcher.cancel()
+
+
+def harness_parser(prog: str) -> argparse.ArgumentParser:
+    """The arguments every benchmark child takes from its harness: where to say it is
+    ready, where to write its result, how long it may run and wait for go."""
+    parser = argparse.ArgumentParser(prog=prog)
+    parser.add_argument("--ready", type=Path, required=True, help="created once ready to go")
+    parser.add_argument("--result", type=Path, required=True, help="JSON written on exit")
+    parser.add_argument("--max-run-s", type=float, required=True, help="stop after this long")
+    parser.add_argument("--go-timeout-s", type=float, default=120.0, help="give up waiting for go")
+    return parser
 
 
 async def wait_for_go(go: asyncio.Event, stop: asyncio.Event, *, timeout_s: float) -> bool:

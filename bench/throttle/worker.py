@@ -41,7 +41,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from bench.drainer import wait_for_go
+from bench.drainer import harness_parser, wait_for_go
 from bench.throttle import tasks
 from dispatch.aws import RequestCounter, async_clients
 from dispatch.config import Settings
@@ -59,11 +59,7 @@ emulator gone, the SDK's retries alone could keep its shutdown busy for minutes.
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one dispatcher as the harness asks; 0 when it ran, 1 when it failed."""
-    parser = argparse.ArgumentParser(prog="python -m bench.throttle.worker")
-    parser.add_argument("--ready", type=Path, required=True, help="created once ready to go")
-    parser.add_argument("--result", type=Path, required=True, help="JSON written on exit")
-    parser.add_argument("--max-run-s", type=float, required=True, help="stop after this long")
-    parser.add_argument("--go-timeout-s", type=float, default=120.0, help="give up waiting for go")
+    parser = harness_parser("python -m bench.throttle.worker")
     parser.add_argument("--max-in-flight", type=int, default=64, help="DispatcherOptions value")
     args = parser.parse_args(argv)
     configure_logging(level="WARNING", json=True)
