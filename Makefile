@@ -15,8 +15,9 @@ run: $(BIN)/.installed
 	$(BIN)/dispatch demo
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check dispatch workers examples tests bench
-	$(BIN)/ruff format --check dispatch workers examples tests bench
+	$(BIN)/ruff check dispatch workers tests bench
+	$(BIN)/ruff format --check dispatch workers tests bench
+	$(BIN)/lint-imports  # the layers in .importlinter; cycles and sizes: tests/unit/test_architecture.py
 	$(BIN)/cfn-lint deploy/template.yaml
 
 typecheck: $(BIN)/.installed
@@ -45,4 +46,4 @@ deploy-check: $(BIN)/.installed
 	$(MAKE) -C deploy check PYTHON=$(abspath $(BIN)/python)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache .grimp_cache

@@ -58,7 +58,7 @@ from bench.scaling import run_scaling
 from bench.sensitivity import run_sensitivity
 from bench.stage import Stage
 from bench.throughput import Run, run_dispatch
-from dispatch.logs import configure_logging
+from dispatch.core.logs import configure_logging
 
 T = TypeVar("T")
 

@@ -18,8 +18,8 @@ from bench.billing import BillingMeter
 from bench.cpu import Utilisation
 from bench.stage import Stage
 from bench.throughput import Phase, Run, requests_by_action
-from dispatch.aws import RequestCounter, sync_clients
-from dispatch.config import Settings
+from dispatch.core.config import Settings
+from dispatch.store.aws import RequestCounter, sync_clients
 
 __all__ = ["drain_baseline", "handle", "run_baseline"]
 

@@ -1,6 +1,6 @@
 """What the requests a client sends would cost on AWS: billed requests and capacity units.
 
-:class:`dispatch.aws.RequestCounter` counts HTTP requests. AWS does not bill all of
+:class:`dispatch.store.aws.RequestCounter` counts HTTP requests. AWS does not bill all of
 them alike, so :class:`BillingMeter`, attached to the same clients, looks at each
 call's parameters and answer (botocore's ``provide-client-params`` and ``after-call``
 events) and applies the billing rules:

@@ -4,7 +4,7 @@ The emulator serves requests on threads that share one GIL, so when it is busy
 its throughput is one core divided by the CPU each request takes, whatever the
 client does. This measures that cost for every request Dispatch and the baseline
 send on the no-op path, one request at a time and with the request shapes
-Dispatch really sends (its own request builders in :mod:`dispatch.state`), as
+Dispatch really sends (its own request builders in :mod:`dispatch.store.state`), as
 emulator CPU per request (``/proc``) and median round-trip time. With the request
 counts per task it predicts the emulator CPU a task needs: the drain ceiling on
 this machine, and the evidence of what limits a throughput figure.
@@ -26,7 +26,7 @@ from typing import Any, Final
 from bench import workload
 from bench.cpu import process_cpu_s
 from bench.stage import Stage
-from dispatch import state
+from dispatch.store import state
 
 __all__ = ["CLAIM_CEILING", "DRAIN_LABELS", "ENQUEUE_LABELS", "run_calibration"]
 

@@ -22,8 +22,8 @@ from typing import Any, Final
 
 from bench import workload
 from bench.stage import Stage
-from dispatch import state
-from dispatch.config import Settings
+from dispatch.core.config import Settings
+from dispatch.store import state
 
 __all__ = ["CALLS", "call_cost_ms"]
 

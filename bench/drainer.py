@@ -7,7 +7,7 @@
 The contract with :mod:`bench.fleet`, which starts it:
 
 * the environment names the queue, table and endpoint (``DISPATCH_*``, ``AWS_*``);
-* it builds its clients and a :class:`~dispatch.dispatcher.Dispatcher` with the
+* it builds its clients and a :class:`~dispatch.loop.dispatcher.Dispatcher` with the
   in-process worker pool, checks them (``Dispatcher.check()``), then creates the
   ``--ready`` file;
 * it starts the loop when it reads the line ``go`` on stdin, so that every
@@ -40,10 +40,10 @@ from typing import Any, Final
 from bench import workload
 from bench.billing import BillingMeter
 from bench.output import write_atomically
-from dispatch.aws import RequestCounter, async_clients
-from dispatch.config import Settings
-from dispatch.dispatcher import Dispatcher, RunStats
-from dispatch.logs import configure_logging
+from dispatch.core.config import Settings
+from dispatch.core.logs import configure_logging
+from dispatch.loop.dispatcher import Dispatcher, RunStats
+from dispatch.store.aws import RequestCounter, async_clients
 
 __all__ = ["GO_LINE", "harness_parser", "main", "wait_for_go"]
 

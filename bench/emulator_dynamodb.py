@@ -4,7 +4,7 @@
     .venv/bin/python bench/emulator_dynamodb.py --only patched   # one emulator only
 
 For each of Dispatch's UpdateItem shapes (the request parameters come from
-dispatch.state and the expressions of dispatch.shared_throttle) it runs rounds of
+dispatch.store.state and the expressions of dispatch.throttle.shared) it runs rounds of
 ``--calls`` sequential requests from one boto3 client and reads the emulator
 process's CPU time (user + system, from /proc) before and after each round: the
 figure is the median over ``--rounds`` rounds of CPU milliseconds per request,
@@ -56,9 +56,9 @@ import boto3
 from botocore.config import Config
 
 from bench.cpu import process_cpu_s
-from dispatch import state
-from dispatch.envelope import Envelope
+from dispatch.core.envelope import Envelope
 from dispatch.local.emulator import LocalAWS
+from dispatch.store import state
 
 TABLE = "bench-state"
 SHAPES = (
@@ -71,7 +71,7 @@ SHAPES = (
     "put-10",
     "transact-10",
 )
-BUCKET_NAMES = {  # dispatch.shared_throttle._BUCKET_NAMES
+BUCKET_NAMES = {  # dispatch.throttle.shared._BUCKET_NAMES
     "#tokens": "tokens",
     "#updated": "updated_at",
     "#rate": "rate",

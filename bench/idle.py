@@ -2,13 +2,13 @@
 
 A simulated hour of schedule ticks (``rate(1 minute)``: 60 of them, back to back;
 fewer in ``--quick``, scaled to the hour): each tick is one invocation of the
-dispatcher function as Lambda would make it, ``dispatch.lambda_handler.handler``
+dispatcher function as Lambda would make it, ``dispatch.aws_lambda.handler.handler``
 with a scheduled event and a Lambda-like context (60 s left). Where that module
 cannot be used, each tick is ``Dispatcher.run(until_empty=True)`` on fresh clients
 instead, and the result says which it was.
 
 Requests are counted from the HTTP requests the invocation's clients send
-(:class:`dispatch.aws.RequestCounter`, plus :class:`bench.billing.BillingMeter`
+(:class:`dispatch.store.aws.RequestCounter`, plus :class:`bench.billing.BillingMeter`
 for billing units), by wrapping the client factory the handler calls. Each tick's
 wall time is its billed duration (rounded up to the millisecond, as Lambda bills),
 priced as GB-seconds at 128 and 256 MB. Beside it: an idle SQS event source
@@ -31,15 +31,15 @@ from bench import prices, workload
 from bench.billing import BillingMeter
 from bench.stage import Stage, settings_env
 from bench.throughput import requests_by_action
-from dispatch.aws import AsyncClients, RequestCounter, async_clients
-from dispatch.config import Settings
-from dispatch.dispatcher import Dispatcher
+from dispatch.core.config import Settings
+from dispatch.loop.dispatcher import Dispatcher
+from dispatch.store.aws import AsyncClients, RequestCounter, async_clients
 
 __all__ = ["FakeLambdaContext", "run_idle"]
 
 _FUNCTION_TIMEOUT_S: Final = 60.0
 _TICK_TIMEOUT_S: Final = 30.0
-HANDLER_METHOD: Final = "dispatch.lambda_handler.handler"
+HANDLER_METHOD: Final = "dispatch.aws_lambda.handler.handler"
 _CLIENT_FACTORY: Final = "async_clients"  # the name the handler module calls its clients by
 FALLBACK_METHOD: Final = "Dispatcher.run(until_empty=True) per tick"
 
@@ -114,11 +114,11 @@ def run_idle(stage: Stage, ticks: int, *, budget_s: float) -> dict[str, Any]:
 def _handler_tick(settings: Settings, requests: RequestCounter, meter: BillingMeter) -> Tick:
     """One invocation of the real dispatcher handler, its clients counted and billed.
 
-    The handler makes its clients with ``dispatch.aws.async_clients`` (imported into
+    The handler makes its clients with ``dispatch.store.aws.async_clients`` (imported into
     its module); for the tick, that name is wrapped to attach the bench's counter
     and meter to each client it makes.
     """
-    from dispatch import lambda_handler
+    from dispatch.aws_lambda import handler as lambda_handler
 
     environ = {**os.environ, **settings_env(settings)}
     handler = lambda_handler.make_handler(registry=workload.registry, environ=environ)

@@ -26,9 +26,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = {
     "interpreter only": "pass",
-    "dispatch.lambda_handler": "import dispatch.lambda_handler",
-    "workers.lambda_handler": "import workers.lambda_handler",
-    "workers.lambda_handler + examples.app": "import workers.lambda_handler, examples.app",
+    "dispatch.aws_lambda.handler": "import dispatch.aws_lambda.handler",
+    "dispatch_workers.lambda_handler": "import dispatch_workers.lambda_handler",
+    "dispatch_workers.lambda_handler + dispatch.local.example.app": (
+        "import dispatch_workers.lambda_handler, dispatch.local.example.app"
+    ),
 }
 
 

@@ -22,8 +22,8 @@ from typing import Any, Final
 from bench import workload
 from bench.fleet import Fleet
 from bench.stage import Stage, environment, settings_env
-from dispatch.config import Settings
-from dispatch.queue import Queue
+from dispatch.core.config import Settings
+from dispatch.producer.enqueue import Queue
 
 __all__ = ["percentile", "run_latency"]
 

@@ -507,7 +507,8 @@ def _requests(sections: Mapping[str, Any]) -> list[str]:
     out = [
         "## 3. AWS requests per task, by service and action (counted)",
         "",
-        "Counted by `dispatch.aws.RequestCounter` on the queue's and the dispatcher's clients "
+        "Counted by `dispatch.store.aws.RequestCounter` on the queue's and the dispatcher's "
+        "clients "
         f"over {req['tasks']:,} tasks per mode (every throughput round).",
         "",
         "| action | full: enqueue | full: drain | full: total | lean: total | baseline |",

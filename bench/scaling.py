@@ -15,7 +15,7 @@ from bench import workload
 from bench.billing import Usage, merge
 from bench.fleet import Fleet
 from bench.stage import EMULATOR, Stage, environment, settings_env
-from dispatch.queue import Queue
+from dispatch.producer.enqueue import Queue
 
 __all__ = ["run_scaling"]
 

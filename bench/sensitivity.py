@@ -12,7 +12,7 @@ from typing import Any, Final
 
 from bench.stage import EMULATOR, Stage
 from bench.throughput import drain, enqueue
-from dispatch.dispatcher import DispatcherOptions
+from dispatch.loop.dispatcher import DispatcherOptions
 
 __all__ = ["VARIANTS", "run_sensitivity"]
 

@@ -13,11 +13,11 @@ from contextlib import contextmanager
 from typing import Final
 
 from bench.cpu import CpuSample
-from dispatch import constants as c
-from dispatch.aws import SyncClients, sync_clients
-from dispatch.config import Endpoint, Settings
+from dispatch.core import constants as c
+from dispatch.core.config import Endpoint, Settings
 from dispatch.local.emulator import LocalAWS, environment
 from dispatch.local.provision import provision
+from dispatch.store.aws import SyncClients, sync_clients
 
 __all__ = ["Stage", "environment", "settings_env"]
 

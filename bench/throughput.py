@@ -2,7 +2,7 @@
 
 The dispatcher runs in this process with its in-process worker pool and default
 options, exactly as ``dispatch run --until-empty`` would; the emulator runs in its
-own. Requests are counted by :class:`dispatch.aws.RequestCounter` attached to the
+own. Requests are counted by :class:`dispatch.store.aws.RequestCounter` attached to the
 queue's clients (enqueue) and the dispatcher's (drain), and billed by
 :class:`bench.billing.BillingMeter` on the same clients.
 """
@@ -19,10 +19,10 @@ from bench.billing import BillingMeter, Usage
 from bench.cpu import Utilisation
 from bench.depth import call_cost_ms
 from bench.stage import Stage
-from dispatch.aws import RequestCounter, async_clients
-from dispatch.config import Settings
-from dispatch.dispatcher import Dispatcher, DispatcherOptions, RunStats
-from dispatch.queue import Queue
+from dispatch.core.config import Settings
+from dispatch.loop.dispatcher import Dispatcher, DispatcherOptions, RunStats
+from dispatch.producer.enqueue import Queue
+from dispatch.store.aws import RequestCounter, async_clients
 
 __all__ = ["Phase", "Run", "drain", "enqueue", "requests_by_action", "run_dispatch"]
 

@@ -14,8 +14,8 @@ import threading
 import time
 from typing import Final
 
-from dispatch.envelope import Message
-from dispatch.registry import Registry, task
+from dispatch.core.envelope import Message
+from dispatch.tasks.registry import Registry, task
 
 __all__ = [
     "NOOP",

@@ -4,8 +4,11 @@
 
 For each package directory it checks that:
 
-1. both handlers' modules are there (``dispatch/lambda_handler.py``,
-   ``workers/lambda_handler.py``) and the task modules' package (``examples``);
+1. both handlers' modules are there (``dispatch/aws_lambda/handler.py``,
+   ``dispatch_workers/lambda_handler.py``) and the example task module the template
+   names by default (``dispatch/local/example/app.py``), and Dispatch's own wheel
+   installed nothing at the top level but ``dispatch`` and ``dispatch_workers`` (a
+   ``workers`` or ``examples`` there would be a stale build, or collide with your code);
 2. every installed distribution's wheel tags fit the target runtime
    (``py3-none-any``, ``cp313-cp313-manylinux...``, ``abi3``): nothing was built
    for this machine's own Python by mistake;
@@ -27,11 +30,13 @@ import sys
 from pathlib import Path
 
 REQUIRED_FILES = (
-    "dispatch/lambda_handler.py",
-    "workers/lambda_handler.py",
-    "examples/app.py",
+    "dispatch/aws_lambda/handler.py",
+    "dispatch_workers/lambda_handler.py",
+    "dispatch/local/example/app.py",
 )
-HANDLERS = ("dispatch.lambda_handler.handler", "workers.lambda_handler.handler")
+HANDLERS = ("dispatch.aws_lambda.handler.handler", "dispatch_workers.lambda_handler.handler")
+DISTRIBUTION = "dispatch_aws"
+TOP_LEVEL = {"dispatch", "dispatch_workers"}
 COMPILED = ("aiohttp._http_parser", "multidict._multidict", "yarl._quoting_c")
 
 IMPORT_PROBE = """
@@ -58,6 +63,19 @@ def wheel_tags(package: Path) -> dict[str, list[str]]:
     return tags
 
 
+def own_top_level(package: Path) -> set[str] | None:
+    """The top-level names Dispatch's wheel installed (from its RECORD), None if not installed."""
+    records = sorted(package.glob(f"{DISTRIBUTION}-*.dist-info/RECORD"))
+    if not records:
+        return None
+    names: set[str] = set()
+    for line in records[0].read_text(encoding="utf-8").splitlines():
+        path = line.rsplit(",", 2)[0]
+        if path and not path.startswith(".."):  # ../../bin/dispatch: the console script
+            names.add(path.split("/", 1)[0])
+    return {name for name in names if not name.endswith(".dist-info")}
+
+
 def tag_fits(tag: str, *, python_version: str) -> bool:
     """True when a wheel tag can be loaded by CPython ``python_version`` on Linux x86_64."""
     interpreter, abi, platform = tag.split("-")
@@ -77,6 +95,13 @@ def check(package: Path, *, python_version: str, target_python: str | None) -> l
     problems = [
         f"{package}: missing {name}" for name in REQUIRED_FILES if not (package / name).is_file()
     ]
+    top_level = own_top_level(package)
+    if top_level is None:
+        problems.append(f"{package}: {DISTRIBUTION} is not installed (no dist-info RECORD)")
+    elif top_level != TOP_LEVEL:
+        problems.append(
+            f"{package}: {DISTRIBUTION} installed {sorted(top_level)}, not {sorted(TOP_LEVEL)}"
+        )
     tags = wheel_tags(package)
     if not tags:
         problems.append(f"{package}: no *.dist-info/WHEEL: not a pip --target install")

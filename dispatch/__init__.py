@@ -14,11 +14,10 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from dispatch.config import Settings
-    from dispatch.context import BatchContext, TaskContext, current_task
-    from dispatch.dispatcher import Dispatcher, DispatcherOptions, RunStats
-    from dispatch.envelope import Message
-    from dispatch.errors import (
+    from dispatch.core.config import Settings
+    from dispatch.core.context import BatchContext, TaskContext, current_task
+    from dispatch.core.envelope import Message
+    from dispatch.core.errors import (
         AWSError,
         Backpressure,
         BatchFailures,
@@ -35,12 +34,13 @@ if TYPE_CHECKING:
         TaskTimeoutError,
         UnknownTaskError,
     )
-    from dispatch.queue import Queue, enqueue_many, enqueue_many_async
-    from dispatch.records import status
-    from dispatch.registry import BatchTask, Registry, Task, TaskSpec, default_registry, task
-    from dispatch.retry import Retry
-    from dispatch.state import Status, TaskRecord
-    from dispatch.throttle import Resource
+    from dispatch.core.record import Status, TaskRecord
+    from dispatch.core.resource import Resource
+    from dispatch.core.retry import Retry
+    from dispatch.loop.dispatcher import Dispatcher, DispatcherOptions, RunStats
+    from dispatch.producer.enqueue import Queue, enqueue_many, enqueue_many_async
+    from dispatch.producer.status import status
+    from dispatch.tasks.registry import BatchTask, Registry, Task, TaskSpec, default_registry, task
 
 __all__ = [
     # declaring tasks
@@ -106,22 +106,22 @@ _ERRORS = [
     "UnknownTaskError",
 ]
 _HOME: dict[str, str] = {
-    **dict.fromkeys(_ERRORS, "dispatch.errors"),
+    **dict.fromkeys(_ERRORS, "dispatch.core.errors"),
     **dict.fromkeys(
         ["BatchTask", "Registry", "Task", "TaskSpec", "default_registry", "task"],
-        "dispatch.registry",
+        "dispatch.tasks.registry",
     ),
-    "Resource": "dispatch.throttle",
-    "Retry": "dispatch.retry",
-    "BatchContext": "dispatch.context",
-    "TaskContext": "dispatch.context",
-    "current_task": "dispatch.context",
-    "Message": "dispatch.envelope",
-    **dict.fromkeys(["Queue", "enqueue_many", "enqueue_many_async"], "dispatch.queue"),
-    **dict.fromkeys(["Dispatcher", "DispatcherOptions", "RunStats"], "dispatch.dispatcher"),
-    "Settings": "dispatch.config",
-    **dict.fromkeys(["Status", "TaskRecord"], "dispatch.state"),
-    "status": "dispatch.records",
+    "Resource": "dispatch.core.resource",
+    "Retry": "dispatch.core.retry",
+    "BatchContext": "dispatch.core.context",
+    "TaskContext": "dispatch.core.context",
+    "current_task": "dispatch.core.context",
+    "Message": "dispatch.core.envelope",
+    **dict.fromkeys(["Queue", "enqueue_many", "enqueue_many_async"], "dispatch.producer.enqueue"),
+    **dict.fromkeys(["Dispatcher", "DispatcherOptions", "RunStats"], "dispatch.loop.dispatcher"),
+    "Settings": "dispatch.core.config",
+    **dict.fromkeys(["Status", "TaskRecord"], "dispatch.core.record"),
+    "status": "dispatch.producer.status",
 }
 
 

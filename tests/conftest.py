@@ -19,7 +19,7 @@ from typing import Any
 import boto3
 import pytest
 
-from dispatch.config import Settings
+from dispatch.core.config import Settings
 from dispatch.local.emulator import LocalAWS
 from dispatch.local.provision import provision
 

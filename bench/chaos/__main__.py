@@ -27,10 +27,10 @@ from rich.table import Table
 
 from bench.chaos.run import FULL, QUICK, REPO_ROOT, ChaosError, run_chaos
 from bench.output import to_json, write_atomically
-from dispatch.aws import sync_clients
-from dispatch.config import Endpoint, Settings
+from dispatch.core.config import Endpoint, Settings
 from dispatch.local.emulator import LocalAWS, environment
 from dispatch.local.provision import provision
+from dispatch.store.aws import sync_clients
 
 RESULTS: Final = REPO_ROOT / "bench" / "results"
 _GATES: Final = ("lost", "rerun_after_success")

@@ -16,7 +16,7 @@ The contract with :mod:`bench.chaos.run`, which starts (and SIGKILLs) it:
   receiving, lets running tasks finish and settle, and exits.
 
 ``--lease-grace-s`` shortens the time the claim's lease outlives a task's timeout
-(:data:`dispatch.state.LEASE_GRACE_S`, 30 s) so that a task whose dispatcher was
+(:data:`dispatch.store.state.LEASE_GRACE_S`, 30 s) so that a task whose dispatcher was
 killed mid-attempt is taken over within the run rather than half a minute later.
 """
 
@@ -32,12 +32,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.chaos import tasks
-from dispatch import state
-from dispatch.aws import async_clients
-from dispatch.config import Settings
-from dispatch.dispatcher import Dispatcher, DispatcherOptions
+from dispatch.core.config import Settings
+from dispatch.core.logs import configure_logging
 from dispatch.local.faults import install_from_env
-from dispatch.logs import configure_logging
+from dispatch.loop.dispatcher import Dispatcher, DispatcherOptions
+from dispatch.store import state
+from dispatch.store.aws import async_clients
 
 __all__ = ["main"]
 

@@ -31,13 +31,13 @@ from typing import IO, Any, Final, Self
 
 from bench.chaos import tasks
 from bench.processes import close_lifelines, kill, stop_all
-from dispatch import constants as c
-from dispatch.aws import SyncClients, sync_clients
-from dispatch.config import Settings
-from dispatch.dlq import iter_dead_letters
+from dispatch.core import constants as c
+from dispatch.core.config import Settings
 from dispatch.local.faults import ENV_FAULTS, FaultKind
-from dispatch.queue import Queue
-from dispatch.state import Status, TaskRecord
+from dispatch.ops.dlq import iter_dead_letters
+from dispatch.producer.enqueue import Queue
+from dispatch.store.aws import SyncClients, sync_clients
+from dispatch.store.state import Status, TaskRecord
 
 __all__ = ["FULL", "QUICK", "ChaosConfig", "ChaosError", "Fleet", "judge", "run_chaos"]
 

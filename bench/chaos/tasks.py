@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Final
 
 from dispatch import PermanentError, Retry, current_task, task
-from dispatch.registry import Registry
+from dispatch.tasks.registry import Registry
 
 __all__ = ["ENV_LEDGER_DIR", "TransientError", "hold", "registry", "work"]
 

@@ -1,7 +1,7 @@
 """``python -m bench.throttle [--quick] [--seconds N]``: the throttle benchmark.
 
 On the embedded local AWS (one emulator for the whole run, emptied before each
-scenario), against the example backend (examples/backend.py), with 1, 2 and 4
+scenario), against the example backend (dispatch/local/example/backend.py), with 1, 2 and 4
 dispatcher processes sharing one resource:
 
 1. accuracy: rates 5, 50 and 200 /s with a burst of 10, the queue kept saturated;
@@ -44,7 +44,7 @@ from bench.throttle.harness import (
     calibrate_emulator,
     run_scenario,
 )
-from dispatch.errors import DispatchError
+from dispatch.core.errors import DispatchError
 from dispatch.local.emulator import LocalAWS, environment
 from dispatch.local.provision import load_template
 

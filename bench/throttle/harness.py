@@ -36,14 +36,14 @@ from botocore.config import Config
 
 from bench.processes import send, stop_all
 from bench.throttle import tasks
-from dispatch import constants as c
-from dispatch.aws import sync_clients
-from dispatch.config import Endpoint, Settings
-from dispatch.envelope import Message
+from dispatch.core import constants as c
+from dispatch.core.config import Endpoint, Settings
+from dispatch.core.envelope import Message
 from dispatch.local.emulator import LocalAWS
+from dispatch.local.example.backend import Backend, BackendStats
 from dispatch.local.provision import provision
-from dispatch.queue import Queue
-from examples.backend import Backend, BackendStats
+from dispatch.producer.enqueue import Queue
+from dispatch.store.aws import sync_clients
 
 __all__ = [
     "RunData",

@@ -1,4 +1,4 @@
-"""The benchmark's task: one call to the protected backend (examples/backend.py).
+"""The benchmark's task: one call to the protected backend (dispatch/local/example/backend.py).
 
 The resource is declared from the environment when this module is imported, so
 every dispatcher process of a scenario (``bench.throttle.worker``) enforces the
@@ -17,7 +17,7 @@ variable                       meaning (default)
 =============================  ===============================================
 
 A 503 from the backend raises :class:`dispatch.Backpressure`, as
-``examples.app.reserve_stock`` does, so the adaptive rate sees the overload.
+``dispatch.local.example.app.reserve_stock`` does, so the adaptive rate sees the overload.
 """
 
 from __future__ import annotations

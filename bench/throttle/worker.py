@@ -43,12 +43,12 @@ from typing import Any, Final
 
 from bench.drainer import harness_parser, wait_for_go
 from bench.throttle import tasks
-from dispatch.aws import RequestCounter, async_clients
-from dispatch.config import Settings
-from dispatch.dispatcher import Dispatcher, DispatcherOptions, RunStats
-from dispatch.logs import configure_logging
-from dispatch.registry import default_registry
-from dispatch.throttle import Permit, ResourceThrottle
+from dispatch.core.config import Settings
+from dispatch.core.logs import configure_logging
+from dispatch.loop.dispatcher import Dispatcher, DispatcherOptions, RunStats
+from dispatch.store.aws import RequestCounter, async_clients
+from dispatch.tasks.registry import default_registry
+from dispatch.throttle.limits import Permit, ResourceThrottle
 
 SNAPSHOT_EVERY_S: Final = 0.5
 GO_LINE: Final = b"go"

@@ -1,1 +1,1 @@
-"""The embedded local AWS: emulator process, provisioning from deploy/template.yaml."""
+"""The local layer, above the Lambda one: the embedded local AWS, demo, dev and the example app."""

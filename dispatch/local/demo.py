@@ -1,7 +1,7 @@
 """`dispatch demo`: the example workload end to end on the embedded local AWS.
 
 Boots the emulator, creates the queue, DLQ and table from deploy/template.yaml,
-enqueues the workload from :mod:`examples.workload` (plus a foreign producer's
+enqueues the workload from :mod:`dispatch.local.example.workload` (plus a foreign producer's
 malformed messages), drains the queue with one dispatcher and in-process
 workers, and prints what happened, with AWS requests per task counted from the
 requests actually sent.
@@ -13,21 +13,24 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from dispatch.aws import RequestCounter, async_clients, sync_client
-from dispatch.config import Endpoint, Settings
-from dispatch.dispatcher import Dispatcher, RunStats
+from dispatch.core.config import Endpoint, Settings
 from dispatch.local.emulator import LocalAWS, environment
 from dispatch.local.provision import provision
-from dispatch.queue import Queue
-from dispatch.registry import default_registry
-from dispatch.throttle import ThrottleSnapshot
+from dispatch.loop.dispatcher import Dispatcher, RunStats
+from dispatch.producer.enqueue import Queue
+from dispatch.store.aws import RequestCounter, async_clients, sync_client
+from dispatch.tasks.registry import default_registry
+from dispatch.throttle.limits import ThrottleSnapshot
+
+if TYPE_CHECKING:
+    from dispatch.local.example.backend import Backend, BackendStats
 
 __all__ = ["DemoResult", "run_demo"]
 
@@ -67,8 +70,8 @@ class DemoResult:
 
 def run_demo(*, orders: int = 240, console: Console | None = None) -> DemoResult:
     """Run the demo on a fresh embedded local AWS; print progress and the summary."""
-    from examples import app, workload
-    from examples.backend import Backend
+    from dispatch.local.example import app, workload
+    from dispatch.local.example.backend import Backend
 
     console = console or Console()
     with (
@@ -80,75 +83,111 @@ def run_demo(*, orders: int = 240, console: Console | None = None) -> DemoResult
             f"[bold]Embedded local AWS[/] on {aws.endpoint_url}; warehouse API on {backend.url} "
             f"(serves {backend.stats().capacity} requests at once, 503 beyond)"
         )
-        endpoint = Endpoint(region=aws.region, endpoint_url=aws.endpoint_url)
-        sqs, dynamodb = sync_client("sqs", endpoint), sync_client("dynamodb", endpoint)
-        resources = provision(sqs, dynamodb, prefix="demo")
-        settings = Settings(
-            queue_url=resources.queue_url,
-            dlq_url=resources.dlq_url,
-            table=resources.table,
-            region=aws.region,
-            endpoint_url=aws.endpoint_url,
-        )
-        console.print(
-            f"Created queue [cyan]{resources.queue_url.rsplit('/', 1)[-1]}[/], dead-letter queue "
-            f"[cyan]{resources.dlq_url.rsplit('/', 1)[-1]}[/] and table [cyan]{resources.table}[/] "
-            "from deploy/template.yaml"
-        )
-        warehouse_calls = orders
-        unthrottled = asyncio.run(_burst_without_throttle(backend.url, warehouse_calls))
-        backend.reset()
-        console.print(
-            f"Without a throttle, the same {warehouse_calls} warehouse calls at once got "
-            f"[red]{unthrottled} overload (503) answers[/]"
-        )
+        sqs, settings = _provision(aws, console)
+        unthrottled = _overloads_without_throttle(backend, calls=orders, console=console)
         counter = RequestCounter()
-        messages = workload.messages(orders)
-        queue = Queue(settings, counter=counter)
-        started = time.perf_counter()
-        with _progress(console) as progress:
-            bar = progress.add_task("enqueue", total=len(messages))
-            for start in range(0, len(messages), 50):
-                chunk = messages[start : start + 50]
-                queue.enqueue_many(chunk)
-                progress.advance(bar, len(chunk))
-        enqueue_s = time.perf_counter() - started
-        for body in workload.FOREIGN_BODIES:
-            sqs.send_message(QueueUrl=resources.queue_url, MessageBody=body)
-        console.print(
-            f"Enqueued {len(messages)} tasks in {enqueue_s:.2f} s, and "
-            f"{len(workload.FOREIGN_BODIES)} malformed messages from a foreign producer"
+        enqueued, enqueue_s = _enqueue(
+            settings, sqs, orders=orders, counter=counter, console=console
         )
-        total = len(messages) + len(workload.FOREIGN_BODIES)
+        total = enqueued + len(workload.FOREIGN_BODIES)
         stats, snapshots = asyncio.run(_drain(settings, counter, total, console))
-        seen = backend.stats()
-        reports = tuple(
-            ResourceReport(
-                name=snap.name,
-                rate_limit_per_s=snap.configured_rate_per_s,
-                achieved_rate_per_s=_achieved_rate(seen.arrivals),
-                max_concurrency=snap.max_concurrency,
-                peak_concurrency=seen.peak_in_flight,
-                overloads=seen.overloads,
-                overloads_without_throttle=unthrottled,
-                waits=snap.waits,
-                wait_total_s=snap.wait_total_s,
-            )
-            for snap in snapshots
-            if snap.name == app.WAREHOUSE.name
+        reports = _resource_reports(
+            snapshots, backend.stats(), resource=app.WAREHOUSE.name, unthrottled=unthrottled
         )
-        problems = _check(stats, workload.expected(orders), total, reports)
         result = DemoResult(
-            enqueued=len(messages),
+            enqueued=enqueued,
             foreign=len(workload.FOREIGN_BODIES),
             stats=stats,
             requests=counter.snapshot(),
             enqueue_s=enqueue_s,
             resources=reports,
-            problems=tuple(problems),
+            problems=tuple(_check(stats, workload.expected(orders), total, reports)),
         )
         _summary(console, result)
         return result
+
+
+def _provision(aws: LocalAWS, console: Console) -> tuple[Any, Settings]:
+    """Create the queue, DLQ and table from deploy/template.yaml; an SQS client and the
+    settings that name them."""
+    endpoint = Endpoint(region=aws.region, endpoint_url=aws.endpoint_url)
+    sqs, dynamodb = sync_client("sqs", endpoint), sync_client("dynamodb", endpoint)
+    resources = provision(sqs, dynamodb, prefix="demo")
+    settings = Settings(
+        queue_url=resources.queue_url,
+        dlq_url=resources.dlq_url,
+        table=resources.table,
+        region=aws.region,
+        endpoint_url=aws.endpoint_url,
+    )
+    console.print(
+        f"Created queue [cyan]{resources.queue_url.rsplit('/', 1)[-1]}[/], dead-letter queue "
+        f"[cyan]{resources.dlq_url.rsplit('/', 1)[-1]}[/] and table [cyan]{resources.table}[/] "
+        "from deploy/template.yaml"
+    )
+    return sqs, settings
+
+
+def _overloads_without_throttle(backend: Backend, *, calls: int, console: Console) -> int:
+    """What the warehouse answers to ``calls`` calls at once, with no throttle: the 503s."""
+    unthrottled = asyncio.run(_burst_without_throttle(backend.url, calls))
+    backend.reset()
+    console.print(
+        f"Without a throttle, the same {calls} warehouse calls at once got "
+        f"[red]{unthrottled} overload (503) answers[/]"
+    )
+    return unthrottled
+
+
+def _enqueue(
+    settings: Settings, sqs: Any, *, orders: int, counter: RequestCounter, console: Console
+) -> tuple[int, float]:
+    """Enqueue the workload in batches of 50, then a foreign producer's malformed messages;
+    the tasks enqueued and the seconds it took."""
+    from dispatch.local.example import workload
+
+    messages = workload.messages(orders)
+    queue = Queue(settings, counter=counter)
+    started = time.perf_counter()
+    with _progress(console) as progress:
+        bar = progress.add_task("enqueue", total=len(messages))
+        for start in range(0, len(messages), 50):
+            chunk = messages[start : start + 50]
+            queue.enqueue_many(chunk)
+            progress.advance(bar, len(chunk))
+    enqueue_s = time.perf_counter() - started
+    for body in workload.FOREIGN_BODIES:
+        sqs.send_message(QueueUrl=settings.queue_url, MessageBody=body)
+    console.print(
+        f"Enqueued {len(messages)} tasks in {enqueue_s:.2f} s, and "
+        f"{len(workload.FOREIGN_BODIES)} malformed messages from a foreign producer"
+    )
+    return len(messages), enqueue_s
+
+
+def _resource_reports(
+    snapshots: tuple[ThrottleSnapshot, ...],
+    seen: BackendStats,
+    *,
+    resource: str,
+    unthrottled: int,
+) -> tuple[ResourceReport, ...]:
+    """The throttle's figures for ``resource`` beside what its backend saw."""
+    return tuple(
+        ResourceReport(
+            name=snap.name,
+            rate_limit_per_s=snap.configured_rate_per_s,
+            achieved_rate_per_s=_achieved_rate(seen.arrivals),
+            max_concurrency=snap.max_concurrency,
+            peak_concurrency=seen.peak_in_flight,
+            overloads=seen.overloads,
+            overloads_without_throttle=unthrottled,
+            waits=snap.waits,
+            wait_total_s=snap.wait_total_s,
+        )
+        for snap in snapshots
+        if snap.name == resource
+    )
 
 
 async def _burst_without_throttle(base_url: str, calls: int) -> int:
@@ -234,13 +273,26 @@ def _check(
 
 
 def _summary(console: Console, result: DemoResult) -> None:
-    stats = result.stats
-    tasks = result.enqueued + result.foreign
+    """Print the outcome, each protected resource's figures, the AWS requests per task,
+    and the problems found (or that there were none)."""
+    console.print(_outcome_table(result.stats, enqueued=result.enqueued, foreign=result.foreign))
+    for report in result.resources:
+        console.print(_resource_table(report))
+    console.print(_requests_table(result.requests, tasks=result.enqueued + result.foreign))
+    if result.problems:
+        for problem in result.problems:
+            console.print(f"[bold red]problem:[/] {problem}")
+    else:
+        console.print("[bold green]Every task accounted for: none lost, none run twice.[/]")
+
+
+def _outcome_table(stats: RunStats, *, enqueued: int, foreign: int) -> Table:
+    """What became of the tasks: succeeded, retried, dead-lettered (and why), how fast."""
     table = Table(title="Dispatch demo", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column(justify="right")
-    table.add_row("tasks enqueued", str(result.enqueued))
-    table.add_row("foreign malformed messages", str(result.foreign))
+    table.add_row("tasks enqueued", str(enqueued))
+    table.add_row("foreign malformed messages", str(foreign))
     table.add_row("succeeded", f"[green]{stats.succeeded}[/]")
     table.add_row("retries (same message, backoff)", str(stats.retried))
     table.add_row("dead-lettered", f"[red]{stats.dead}[/]")
@@ -253,41 +305,39 @@ def _summary(console: Console, result: DemoResult) -> None:
         "drain throughput",
         f"{(stats.succeeded + stats.dead) / max(stats.wall_s, 1e-9):.0f} tasks/s",
     )
-    console.print(table)
+    return table
 
-    for report in result.resources:
-        limit = f"{report.rate_limit_per_s:g}/s" if report.rate_limit_per_s else "no limit"
-        cap = str(report.max_concurrency) if report.max_concurrency else "no cap"
-        mean = report.wait_total_s / report.waits if report.waits else 0.0
-        throttle = Table(
-            title=f"Protected resource {report.name} (as its backend saw it)",
-            show_header=False,
-            title_justify="left",
-        )
-        throttle.add_column(style="bold")
-        throttle.add_column(justify="right")
-        throttle.add_row("rate achieved / limit", f"{report.achieved_rate_per_s:.1f}/s / {limit}")
-        throttle.add_row("peak at once / cap", f"{report.peak_concurrency} / {cap}")
-        throttle.add_row("overload answers (503)", f"[green]{report.overloads}[/]")
-        throttle.add_row(
-            "  same calls without a throttle", f"[red]{report.overloads_without_throttle}[/]"
-        )
-        throttle.add_row("tasks that waited for it", str(report.waits))
-        throttle.add_row("  mean wait", f"{mean:.2f} s")
-        console.print(throttle)
 
-    requests = Table(title="AWS requests per task (counted, all phases)", title_justify="left")
-    requests.add_column("service")
-    requests.add_column("action")
-    requests.add_column("requests", justify="right")
-    requests.add_column("per task", justify="right")
-    for (service, action), count in sorted(result.requests.items()):
-        requests.add_row(service, action, str(count), f"{count / tasks:.3f}")
-    total = sum(result.requests.values())
-    requests.add_row("[bold]all[/]", "", f"[bold]{total}[/]", f"[bold]{total / tasks:.3f}[/]")
-    console.print(requests)
-    if result.problems:
-        for problem in result.problems:
-            console.print(f"[bold red]problem:[/] {problem}")
-    else:
-        console.print("[bold green]Every task accounted for: none lost, none run twice.[/]")
+def _resource_table(report: ResourceReport) -> Table:
+    """One protected resource as its backend saw it, beside the same calls unthrottled."""
+    limit = f"{report.rate_limit_per_s:g}/s" if report.rate_limit_per_s else "no limit"
+    cap = str(report.max_concurrency) if report.max_concurrency else "no cap"
+    mean = report.wait_total_s / report.waits if report.waits else 0.0
+    table = Table(
+        title=f"Protected resource {report.name} (as its backend saw it)",
+        show_header=False,
+        title_justify="left",
+    )
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    table.add_row("rate achieved / limit", f"{report.achieved_rate_per_s:.1f}/s / {limit}")
+    table.add_row("peak at once / cap", f"{report.peak_concurrency} / {cap}")
+    table.add_row("overload answers (503)", f"[green]{report.overloads}[/]")
+    table.add_row("  same calls without a throttle", f"[red]{report.overloads_without_throttle}[/]")
+    table.add_row("tasks that waited for it", str(report.waits))
+    table.add_row("  mean wait", f"{mean:.2f} s")
+    return table
+
+
+def _requests_table(requests: dict[tuple[str, str], int], *, tasks: int) -> Table:
+    """The AWS requests actually sent, per service and action, and per task."""
+    table = Table(title="AWS requests per task (counted, all phases)", title_justify="left")
+    table.add_column("service")
+    table.add_column("action")
+    table.add_column("requests", justify="right")
+    table.add_column("per task", justify="right")
+    for (service, action), count in sorted(requests.items()):
+        table.add_row(service, action, str(count), f"{count / tasks:.3f}")
+    total = sum(requests.values())
+    table.add_row("[bold]all[/]", "", f"[bold]{total}[/]", f"[bold]{total / tasks:.3f}[/]")
+    return table

@@ -6,8 +6,8 @@ AWS (queue, DLQ and table provisioned from deploy/template.yaml).
 
 With ``lambda_mode``: the deployed topology, without Docker. A local Lambda
 Invoke endpoint (:mod:`dispatch.local.lambda_endpoint`) serves the worker
-function (``workers.lambda_handler``) and the dispatcher function
-(``dispatch.lambda_handler``); a local schedule (the template's
+function (``dispatch_workers.lambda_handler``) and the dispatcher function
+(``dispatch.aws_lambda.handler``); a local schedule (the template's
 ``DispatchSchedule``, or ``schedule=``) sends EventBridge's scheduled event to
 the dispatcher with ``InvocationType=Event`` over HTTP, as EventBridge does;
 each invocation has the function's real deadline; the dispatcher fans out to the
@@ -34,12 +34,9 @@ from typing import Any, Final
 
 from rich.console import Console
 
-from dispatch import constants as c
-from dispatch import lambda_handler as dispatcher_function
-from dispatch.aws import async_clients, sync_client
-from dispatch.aws_retry import INVOKE_RETRY
-from dispatch.config import Endpoint, Settings, parse_task_modules
-from dispatch.cron import parse
+from dispatch.aws_lambda import handler as dispatcher_function
+from dispatch.core import constants as c
+from dispatch.core.config import Endpoint, Settings, parse_task_modules
 from dispatch.local.emulator import LocalAWS, environment
 from dispatch.local.lambda_endpoint import (
     ACCOUNT_ID,
@@ -48,11 +45,14 @@ from dispatch.local.lambda_endpoint import (
     function_arn,
 )
 from dispatch.local.provision import load_template, provision
-from dispatch.registry import Registry, default_registry
+from dispatch.store.aws import async_clients, sync_client
+from dispatch.store.aws_retry import INVOKE_RETRY
+from dispatch.tasks.cron import Schedule, parse
+from dispatch.tasks.registry import Registry, default_registry
 
 __all__ = ["DevEnvironment", "DevSummary", "run_dev", "scheduled_event"]
 
-DEFAULT_TASKS: Final = "examples.app"
+DEFAULT_TASKS: Final = "dispatch.local.example.app"
 SHUTDOWN_GRACE_S: Final = 10.0
 """On stop, running invocations get this long to stop receiving, settle and release."""
 
@@ -120,39 +120,55 @@ def run_dev(
     modules = parse_task_modules(tasks or os.environ.get(c.ENV_TASKS) or DEFAULT_TASKS)
     registry.import_modules(modules)
     with LocalAWS.start() as aws, contextlib.ExitStack() as extras:
-        local = Endpoint(region=aws.region, endpoint_url=aws.endpoint_url)
-        options: dict[str, Any] = {
-            "aws_access_key_id": aws.env()["AWS_ACCESS_KEY_ID"],
-            "aws_secret_access_key": aws.env()["AWS_SECRET_ACCESS_KEY"],
-        }
-        resources = provision(
-            sync_client("sqs", local, **options),
-            sync_client("dynamodb", local, **options),
-            prefix=prefix,
-        )
-        env = {**aws.env(), **resources.as_env(), c.ENV_TASKS: ",".join(modules)}
+        env = {**_provision(aws, prefix=prefix), c.ENV_TASKS: ",".join(modules)}
         env.update(_example_backend(modules, extras, console))
         if not lambda_mode:
-            with environment(env):
-                _print_exports(console, env)
-                if on_ready is not None:
-                    on_ready(DevEnvironment(env, None, None, None))
-                console.print("dispatcher and in-process workers running; Ctrl-C stops")
-                asyncio.run(_run_in_process(Settings.from_env(), registry, stop))
+            _serve_in_process(env, registry, console=console, stop=stop, on_ready=on_ready)
             return DevSummary()
-        return _run_lambda_topology(
-            env,
-            registry=registry,
+        topology = _Topology(
             prefix=prefix,
             schedule=schedule or _template_schedule(),
             dispatcher_timeout_s=dispatcher_timeout_s,
             worker_timeout_s=worker_timeout_s,
             worker_concurrency=worker_concurrency,
             lease_cap=lease_cap,
-            console=console,
-            stop=stop,
-            on_ready=on_ready,
         )
+        return _run_lambda_topology(
+            env, topology, registry=registry, console=console, stop=stop, on_ready=on_ready
+        )
+
+
+def _provision(aws: LocalAWS, *, prefix: str) -> dict[str, str]:
+    """Create the queue, DLQ and table from deploy/template.yaml on the emulator; the
+    environment that points at them."""
+    local = Endpoint(region=aws.region, endpoint_url=aws.endpoint_url)
+    options: dict[str, Any] = {
+        "aws_access_key_id": aws.env()["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": aws.env()["AWS_SECRET_ACCESS_KEY"],
+    }
+    resources = provision(
+        sync_client("sqs", local, **options),
+        sync_client("dynamodb", local, **options),
+        prefix=prefix,
+    )
+    return {**aws.env(), **resources.as_env()}
+
+
+def _serve_in_process(
+    env: dict[str, str],
+    registry: Registry,
+    *,
+    console: Console,
+    stop: threading.Event,
+    on_ready: Callable[[DevEnvironment], None] | None,
+) -> None:
+    """Run the dispatcher loop and the in-process workers here until stopped."""
+    with environment(env):
+        _print_exports(console, env)
+        if on_ready is not None:
+            on_ready(DevEnvironment(env, None, None, None))
+        console.print("dispatcher and in-process workers running; Ctrl-C stops")
+        asyncio.run(_run_in_process(Settings.from_env(), registry, stop))
 
 
 def _example_backend(
@@ -162,100 +178,162 @@ def _example_backend(
     (as the demo does), so its ``reserve_stock`` tasks have something to call."""
     if DEFAULT_TASKS not in modules or os.environ.get("EXAMPLE_BACKEND_URL"):
         return {}
-    from examples import app
-    from examples.backend import Backend
+    from dispatch.local.example import app
+    from dispatch.local.example.backend import Backend
 
     backend = extras.enter_context(Backend.start(capacity=app.WAREHOUSE.max_concurrency or 1))
-    console.print(f"example warehouse API on {backend.url} (for examples.app's reserve_stock)")
+    console.print(
+        f"example warehouse API on {backend.url} (for dispatch.local.example.app's reserve_stock)"
+    )
     return {app.BACKEND_URL_ENV: backend.url}
+
+
+@dataclass(frozen=True, slots=True)
+class _Topology:
+    """The deployed topology as ``dispatch dev --lambda`` runs it: two functions and a schedule."""
+
+    prefix: str
+    schedule: str  # an EventBridge rate() or cron() expression
+    dispatcher_timeout_s: float
+    worker_timeout_s: float
+    worker_concurrency: int  # the worker function's reserved concurrency
+    lease_cap: int  # dispatchers per queue at once
+
+    @property
+    def dispatcher_name(self) -> str:
+        """The dispatcher function's name."""
+        return f"{self.prefix}-dispatcher"
+
+    @property
+    def worker_name(self) -> str:
+        """The worker function's name."""
+        return f"{self.prefix}-worker"
 
 
 def _run_lambda_topology(
     env: dict[str, str],
+    topology: _Topology,
     *,
     registry: Registry,
-    prefix: str,
-    schedule: str,
-    dispatcher_timeout_s: float,
-    worker_timeout_s: float,
-    worker_concurrency: int,
-    lease_cap: int,
     console: Console,
     stop: threading.Event,
     on_ready: Callable[[DevEnvironment], None] | None,
 ) -> DevSummary:
-    from workers import lambda_handler as worker_function
-
-    dispatcher_name, worker_name = f"{prefix}-dispatcher", f"{prefix}-worker"
-    functions = [
-        LocalFunction(
-            worker_name,
-            worker_function.make_handler(registry=registry),
-            timeout_s=worker_timeout_s,
-            reserved_concurrency=worker_concurrency,
-        ),
-        LocalFunction(
-            dispatcher_name,
-            dispatcher_function.make_handler(registry=registry),
-            timeout_s=dispatcher_timeout_s,
-        ),
-    ]
+    """Serve both functions on a local Invoke endpoint and send the dispatcher its
+    scheduled events until stopped; then let running invocations settle."""
     summary = DevSummary()
-    parsed = parse(schedule)
+    parsed = parse(topology.schedule)
+    functions = _local_functions(topology, registry)
     with LocalLambda.start(functions, region=env[c.ENV_REGION]) as endpoint:
-        target = function_arn(dispatcher_name, qualifier="live", region=endpoint.region)
-        env = {
-            **env,
-            dispatcher_function.ENV_LAMBDA_ENDPOINT_URL: endpoint.endpoint_url,
-            dispatcher_function.ENV_WORKER_FUNCTION: f"{worker_name}:live",
-            dispatcher_function.ENV_WORKER_TIMEOUT_S: str(worker_timeout_s),
-            dispatcher_function.ENV_LEASE_CAP: str(lease_cap),
-            dispatcher_function.ENV_SCALE_OUT_FUNCTION: target,
-        }
+        target = function_arn(topology.dispatcher_name, qualifier="live", region=endpoint.region)
+        env = _lambda_env(env, topology, endpoint_url=endpoint.endpoint_url, target=target)
         with environment(env):
             _print_exports(console, env)
             console.print(
-                f"Lambda Invoke endpoint on {endpoint.endpoint_url}: {dispatcher_name} "
-                f"(timeout {dispatcher_timeout_s:g} s) on {parsed.expression}, {worker_name} "
-                f"(timeout {worker_timeout_s:g} s, reserved concurrency {worker_concurrency}); "
-                "Ctrl-C stops"
+                f"Lambda Invoke endpoint on {endpoint.endpoint_url}: {topology.dispatcher_name} "
+                f"(timeout {topology.dispatcher_timeout_s:g} s) on {parsed.expression}, "
+                f"{topology.worker_name} (timeout {topology.worker_timeout_s:g} s, reserved "
+                f"concurrency {topology.worker_concurrency}); Ctrl-C stops"
             )
             if on_ready is not None:
-                on_ready(DevEnvironment(env, endpoint.endpoint_url, target, f"{worker_name}:live"))
-            client = sync_client(
-                "lambda",
-                Endpoint(region=endpoint.region, endpoint_url=endpoint.endpoint_url),
-                retry=INVOKE_RETRY,
-                aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-                aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-            )
+                worker = f"{topology.worker_name}:live"
+                on_ready(DevEnvironment(env, endpoint.endpoint_url, target, worker))
             try:
-                when = datetime.now(UTC)
-                while not stop.is_set():
-                    event = scheduled_event(when, rule=f"{prefix}-tick", region=endpoint.region)
-                    client.invoke(
-                        FunctionName=target, InvocationType="Event", Payload=json.dumps(event)
-                    )
-                    summary.ticks += 1
-                    console.print(f"{when:%H:%M:%S} tick {summary.ticks}: {_tally(endpoint)}")
-                    next_fire = parsed.next_after(datetime.now(UTC))
-                    if next_fire is None:
-                        break
-                    stop.wait(max(0.0, (next_fire - datetime.now(UTC)).total_seconds()))
-                    when = next_fire
+                _tick(
+                    env,
+                    endpoint,
+                    target,
+                    parsed,
+                    prefix=topology.prefix,
+                    console=console,
+                    stop=stop,
+                    summary=summary,
+                )
             except KeyboardInterrupt:
                 console.print("stopping: running invocations settle and release")
             finally:
-                endpoint.expire_running(within_s=SHUTDOWN_GRACE_S)
-                endpoint.wait_idle(timeout_s=SHUTDOWN_GRACE_S + 5)
-                for invocation in endpoint.invocations:
-                    key = f"{invocation.function} {invocation.status}"
-                    summary.invocations[key] = summary.invocations.get(key, 0) + 1
+                _let_running_finish(endpoint, summary)
     return summary
 
 
+def _local_functions(topology: _Topology, registry: Registry) -> list[LocalFunction]:
+    """The worker and the dispatcher function, with the template's settings."""
+    from dispatch_workers import lambda_handler as worker_function
+
+    return [
+        LocalFunction(
+            topology.worker_name,
+            worker_function.make_handler(registry=registry),
+            timeout_s=topology.worker_timeout_s,
+            reserved_concurrency=topology.worker_concurrency,
+        ),
+        LocalFunction(
+            topology.dispatcher_name,
+            dispatcher_function.make_handler(registry=registry),
+            timeout_s=topology.dispatcher_timeout_s,
+        ),
+    ]
+
+
+def _lambda_env(
+    env: Mapping[str, str], topology: _Topology, *, endpoint_url: str, target: str
+) -> dict[str, str]:
+    """``env`` plus the dispatcher function's settings, as the template sets them."""
+    return {
+        **env,
+        dispatcher_function.ENV_LAMBDA_ENDPOINT_URL: endpoint_url,
+        dispatcher_function.ENV_WORKER_FUNCTION: f"{topology.worker_name}:live",
+        dispatcher_function.ENV_WORKER_TIMEOUT_S: str(topology.worker_timeout_s),
+        dispatcher_function.ENV_LEASE_CAP: str(topology.lease_cap),
+        dispatcher_function.ENV_SCALE_OUT_FUNCTION: target,
+    }
+
+
+def _tick(
+    env: Mapping[str, str],
+    endpoint: LocalLambda,
+    target: str,
+    schedule: Schedule,
+    *,
+    prefix: str,
+    console: Console,
+    stop: threading.Event,
+    summary: DevSummary,
+) -> None:
+    """Send the dispatcher EventBridge's scheduled event at each fire time (the first at
+    once), with ``InvocationType=Event``, until ``stop`` is set or the schedule ends."""
+    client = sync_client(
+        "lambda",
+        Endpoint(region=endpoint.region, endpoint_url=endpoint.endpoint_url),
+        retry=INVOKE_RETRY,
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+    )
+    when = datetime.now(UTC)
+    while not stop.is_set():
+        event = scheduled_event(when, rule=f"{prefix}-tick", region=endpoint.region)
+        client.invoke(FunctionName=target, InvocationType="Event", Payload=json.dumps(event))
+        summary.ticks += 1
+        console.print(f"{when:%H:%M:%S} tick {summary.ticks}: {_tally(endpoint)}")
+        next_fire = schedule.next_after(datetime.now(UTC))
+        if next_fire is None:
+            break
+        stop.wait(max(0.0, (next_fire - datetime.now(UTC)).total_seconds()))
+        when = next_fire
+
+
+def _let_running_finish(endpoint: LocalLambda, summary: DevSummary) -> None:
+    """Bring running invocations' deadline forward so they settle and release; wait for
+    them, and count every invocation by function and status."""
+    endpoint.expire_running(within_s=SHUTDOWN_GRACE_S)
+    endpoint.wait_idle(timeout_s=SHUTDOWN_GRACE_S + 5)
+    for invocation in endpoint.invocations:
+        key = f"{invocation.function} {invocation.status}"
+        summary.invocations[key] = summary.invocations.get(key, 0) + 1
+
+
 async def _run_in_process(settings: Settings, registry: Registry, stop: threading.Event) -> None:
-    from dispatch.dispatcher import Dispatcher
+    from dispatch.loop.dispatcher import Dispatcher
 
     async with async_clients(settings) as clients:
         dispatcher = Dispatcher(settings, clients=clients, registry=registry)

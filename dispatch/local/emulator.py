@@ -33,8 +33,8 @@ from types import TracebackType
 from typing import IO, Final, Self
 
 import dispatch
-from dispatch import constants as c
-from dispatch.errors import AWSError, DispatchError
+from dispatch.core import constants as c
+from dispatch.core.errors import AWSError, DispatchError
 from dispatch.local.server import HOST, READY_PREFIX
 
 # moto accepts any credentials; these only have to exist so that botocore signs
@@ -76,7 +76,7 @@ class LocalAWS:
         ``round_trip_ms`` (e.g. ``{"sqs": 20, "dynamodb": 5}``) holds each request
         to those services that long, standing in for the network to AWS
         (``--round-trip-ms`` in :mod:`dispatch.local.server`).
-        Raises :class:`~dispatch.errors.DispatchError` with the child's stderr if
+        Raises :class:`~dispatch.core.errors.DispatchError` with the child's stderr if
         it does not report ready within ``startup_timeout_s``.
         """
         command = [sys.executable, "-m", "dispatch.local.server", "--port", str(port)]

@@ -20,8 +20,8 @@ It counts what it injected, by kind (:attr:`FaultInjector.counts`).
 
 Testing only. Nothing in production reads :data:`ENV_FAULTS`: the chaos run's
 dispatcher processes call :func:`install_from_env`, which puts an injector on
-every client :mod:`dispatch.aws` makes from then on (through its testing hook
-:data:`dispatch.aws.CLIENT_HOOKS`).
+every client :mod:`dispatch.store.aws` makes from then on (through its testing hook
+:data:`dispatch.store.aws.CLIENT_HOOKS`).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from aiobotocore.client import AioBaseClient
 from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ConnectionClosedError, EndpointConnectionError, ReadTimeoutError
 
-from dispatch.aws import CLIENT_HOOKS
+from dispatch.store.aws import CLIENT_HOOKS
 
 __all__ = ["ENV_FAULTS", "FaultInjector", "FaultKind", "install_from_env"]
 
@@ -138,7 +138,7 @@ class FaultInjector:
 
     @contextmanager
     def installed(self) -> Iterator[FaultInjector]:
-        """Attach to every client :mod:`dispatch.aws` makes inside the block."""
+        """Attach to every client :mod:`dispatch.store.aws` makes inside the block."""
         CLIENT_HOOKS.append(self.attach)
         try:
             yield self

@@ -7,7 +7,7 @@ the unmodified boto3/aiobotocore Lambda client works against it (point
 ``AWS_ENDPOINT_URL_LAMBDA`` at :attr:`LocalLambda.endpoint_url`), and runs the
 function's Python handler in-process, in a thread, with a Lambda-like context::
 
-    with LocalLambda.start([LocalFunction("worker", workers.lambda_handler.handler,
+    with LocalLambda.start([LocalFunction("worker", dispatch_workers.lambda_handler.handler,
                                           timeout_s=60, reserved_concurrency=10)]) as lam:
         os.environ["AWS_ENDPOINT_URL_LAMBDA"] = lam.endpoint_url
         ...
@@ -56,7 +56,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Final, Self
 
-from dispatch import constants as c
+from dispatch.core import constants as c
 
 __all__ = [
     "ACCOUNT_ID",

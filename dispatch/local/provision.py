@@ -28,8 +28,9 @@ from typing import TYPE_CHECKING, Any, Final
 import yaml
 from botocore.exceptions import ClientError
 
-from dispatch import constants as c
-from dispatch.errors import AWSError, ConfigurationError
+from dispatch.core import constants as c
+from dispatch.core.errors import AWSError, ConfigurationError
+from dispatch.store.aws import error_code
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -404,7 +405,7 @@ def _ensure_queue(sqs: SQSClient, name: str, properties: Mapping[str, Any]) -> t
         except ClientError as exc:
             # AWS refuses CreateQueue when the queue exists with other attributes;
             # idempotent provisioning updates it to the template's instead.
-            if _error_code(exc) not in ("QueueAlreadyExists", "QueueNameExists"):
+            if error_code(exc) not in ("QueueAlreadyExists", "QueueNameExists"):
                 raise
             url = sqs.get_queue_url(QueueName=name)["QueueUrl"]
             # FifoQueue cannot change (nor be set again) on an existing queue.
@@ -463,7 +464,7 @@ def _ensure_table(dynamodb: DynamoDBClient, name: str, properties: Mapping[str, 
         try:
             dynamodb.create_table(**request)
         except ClientError as exc:
-            if _error_code(exc) != "ResourceInUseException":
+            if error_code(exc) != "ResourceInUseException":
                 raise
             _check_key_schema(dynamodb, name, request["KeySchema"], request["AttributeDefinitions"])
         # Real DynamoDB takes seconds to create a table; the emulator none.
@@ -531,10 +532,6 @@ def _ensure_ttl(dynamodb: DynamoDBClient, name: str, attribute: str) -> None:
 # --- helpers ----------------------------------------------------------------------------
 def _is_true(value: Any) -> bool:
     return value is True or str(value).lower() == "true"
-
-
-def _error_code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
 
 
 def _aws_error(exc: ClientError, what: str) -> AWSError:

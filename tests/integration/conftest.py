@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from dispatch import queue as queue_module
-from dispatch.aws import RequestCounter, SyncClients, async_clients, sync_clients
-from dispatch.config import Settings
-from dispatch.dispatcher import Dispatcher, DispatcherOptions, RunStats
-from dispatch.queue import Queue
-from dispatch.registry import Registry
+from dispatch.core.config import Settings
+from dispatch.loop.dispatcher import Dispatcher, DispatcherOptions, RunStats
+from dispatch.producer import enqueue as queue_module
+from dispatch.producer.enqueue import Queue
+from dispatch.store.aws import RequestCounter, SyncClients, async_clients, sync_clients
+from dispatch.tasks.registry import Registry
 
 
 @pytest.fixture
@@ -110,7 +110,7 @@ REPO = Path(__file__).resolve().parents[2]
 def dispatch_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run `dispatch ARGS` with this interpreter, as the console script does."""
     return subprocess.run(  # noqa: S603 - fixed argv: this interpreter, our module, test arguments
-        [sys.executable, "-c", "from dispatch.cli import main; main()", *args],
+        [sys.executable, "-c", "from dispatch.ops.cli import main; main()", *args],
         capture_output=True,
         text=True,
         timeout=120,

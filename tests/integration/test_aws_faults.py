@@ -1,6 +1,6 @@
 """AWS call faults, injected at the botocore level, against the embedded local AWS.
 
-Every client Dispatch makes retries through one policy (dispatch.aws_retry); the
+Every client Dispatch makes retries through one policy (dispatch.store.aws_retry); the
 fault injector (dispatch.local.faults) makes requests fail the ways AWS does, so
 the real code path (retry, translation, the dispatcher's handling) runs over
 real HTTP.
@@ -14,13 +14,13 @@ import pytest
 from botocore.exceptions import ClientError
 
 from dispatch import task
-from dispatch.aws import async_clients, sync_client, sync_clients
-from dispatch.aws_retry import CallRetry
-from dispatch.config import Settings
+from dispatch.core.config import Settings
 from dispatch.local.faults import FaultInjector, FaultKind, install_from_env
-from dispatch.queue import Queue
-from dispatch.registry import Registry
-from dispatch.state import Status, SyncStateStore
+from dispatch.producer.enqueue import Queue
+from dispatch.store.aws import async_clients, sync_client, sync_clients
+from dispatch.store.aws_retry import CallRetry
+from dispatch.store.state import Status, SyncStateStore
+from dispatch.tasks.registry import Registry
 from tests.integration.conftest import drain, queue_counts
 
 
@@ -180,7 +180,7 @@ def test_the_environment_variable_installs_an_injector_on_new_clients(
     """Given DISPATCH_LOCAL_FAULTS naming a rate, kinds and a log file, when a client is
     made after install_from_env, then its requests are faulted and each fault is
     logged as one line."""
-    from dispatch.aws import CLIENT_HOOKS
+    from dispatch.store.aws import CLIENT_HOOKS
 
     log = tmp_path / "faults.log"
     config = f'{{"rate": 1.0, "kinds": ["unavailable"], "seed": 3, "log": "{log}"}}'
@@ -247,7 +247,7 @@ async def test_a_dispatcher_lease_taken_by_a_repeated_put_is_recognised_as_its_o
     the only slot, then it gets that slot instead of finding it busy until it ends."""
     import time
 
-    from dispatch.lease import Leases
+    from dispatch.aws_lambda.slots import Leases
 
     injector = FaultInjector(
         rate=1.0, kinds=(FaultKind.LOST_RESPONSE,), limit=1, operations=frozenset({"PutItem"})

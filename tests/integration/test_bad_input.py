@@ -7,12 +7,12 @@ import dataclasses
 import pytest
 
 from dispatch import task
-from dispatch.aws import SyncClients, async_clients
-from dispatch.config import Settings
-from dispatch.dispatcher import Dispatcher
-from dispatch.errors import ConfigurationError
-from dispatch.queue import Queue
-from dispatch.registry import Registry
+from dispatch.core.config import Settings
+from dispatch.core.errors import ConfigurationError
+from dispatch.loop.dispatcher import Dispatcher
+from dispatch.producer.enqueue import Queue
+from dispatch.store.aws import SyncClients, async_clients
+from dispatch.tasks.registry import Registry
 
 
 async def test_a_queue_that_does_not_exist_is_named_at_start_up(aws_env: Settings) -> None:

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from bench.chaos.run import ChaosConfig, run_chaos
-from dispatch.config import Settings
+from dispatch.core.config import Settings
 from tests.integration.conftest import queue_counts
 
 

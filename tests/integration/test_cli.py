@@ -14,13 +14,13 @@ import pytest
 from botocore.exceptions import ClientError
 
 from dispatch import PermanentError, Retry, task
-from dispatch.aws import SyncClients
-from dispatch.cli import _enqueue_in_chunks
-from dispatch.config import Settings
-from dispatch.errors import DispatchError
-from dispatch.queue import Queue
-from dispatch.registry import Registry
-from dispatch.state import Status, SyncStateStore
+from dispatch.core.config import Settings
+from dispatch.core.errors import DispatchError
+from dispatch.ops.cli import _enqueue_in_chunks
+from dispatch.producer.enqueue import Queue
+from dispatch.store.aws import SyncClients
+from dispatch.store.state import Status, SyncStateStore
+from dispatch.tasks.registry import Registry
 from tests.integration.conftest import REPO, dispatch_cli, drain, queue_counts
 
 
@@ -46,7 +46,7 @@ def test_enqueue_run_and_status_from_the_shell(aws_env: Settings) -> None:
     runs with `dispatch run --until-empty`, and `dispatch status ID --json` is asked, then
     the status goes from queued to succeeded and run reports one success."""
     enqueued = dispatch_cli(
-        "enqueue", "send_receipt", "--tasks", "examples.app",
+        "enqueue", "send_receipt", "--tasks", "dispatch.local.example.app",
         "--args", '{"order_id": "7", "email": "a@example.com"}',
     )  # fmt: skip
     assert enqueued.returncode == 0, enqueued.stderr
@@ -55,7 +55,7 @@ def test_enqueue_run_and_status_from_the_shell(aws_env: Settings) -> None:
     before = dispatch_cli("status", task_id, "--json")
     assert json.loads(before.stdout)["status"] == "queued"
 
-    ran = dispatch_cli("run", "--tasks", "examples.app", "--until-empty")
+    ran = dispatch_cli("run", "--tasks", "dispatch.local.example.app", "--until-empty")
     assert ran.returncode == 0, ran.stderr
     assert json.loads(ran.stdout.strip().splitlines()[-1])["succeeded"] == 1
 
@@ -79,11 +79,13 @@ def test_errors_are_one_clear_line_with_a_reliable_exit_code(aws_env: Settings) 
     assert unknown_id.returncode == 4
     assert "no-such-task" in unknown_id.stderr
 
-    typo = dispatch_cli("enqueue", "chrage", "--tasks", "examples.app")
+    typo = dispatch_cli("enqueue", "chrage", "--tasks", "dispatch.local.example.app")
     assert typo.returncode == 1
     assert "unknown task 'chrage'" in typo.stderr and "charge" in typo.stderr
 
-    bad_args = dispatch_cli("enqueue", "charge", "--tasks", "examples.app", "--args", "{oops")
+    bad_args = dispatch_cli(
+        "enqueue", "charge", "--tasks", "dispatch.local.example.app", "--args", "{oops"
+    )
     assert bad_args.returncode == 2
     assert "--args" in bad_args.stderr
 
@@ -166,7 +168,7 @@ def test_every_command_has_help_and_every_read_command_has_json() -> None:
     usage and a description, and the read commands list a --json option."""
     from click.testing import CliRunner
 
-    from dispatch.cli import cli
+    from dispatch.ops.cli import cli
 
     def walk(group: click.Group, path: tuple[str, ...]) -> list[tuple[str, ...]]:
         found = [path]
@@ -201,11 +203,16 @@ def test_bulk_enqueue_from_a_jsonl_file_and_by_count(aws_env: Settings, tmp_path
     )
 
     from_file = dispatch_cli(
-        "enqueue", "send_receipt", "--tasks", "examples.app", "--from-file", str(lines)
+        "enqueue",
+        "send_receipt",
+        "--tasks",
+        "dispatch.local.example.app",
+        "--from-file",
+        str(lines),
     )
     counted = dispatch_cli(
-        "enqueue", "send_receipt", "--tasks", "examples.app", "--count", "25", "--json",
-        "--args", '{"order_id": "9", "email": "z@example.com"}',
+        "enqueue", "send_receipt", "--tasks", "dispatch.local.example.app", "--count", "25",
+        "--json", "--args", '{"order_id": "9", "email": "z@example.com"}',
     )  # fmt: skip
 
     assert from_file.returncode == 0, from_file.stderr
@@ -234,14 +241,24 @@ def test_bulk_enqueue_refuses_a_bad_line_before_sending_anything(
     not_json.write_text('{"order_id": "1", "email": "a@x"}\n{oops\n')
 
     refused = dispatch_cli(
-        "enqueue", "send_receipt", "--tasks", "examples.app", "--from-file", str(wrong_args)
+        "enqueue",
+        "send_receipt",
+        "--tasks",
+        "dispatch.local.example.app",
+        "--from-file",
+        str(wrong_args),
     )
     broken = dispatch_cli(
-        "enqueue", "send_receipt", "--tasks", "examples.app", "--from-file", str(not_json)
+        "enqueue",
+        "send_receipt",
+        "--tasks",
+        "dispatch.local.example.app",
+        "--from-file",
+        str(not_json),
     )
     mixed = dispatch_cli(
-        "enqueue", "send_receipt", "--tasks", "examples.app", "--from-file", str(not_json),
-        "--count", "2",
+        "enqueue", "send_receipt", "--tasks", "dispatch.local.example.app",
+        "--from-file", str(not_json), "--count", "2",
     )  # fmt: skip
 
     assert refused.returncode == 1 and "line 5" in refused.stderr, refused.stderr
@@ -260,8 +277,8 @@ def test_progress_shows_on_a_terminal_stderr_and_never_on_stdout(aws_env: Settin
     env = os.environ | {"TERM": "xterm-256color", "COLUMNS": "100"}
     try:
         done = subprocess.run(
-            [sys.executable, "-c", "from dispatch.cli import main; main()", "enqueue",
-             "send_receipt", "--tasks", "examples.app", "--count", "30",
+            [sys.executable, "-c", "from dispatch.ops.cli import main; main()", "enqueue",
+             "send_receipt", "--tasks", "dispatch.local.example.app", "--count", "30",
              "--args", '{"order_id": "1", "email": "a@example.com"}'],
             stdout=subprocess.PIPE,
             stderr=secondary,

@@ -13,11 +13,11 @@ import sys
 import time
 
 from dispatch import PermanentError, Resource, Retry, task
-from dispatch.aws import SyncClients, async_clients
-from dispatch.config import Settings
-from dispatch.dispatcher import Dispatcher, DispatcherOptions
-from dispatch.queue import Queue
-from dispatch.registry import Registry
+from dispatch.core.config import Settings
+from dispatch.loop.dispatcher import Dispatcher, DispatcherOptions
+from dispatch.producer.enqueue import Queue
+from dispatch.store.aws import SyncClients, async_clients
+from dispatch.tasks.registry import Registry
 from tests.integration.conftest import REPO, dispatch_cli, drain
 
 ONCE = Retry(max_attempts=1)
@@ -223,7 +223,7 @@ def test_top_redraws_live_on_a_terminal_until_interrupted(aws_env: Settings) -> 
     primary, secondary = pty.openpty()
     env = os.environ | {"TERM": "xterm-256color", "COLUMNS": "120", "LINES": "40"}
     process = subprocess.Popen(
-        [sys.executable, "-c", "from dispatch.cli import main; main()", "top", "--interval-s",
+        [sys.executable, "-c", "from dispatch.ops.cli import main; main()", "top", "--interval-s",
          "0.3"],
         stdin=secondary, stdout=secondary, stderr=secondary, env=env, cwd=REPO,
     )  # fmt: skip
@@ -247,7 +247,7 @@ def test_top_json_without_once_streams_one_frame_a_line(aws_env: Settings) -> No
     """Given a script reading `dispatch top --json --interval-s 0.3`, then each refresh is
     one JSON object on its own line, and SIGINT ends the stream with exit 0."""
     process = subprocess.Popen(
-        [sys.executable, "-c", "from dispatch.cli import main; main()", "top", "--json",
+        [sys.executable, "-c", "from dispatch.ops.cli import main; main()", "top", "--json",
          "--interval-s", "0.3"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
     )  # fmt: skip

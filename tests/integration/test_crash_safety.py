@@ -14,9 +14,9 @@ from pathlib import Path
 
 from bench.chaos import tasks
 from bench.chaos.run import ChaosConfig, Fleet, read_ledger
-from dispatch.config import Settings
-from dispatch.queue import Queue
-from dispatch.state import Status, SyncStateStore
+from dispatch.core.config import Settings
+from dispatch.producer.enqueue import Queue
+from dispatch.store.state import Status, SyncStateStore
 from tests.integration.conftest import drain, queue_counts
 
 

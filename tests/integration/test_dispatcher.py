@@ -8,12 +8,12 @@ import threading
 import time
 
 from dispatch import PermanentError, Retry, current_task, task
-from dispatch.aws import RequestCounter
-from dispatch.config import Settings
-from dispatch.deadletter import parse_attributes
-from dispatch.queue import Queue
-from dispatch.registry import Registry
-from dispatch.state import Status, SyncStateStore
+from dispatch.core.config import Settings
+from dispatch.core.deadletter import parse_attributes
+from dispatch.producer.enqueue import Queue
+from dispatch.store.aws import RequestCounter
+from dispatch.store.state import Status, SyncStateStore
+from dispatch.tasks.registry import Registry
 from tests.integration.conftest import drain, queue_counts, receive_all
 
 FAST = Retry(max_attempts=3, base_delay_s=1.0, max_delay_s=1.0, jitter=False)
@@ -327,8 +327,8 @@ async def test_work_that_cannot_finish_by_the_deadline_is_released_at_once(
     invocation about to end), when the run ends, then the message is visible again at
     once (no stale visibility timeout), the attempt is given back, and the next run
     completes it as attempt 1."""
-    from dispatch.aws import async_clients
-    from dispatch.dispatcher import Dispatcher
+    from dispatch.loop.dispatcher import Dispatcher
+    from dispatch.store.aws import async_clients
 
     attempts: list[int] = []
 

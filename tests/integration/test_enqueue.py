@@ -8,19 +8,19 @@ from typing import Any
 import pytest
 
 import dispatch
-from dispatch import constants as c
 from dispatch import task
-from dispatch.aws import RequestCounter, SyncClients
-from dispatch.config import Settings
-from dispatch.errors import (
+from dispatch.core import constants as c
+from dispatch.core.config import Settings
+from dispatch.core.errors import (
     InvalidArgumentsError,
     PartialEnqueueError,
     PayloadTooLargeError,
     TaskNotFoundError,
 )
-from dispatch.queue import Queue
-from dispatch.registry import Registry
-from dispatch.state import Status
+from dispatch.producer.enqueue import Queue
+from dispatch.store.aws import RequestCounter, SyncClients
+from dispatch.store.state import Status
+from dispatch.tasks.registry import Registry
 from tests.integration.conftest import queue_counts, receive_all
 
 
@@ -164,7 +164,7 @@ def test_an_idempotent_task_whose_producer_died_before_sending_is_sent_by_the_ne
     def ship(order_id: str) -> None: ...
 
     message = ship.with_options(idempotency_key="order-9").message(order_id="9")
-    from dispatch import state
+    from dispatch.store import state
 
     params = state.put_queued_params(
         aws_env.table, message.envelope, now=message.envelope.enqueued_at - 60

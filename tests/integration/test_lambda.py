@@ -29,10 +29,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from dispatch import Backpressure, PermanentError, Retry, current_task
-from dispatch.aws import SyncClients
-from dispatch.config import Settings
-from dispatch.errors import ConfigurationError
-from dispatch.lambda_handler import (
+from dispatch.aws_lambda.handler import (
     DISPATCHER_GRANTS,
     LambdaOptions,
     PermissionGuard,
@@ -41,23 +38,26 @@ from dispatch.lambda_handler import (
     plan_invocation,
     should_scale_out,
 )
-from dispatch.lease import Leases, acquire_params, lease_key
+from dispatch.aws_lambda.slots import Leases, acquire_params, lease_key
+from dispatch.core.config import Settings
+from dispatch.core.errors import ConfigurationError
+from dispatch.core.outcome import OutcomeKind
 from dispatch.local.lambda_endpoint import LocalContext, LocalFunction, LocalLambda, function_arn
-from dispatch.queue import Queue
-from dispatch.registry import Registry, task
-from dispatch.state import Status, SyncStateStore
-from dispatch.throttle import Resource, ThrottleSnapshot
-from tests.integration.conftest import queue_counts, receive_all
-from workers import lambda_handler as worker_module
-from workers.lambda_handler import TaskCall, decode_outcomes, encode_request
-from workers.lambda_invoker import (
+from dispatch.producer.enqueue import Queue
+from dispatch.store.aws import SyncClients
+from dispatch.store.state import Status, SyncStateStore
+from dispatch.tasks.registry import Registry, task
+from dispatch.throttle.limits import Resource, ThrottleSnapshot
+from dispatch_workers import lambda_handler as worker_module
+from dispatch_workers.lambda_handler import TaskCall, decode_outcomes, encode_request
+from dispatch_workers.lambda_invoker import (
     INVOKE_MAX_REQUEST_BYTES,
     MAX_CALL_BYTES,
     InvokerOptions,
     LambdaInvoker,
     outcome_for_function_error,
 )
-from workers.outcome import OutcomeKind
+from tests.integration.conftest import queue_counts, receive_all
 
 ROOT = Path(__file__).resolve().parents[2]
 EVENTS = ROOT / "tests" / "events"
@@ -230,10 +230,10 @@ def test_schedule_event_runs_tasks_on_the_worker_and_settles_them(
 def test_example_app_runs_through_the_lambda_topology(
     topology: Topology, queue: Queue, clients: SyncClients
 ) -> None:
-    """The example application's tasks (examples/app.py: a sync receipt, an async
+    """The example application's tasks (dispatch/local/example/app.py: a sync receipt, an async
     charge that fails once, a refund that cannot be made) end where the demo says
     they do, when run by the dispatcher function and the worker function."""
-    from examples import app
+    from dispatch.local.example import app
 
     registry = topology.registry
     for spec in (app.send_receipt, app.charge, app.refund):
@@ -390,7 +390,7 @@ def _serve(endpoint: LocalLambda, handler: Callable[[Any, Any], Any], **limits: 
 
 
 def _context(n: int = 1) -> Any:
-    from dispatch.context import TaskContext
+    from dispatch.core.context import TaskContext
 
     return TaskContext(task_id=f"t{n}", task="x", attempt=1, max_attempts=3, enqueued_at=0.0)
 
@@ -624,7 +624,7 @@ def test_guard_refuses_an_operation_outside_the_grants_before_sending(
 ) -> None:
     """A request the grants do not declare fails before it is sent, locally as it
     would in AWS, naming what to declare; declared ones go through."""
-    from dispatch.aws import sync_clients
+    from dispatch.store.aws import sync_clients
 
     clients = sync_clients(aws_env, counter=counter)
     guard = PermissionGuard(
@@ -676,10 +676,10 @@ socket.socket.connect = connect
 
 
 def test_importing_either_handler_creates_no_client_and_opens_no_connection() -> None:
-    """Importing dispatch.lambda_handler and workers.lambda_handler (a cold start)
+    """Importing dispatch.aws_lambda.handler and dispatch_workers.lambda_handler (a cold start)
     creates no AWS client and opens no network connection."""
     code = SPY + (
-        "import dispatch.lambda_handler, workers.lambda_handler\n"
+        "import dispatch.aws_lambda.handler, dispatch_workers.lambda_handler\n"
         "print(json.dumps({'clients': made, 'connects': connects}))"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -703,14 +703,14 @@ def test_worker_runs_tasks_with_no_aws_environment_at_all() -> None:
         ],
     }
     code = SPY + (
-        "import workers.lambda_handler as w\n"
+        "import dispatch_workers.lambda_handler as w\n"
         f"answer = w.handler({request!r}, None)\n"
         "print(json.dumps({'clients': made, 'connects': connects, 'answer': answer}))"
     )
     env = {
         "PATH": os.environ.get("PATH", ""),
         "PYTHONPATH": str(ROOT),
-        "DISPATCH_TASKS": "examples.app",
+        "DISPATCH_TASKS": "dispatch.local.example.app",
         "HOME": "/nonexistent",
         "AWS_CONFIG_FILE": "/nonexistent",
         "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
@@ -735,7 +735,7 @@ def test_dev_runs_the_lambda_topology_until_stopped(registry: Registry) -> None:
     schedule at once, and the dispatcher function runs enqueued example tasks through
     the worker function; setting `stop` ends it cleanly."""
     from dispatch.local.dev import run_dev
-    from examples import app
+    from dispatch.local.example import app
 
     stop = threading.Event()
     done: dict[str, Any] = {}
@@ -774,7 +774,7 @@ def test_dev_runs_the_lambda_topology_until_stopped(registry: Registry) -> None:
 
     summary = run_dev(
         lambda_mode=True,
-        tasks="examples.app",
+        tasks="dispatch.local.example.app",
         registry=registry,
         stop=stop,
         on_ready=on_ready,
@@ -824,7 +824,7 @@ def _snapshot(**changes: Any) -> ThrottleSnapshot:
 def test_scale_out_only_when_full_and_the_throttle_has_room() -> None:
     """Another dispatcher helps only when this one is full and no resource is at its
     cap, slowed down, deferring or pushing back."""
-    from dispatch.dispatcher import RunStats
+    from dispatch.loop.dispatcher import RunStats
 
     full = RunStats(peak_in_flight=4)
     assert should_scale_out(stats=full, snapshots=[_snapshot()], max_in_flight=4)

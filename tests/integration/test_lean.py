@@ -8,13 +8,13 @@ import itertools
 import time
 
 from dispatch import Resource, Retry, current_task, task
-from dispatch import constants as c
-from dispatch.aws import RequestCounter, SyncClients
-from dispatch.config import Settings
-from dispatch.deadletter import parse_attributes
-from dispatch.dlq import redrive
-from dispatch.queue import Queue
-from dispatch.registry import Registry
+from dispatch.core import constants as c
+from dispatch.core.config import Settings
+from dispatch.core.deadletter import parse_attributes
+from dispatch.ops.dlq import redrive
+from dispatch.producer.enqueue import Queue
+from dispatch.store.aws import RequestCounter, SyncClients
+from dispatch.tasks.registry import Registry
 from tests.integration.conftest import dispatch_cli, drain, queue_counts, receive_all
 
 FAST = Retry(max_attempts=3, base_delay_s=1.0, max_delay_s=1.0, jitter=False)

@@ -33,8 +33,8 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from cfnlint.api import lint_file
 
-from dispatch.config import Settings
-from dispatch.errors import ConfigurationError, DispatchError
+from dispatch.core.config import Settings
+from dispatch.core.errors import ConfigurationError, DispatchError
 from dispatch.local import moto_patches
 from dispatch.local.emulator import LocalAWS
 from dispatch.local.provision import load_template, provision

@@ -32,11 +32,11 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from dispatch import state
-from dispatch.envelope import Envelope
+from dispatch.core.envelope import Envelope
+from dispatch.core.outcome import ErrorInfo
 from dispatch.local import moto_dynamodb_patches
 from dispatch.local.emulator import LocalAWS
-from workers.outcome import ErrorInfo
+from dispatch.store import state
 
 Outcome = tuple[Any, ...]
 NOW = 1_800_000_000.0  # a fixed clock: both emulators must receive identical requests

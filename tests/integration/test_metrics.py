@@ -6,12 +6,12 @@ import json
 from typing import Any
 
 from dispatch import PermanentError, Resource, task
-from dispatch.aws import async_clients
-from dispatch.config import Settings
-from dispatch.dispatcher import Dispatcher
-from dispatch.metrics import Metrics
-from dispatch.queue import Queue
-from dispatch.registry import Registry
+from dispatch.core.config import Settings
+from dispatch.loop.dispatcher import Dispatcher
+from dispatch.loop.metrics import Metrics
+from dispatch.producer.enqueue import Queue
+from dispatch.store.aws import async_clients
+from dispatch.tasks.registry import Registry
 
 
 def metric_values(documents: list[dict[str, Any]], dimension: str, value: str) -> dict[str, Any]:

@@ -13,18 +13,18 @@ from typing import Any
 import pytest
 
 from dispatch import BatchFailures, PermanentError, Resource, Retry, current_task, task
-from dispatch.aws import SyncClients, async_clients
-from dispatch.config import Settings
-from dispatch.context import BatchContext
-from dispatch.deadletter import parse_attributes
-from dispatch.dispatcher import Dispatcher
+from dispatch.core.config import Settings
+from dispatch.core.context import BatchContext
+from dispatch.core.deadletter import parse_attributes
 from dispatch.local.lambda_endpoint import LocalFunction, LocalLambda
-from dispatch.queue import Queue
-from dispatch.registry import Registry
-from dispatch.state import Status, SyncStateStore, TaskRecord
+from dispatch.loop.dispatcher import Dispatcher
+from dispatch.producer.enqueue import Queue
+from dispatch.store.aws import SyncClients, async_clients
+from dispatch.store.state import Status, SyncStateStore, TaskRecord
+from dispatch.tasks.registry import Registry
+from dispatch_workers import lambda_handler as worker_module
 from tests.integration.conftest import drain, queue_counts, receive_all
 from tests.integration.test_lambda import Topology
-from workers import lambda_handler as worker_module
 
 FAST = Retry(max_attempts=3, base_delay_s=1.0, max_delay_s=1.0, jitter=False)
 EMPTY = {"visible": 0, "in_flight": 0, "delayed": 0}

@@ -8,12 +8,12 @@ from typing import Any
 import pytest
 
 from dispatch import Retry, task
-from dispatch.aws import SyncClients
-from dispatch.config import Settings
-from dispatch.dlq import redrive
-from dispatch.queue import Queue
-from dispatch.registry import Registry
-from dispatch.state import Status, SyncStateStore
+from dispatch.core.config import Settings
+from dispatch.ops.dlq import redrive
+from dispatch.producer.enqueue import Queue
+from dispatch.store.aws import SyncClients
+from dispatch.store.state import Status, SyncStateStore
+from dispatch.tasks.registry import Registry
 from tests.integration.conftest import dispatch_cli, drain, queue_counts
 
 ONCE = Retry(max_attempts=1)

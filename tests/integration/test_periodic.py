@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 
 from dispatch import task
-from dispatch.aws import SyncClients
-from dispatch.config import Settings
-from dispatch.queue import Queue
-from dispatch.registry import Registry
+from dispatch.core.config import Settings
+from dispatch.producer.enqueue import Queue
+from dispatch.store.aws import SyncClients
+from dispatch.tasks.registry import Registry
 from tests.integration.conftest import drain
 
 

@@ -15,13 +15,13 @@ from typing import Any
 import pytest
 
 from dispatch import task
-from dispatch.aws import AsyncClients, async_clients
-from dispatch.config import Settings
-from dispatch.dispatcher import Dispatcher, DispatcherOptions, RunStats
-from dispatch.errors import ConfigurationError
-from dispatch.queue import Queue
-from dispatch.registry import Registry
-from dispatch.state import Status, SyncStateStore
+from dispatch.core.config import Settings
+from dispatch.core.errors import ConfigurationError
+from dispatch.loop.dispatcher import Dispatcher, DispatcherOptions, RunStats
+from dispatch.producer.enqueue import Queue
+from dispatch.store.aws import AsyncClients, async_clients
+from dispatch.store.state import Status, SyncStateStore
+from dispatch.tasks.registry import Registry
 from tests.integration.conftest import queue_counts
 
 

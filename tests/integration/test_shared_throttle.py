@@ -7,10 +7,10 @@ import asyncio
 import random
 import time
 
-from dispatch.aws import async_clients
-from dispatch.config import Settings
-from dispatch.shared_throttle import Coordinator, SharedSlots, SharedTokenSource, _Background
-from dispatch.throttle import Permit, Resource
+from dispatch.core.config import Settings
+from dispatch.store.aws import async_clients
+from dispatch.throttle.limits import Permit, Resource
+from dispatch.throttle.shared import Coordinator, SharedSlots, SharedTokenSource, _Background
 
 # A token is taken and its time read in the same step: no scheduling jitter to allow.
 EPSILON = 1e-6

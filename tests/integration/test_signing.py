@@ -8,13 +8,13 @@ import json
 import pytest
 
 from dispatch import Retry, task
-from dispatch.aws import SyncClients
-from dispatch.config import Settings
-from dispatch.deadletter import parse_attributes
-from dispatch.dlq import redrive
-from dispatch.queue import Queue
-from dispatch.registry import Registry
-from dispatch.signing import ATTR_SIGNATURE, sign
+from dispatch.core.config import Settings
+from dispatch.core.deadletter import parse_attributes
+from dispatch.core.signing import ATTR_SIGNATURE, sign
+from dispatch.ops.dlq import redrive
+from dispatch.producer.enqueue import Queue
+from dispatch.store.aws import SyncClients
+from dispatch.tasks.registry import Registry
 from tests.integration.conftest import drain, receive_all
 
 

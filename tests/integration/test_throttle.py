@@ -7,12 +7,13 @@ import json
 import time
 
 from dispatch import Backpressure, Resource, current_task, task
-from dispatch.aws import RequestCounter, SyncClients, async_clients
-from dispatch.config import Settings
-from dispatch.dispatcher import Dispatcher, DispatcherOptions
-from dispatch.queue import Queue
-from dispatch.registry import Registry
-from dispatch.state import Status, SyncStateStore
+from dispatch.core import constants as c
+from dispatch.core.config import Settings
+from dispatch.loop.dispatcher import Dispatcher, DispatcherOptions
+from dispatch.producer.enqueue import Queue
+from dispatch.store.aws import RequestCounter, SyncClients, async_clients
+from dispatch.store.state import Status, SyncStateStore
+from dispatch.tasks.registry import Registry
 from tests.integration.conftest import dispatch_cli, drain
 
 # Handlers record their start a little after the permit was granted; this much
@@ -192,7 +193,7 @@ async def test_slots_of_a_crashed_dispatcher_come_back_when_its_lease_expires(
     clients.dynamodb.put_item(
         TableName=aws_env.table,
         Item={
-            "pk": {"S": "slots#crash-pool"},
+            "pk": {"S": f"{c.SLOTS_KEY_PREFIX}crash-pool"},
             "held": {"N": "2"},
             "holders": {
                 "M": {"dead-dispatcher": {"M": {"n": {"N": "2"}, "until": {"N": str(expired)}}}}
@@ -209,7 +210,9 @@ async def test_slots_of_a_crashed_dispatcher_come_back_when_its_lease_expires(
     stats = await drain(aws_env, registry)
 
     assert stats.succeeded == 4 and sorted(ran) == [0, 1, 2, 3]
-    item = clients.dynamodb.get_item(TableName=aws_env.table, Key={"pk": {"S": "slots#crash-pool"}})
+    item = clients.dynamodb.get_item(
+        TableName=aws_env.table, Key={"pk": {"S": f"{c.SLOTS_KEY_PREFIX}crash-pool"}}
+    )
     assert "dead-dispatcher" not in item["Item"]["holders"]["M"]
     assert float(item["Item"]["held"]["N"]) == 0
 

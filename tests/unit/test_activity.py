@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dispatch.activity import TaskActivity
-from dispatch.overview import QueueDepth, oldest_message
-from dispatch.throttle_status import DispatcherReport
-from dispatch.top import task_rows
+from dispatch.loop.activity import TaskActivity
+from dispatch.ops.overview import QueueDepth, oldest_message
+from dispatch.ops.top import task_rows
+from dispatch.throttle.status import DispatcherReport
 
 
 class Clock:

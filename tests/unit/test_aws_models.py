@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from botocore.loaders import JSONFileLoader
 
-from dispatch.aws import async_client, sync_client
-from dispatch.config import Endpoint
+from dispatch.core.config import Endpoint
+from dispatch.store.aws import async_client, sync_client
 
 ENDPOINT = Endpoint(region="us-east-1", endpoint_url="http://127.0.0.1:9")
 

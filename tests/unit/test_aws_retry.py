@@ -18,7 +18,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from dispatch.aws_retry import INVOKE_RETRY, THROTTLING_CODES, CallRetry, Failure, classify
+from dispatch.store.aws_retry import INVOKE_RETRY, THROTTLING_CODES, CallRetry, Failure, classify
 
 
 def answer(status: int, code: str | None = None) -> tuple[AWSResponse, dict[str, Any]]:

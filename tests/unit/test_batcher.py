@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from dispatch import batcher as batcher_module
-from dispatch import constants as c
-from dispatch.batcher import Batcher, EntryResult
+from dispatch.core import constants as c
+from dispatch.store import batcher as batcher_module
+from dispatch.store.batcher import Batcher, EntryResult
 
 FLUSH_S = 0.01
 

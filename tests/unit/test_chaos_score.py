@@ -7,7 +7,7 @@ judge that could not report a loss or a rerun would prove nothing.
 from __future__ import annotations
 
 from bench.chaos.run import Execution, Kill, RunLog, score
-from dispatch.state import Status, TaskRecord
+from dispatch.store.state import Status, TaskRecord
 
 KILLED_PID, LIVE_PID, OTHER_PID = 100, 200, 300
 

@@ -6,9 +6,9 @@ import dataclasses
 
 import pytest
 
-from dispatch import constants as c
-from dispatch.config import Settings, parse_task_modules
-from dispatch.errors import ConfigurationError
+from dispatch.core import constants as c
+from dispatch.core.config import Settings, parse_task_modules
+from dispatch.core.errors import ConfigurationError
 
 QUEUE = "https://sqs.eu-west-1.amazonaws.com/123456789012/dispatch-tasks"
 DLQ = "https://sqs.eu-west-1.amazonaws.com/123456789012/dispatch-dlq"

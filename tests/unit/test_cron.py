@@ -1,6 +1,6 @@
 """EventBridge schedule expressions: AWS's examples, edge cases, refusals, and a brute-force check.
 
-The property tests compare :mod:`dispatch.cron` with a reference written here
+The property tests compare :mod:`dispatch.tasks.cron` with a reference written here
 from scratch: each generated field carries its own set of values (or its own
 day rule), and the reference walks forward minute by minute until every field
 matches.
@@ -21,9 +21,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dispatch import cron
-from dispatch.cron import CronSchedule, InvalidScheduleError, RateSchedule, parse
-from dispatch.errors import ConfigurationError, DispatchError
+from dispatch.core.errors import ConfigurationError, DispatchError
+from dispatch.tasks import cron
+from dispatch.tasks.cron import CronSchedule, InvalidScheduleError, RateSchedule, parse
 
 ONE_MINUTE = timedelta(minutes=1)
 ONE_DAY = timedelta(days=1)
@@ -114,7 +114,7 @@ def test_every_example_in_the_docs_table_is_right() -> None:
 
 
 def test_module_docstring_example_runs() -> None:
-    """The example in dispatch.cron's docstring is true (doctest)."""
+    """The example in dispatch.tasks.cron's docstring is true (doctest)."""
     result = doctest.testmod(cron)
 
     assert result.attempted > 0
@@ -369,7 +369,7 @@ def test_invalid_schedule_error_is_a_configuration_error() -> None:
     assert isinstance(caught.value, InvalidScheduleError)
 
 
-# --- the reference: a brute-force scan, written independently of dispatch.cron ----
+# --- the reference: a brute-force scan, written independently of dispatch.tasks.cron ----
 
 DAY_NAMES = ("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT")
 MONTH_NAMES = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")

@@ -16,15 +16,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dispatch import constants as c
-from dispatch.envelope import Envelope, Message, MessageOptions, decode, resolve
-from dispatch.errors import (
+from dispatch.core import constants as c
+from dispatch.core.envelope import Envelope, Message, MessageOptions, decode
+from dispatch.core.errors import (
     EnqueueError,
     EnvelopeError,
     InvalidArgumentsError,
     PayloadTooLargeError,
 )
-from dispatch.registry import Registry, TaskSpec, task
+from dispatch.tasks.registry import Registry, TaskSpec, resolve, task
 
 NOW = 1_767_225_600.125
 PROPERTY = settings(max_examples=200, deadline=None)

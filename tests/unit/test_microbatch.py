@@ -21,12 +21,12 @@ from dispatch import (
     current_task,
     task,
 )
-from dispatch.envelope import decode, resolve
-from dispatch.errors import EnvelopeError, InvalidArgumentsError, TaskDefinitionError
-from dispatch.registry import Registry
-from workers.lambda_handler import BatchCall, TaskCall, decode_outcomes, encode_request
-from workers.outcome import OutcomeKind
-from workers.pool import WorkerPool
+from dispatch.core.envelope import decode
+from dispatch.core.errors import EnvelopeError, InvalidArgumentsError, TaskDefinitionError
+from dispatch.core.outcome import OutcomeKind
+from dispatch.tasks.registry import Registry, resolve
+from dispatch_workers.lambda_handler import BatchCall, TaskCall, decode_outcomes, encode_request
+from dispatch_workers.pool import WorkerPool
 
 
 @pytest.fixture

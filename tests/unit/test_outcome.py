@@ -1,4 +1,4 @@
-"""One attempt of one task (workers/runtime.py) and what it reports (workers/outcome.py).
+"""One attempt of one task (dispatch_workers/runtime.py) and what it reports (core/outcome.py).
 
 Handlers that must outlast their timeout wait on an event the test controls
 (asyncio.Event / threading.Event), never on a sleep; timeouts are 0.05 s.
@@ -16,18 +16,18 @@ from typing import Any
 
 import pytest
 
-from dispatch.context import TaskContext, current_task
-from dispatch.errors import Backpressure, PermanentError
-from dispatch.registry import Registry, TaskSpec, task
-from dispatch.retry import Retry
-from workers.outcome import (
+from dispatch.core.context import TaskContext, current_task
+from dispatch.core.errors import Backpressure, PermanentError
+from dispatch.core.outcome import (
     MAX_MESSAGE_CHARS,
     MAX_TRACEBACK_CHARS,
     ErrorInfo,
     Outcome,
     OutcomeKind,
 )
-from workers.runtime import error_info, run_attempt
+from dispatch.core.retry import Retry
+from dispatch.tasks.registry import Registry, TaskSpec, task
+from dispatch_workers.runtime import error_info, run_attempt
 
 TINY_TIMEOUT_S = 0.05
 CONTEXT = TaskContext(

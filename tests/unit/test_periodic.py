@@ -7,9 +7,9 @@ import datetime as dt
 import pytest
 
 from dispatch import task
-from dispatch.errors import TaskDefinitionError
-from dispatch.periodic import due_fire_time, periodic_message
-from dispatch.registry import Registry
+from dispatch.core.errors import TaskDefinitionError
+from dispatch.loop.schedule import due_fire_time, periodic_message
+from dispatch.tasks.registry import Registry
 
 UTC = dt.UTC
 

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from dispatch import constants as c
-from dispatch.errors import ConfigurationError
+from dispatch.core import constants as c
+from dispatch.core.errors import ConfigurationError
 from dispatch.local import provision as provision_module
 from dispatch.local.provision import (
     MAX_PREFIX_LENGTH,

@@ -18,12 +18,12 @@ import pytest
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
-from dispatch import constants as c
-from dispatch.config import Settings
-from dispatch.envelope import Message, MessageOptions
-from dispatch.errors import AWSError, EnqueueError, PartialEnqueueError
-from dispatch.queue import Call, Pause, enqueue_plan
-from dispatch.registry import Registry, TaskSpec, task
+from dispatch.core import constants as c
+from dispatch.core.config import Settings
+from dispatch.core.envelope import Message, MessageOptions
+from dispatch.core.errors import AWSError, EnqueueError, PartialEnqueueError
+from dispatch.producer.enqueue import Call, Pause, enqueue_plan
+from dispatch.tasks.registry import Registry, TaskSpec, task
 
 NOW = 1_767_225_600.0
 TABLE = "dispatch-state"
@@ -120,7 +120,7 @@ class FakeAws:
     # --- the driver ---------------------------------------------------------------------
 
     def run(self, plan: Any) -> list[str]:
-        """Drive the plan to its end, as dispatch.queue.run_sync does, without sleeping."""
+        """Drive the plan to its end as dispatch.producer.enqueue.run_sync does, never sleeping."""
         try:
             step = next(plan)
             while True:

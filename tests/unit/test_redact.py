@@ -8,8 +8,8 @@ import json
 import pytest
 import structlog
 
-from dispatch.logs import configure_logging
-from dispatch.redact import REDACTED, redactor
+from dispatch.core.logs import configure_logging
+from dispatch.core.redact import REDACTED, redactor
 
 
 def test_sensitive_keys_are_redacted_at_any_depth() -> None:

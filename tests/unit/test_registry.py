@@ -12,18 +12,18 @@ from typing import Any
 
 import pytest
 
-from dispatch import constants as c
-from dispatch import registry as registry_module
-from dispatch.errors import (
+from dispatch.core import constants as c
+from dispatch.core.errors import (
     ConfigurationError,
     EnqueueError,
     InvalidArgumentsError,
     TaskDefinitionError,
     UnknownTaskError,
 )
-from dispatch.registry import DEFAULT_TIMEOUT_S, Registry, Task, TaskSpec, task
-from dispatch.retry import Retry
-from dispatch.throttle import Resource
+from dispatch.core.resource import Resource
+from dispatch.core.retry import Retry
+from dispatch.tasks import registry as registry_module
+from dispatch.tasks.registry import DEFAULT_TIMEOUT_S, Registry, Task, TaskSpec, task
 
 
 @pytest.fixture(autouse=True)
@@ -407,7 +407,7 @@ def test_specs_are_sorted_and_reset_forgets_them() -> None:
 
 def test_import_modules_imports_existing_modules() -> None:
     """Given importable module names, when imported, then no error."""
-    Registry().import_modules(["json", "dispatch.constants"])
+    Registry().import_modules(["json", "dispatch.core.constants"])
 
 
 def test_import_modules_names_a_missing_module() -> None:

@@ -10,9 +10,9 @@ import tenacity
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dispatch import constants as c
-from dispatch.errors import PermanentError, TaskDefinitionError
-from dispatch.retry import Retry
+from dispatch.core import constants as c
+from dispatch.core.errors import PermanentError, TaskDefinitionError
+from dispatch.core.retry import Retry
 
 PROPERTY = settings(max_examples=300, deadline=None)
 

@@ -18,11 +18,12 @@ from typing import Any
 import pytest
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
-from dispatch import constants as c
-from dispatch import state
-from dispatch.envelope import Envelope
-from dispatch.state import ClaimStatus, Status, TaskRecord
-from workers.outcome import ErrorInfo
+from dispatch.core import constants as c
+from dispatch.core.envelope import Envelope
+from dispatch.core.outcome import ErrorInfo
+from dispatch.core.record import iso
+from dispatch.store import state
+from dispatch.store.state import ClaimStatus, Status, TaskRecord
 
 NOW = 1_767_225_600.125  # 2026-01-01T00:00:00.125Z
 NOW_ISO = "2026-01-01T00:00:00.125Z"
@@ -529,7 +530,7 @@ def test_from_item_takes_the_id_from_the_key_when_task_id_is_absent() -> None:
 )
 def test_iso_formats_utc_milliseconds(epoch_s: float, expected: str) -> None:
     """Given epoch seconds, when formatted, then UTC with milliseconds and a trailing Z."""
-    assert state.iso(epoch_s) == expected
+    assert iso(epoch_s) == expected
 
 
 # --- claim classification ---------------------------------------------------------------------

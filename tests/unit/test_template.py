@@ -2,7 +2,7 @@
 
 The template is checked against what the code does rather than against a second
 hand-kept list: the IAM statements must grant exactly the operations
-``dispatch.lambda_handler.DISPATCHER_GRANTS`` declares (which the clients enforce
+``dispatch.aws_lambda.handler.DISPATCHER_GRANTS`` declares (which the clients enforce
 at run time), and every declared operation must be one the code calls.
 """
 
@@ -22,9 +22,8 @@ import boto3
 import pytest
 from botocore import xform_name
 
-from dispatch import lambda_handler
-from dispatch.cron import parse
-from dispatch.lambda_handler import (
+from dispatch.aws_lambda import handler as lambda_handler
+from dispatch.aws_lambda.handler import (
     DISPATCHER_GRANTS,
     WORKER_GRANTS,
     LambdaOptions,
@@ -32,6 +31,7 @@ from dispatch.lambda_handler import (
     plan_invocation,
 )
 from dispatch.local.provision import load_template
+from dispatch.tasks.cron import parse
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -219,7 +219,7 @@ def test_every_declared_operation_is_one_the_dispatcher_code_calls() -> None:
     dispatcher function imports. (The other direction is enforced at run time:
     the handler's clients refuse any operation outside the grants, and the
     integration tests run every path through them.)"""
-    called = _called_methods(_import_closure("dispatch.lambda_handler"))
+    called = _called_methods(_import_closure("dispatch.aws_lambda.handler"))
     declared = {xform_name(op) for grant in DISPATCHER_GRANTS for op in grant.operations}
 
     assert declared - called == set()
@@ -253,7 +253,7 @@ def test_dispatcher_environment_names_only_settings_the_code_reads(
 ) -> None:
     """Every variable the template sets on a function is one the code reads (a typo
     would silently leave a default in force)."""
-    from dispatch import constants
+    from dispatch.core import constants
 
     known = {
         value
@@ -286,7 +286,7 @@ def test_default_dispatcher_timeout_leaves_most_of_each_run_for_receiving(
 
 
 def test_schedule_default_is_a_valid_eventbridge_expression(template: dict[str, Any]) -> None:
-    """The default schedule parses with dispatch.cron and is AWS's shortest rate."""
+    """The default schedule parses with dispatch.tasks.cron and is AWS's shortest rate."""
     assert parse(template["Parameters"]["DispatchSchedule"]["Default"]).expression == (
         "rate(1 minute)"
     )

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dispatch.errors import ConfigurationError
-from dispatch.throttle import (
+from dispatch.core.errors import ConfigurationError
+from dispatch.throttle.limits import (
     CONCURRENCY_RETRY_HINT_S,
     DEFAULT_BACKPRESSURE_COOLDOWN_S,
     AdaptiveRate,

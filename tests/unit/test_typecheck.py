@@ -7,9 +7,9 @@ from typing import Any, Literal
 import pytest
 
 from dispatch import task
-from dispatch.envelope import Envelope, resolve
-from dispatch.errors import EnvelopeError, InvalidArgumentsError
-from dispatch.registry import Registry
+from dispatch.core.envelope import Envelope
+from dispatch.core.errors import EnvelopeError, InvalidArgumentsError
+from dispatch.tasks.registry import Registry, resolve
 
 
 class Card:

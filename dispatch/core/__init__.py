@@ -1,0 +1,1 @@
+"""The data at the bottom of Dispatch: formats, records, policies and errors; no AWS calls."""

@@ -1,0 +1,195 @@
+"""Every exception Dispatch raises, under one root.
+
+::
+
+    DispatchError
+    ├── ConfigurationError          settings missing or wrong (env vars, table, queue)
+    ├── TaskDefinitionError         a @task declaration that cannot work
+    ├── UnknownTaskError            a task name nobody registered
+    ├── TaskNotFoundError           no record for this task id
+    ├── EnqueueError                a task could not be put on the queue
+    │   ├── InvalidArgumentsError   arguments do not bind to the handler's signature
+    │   ├── PayloadTooLargeError    the envelope is over the SQS limit
+    │   └── PartialEnqueueError     some entries of a batch were refused (ids of the rest kept)
+    ├── EnvelopeError               a message body that is not a valid Dispatch envelope
+    ├── AWSError                    an AWS call failed for good (wraps botocore's ClientError)
+    ├── TaskFailure                 raised *by handlers* to steer the retry policy
+    │   ├── PermanentError          do not retry: dead-letter now
+    │   ├── Backpressure            the protected resource is overloaded: retry later, slower
+    │   └── BatchFailures           some items of a micro-batch failed (each with its exception)
+    └── TaskTimeoutError            a handler ran past its timeout_s (retryable)
+
+Exceptions carry data (task id, task name, AWS error code) as attributes, so a
+caller can act on them without parsing messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+
+class DispatchError(Exception):
+    """Root of every exception raised by Dispatch."""
+
+
+class ConfigurationError(DispatchError):
+    """A setting is missing or wrong; the message names the setting."""
+
+    def __init__(self, message: str, *, setting: str | None = None) -> None:
+        super().__init__(message)
+        self.setting = setting
+
+
+class TaskDefinitionError(DispatchError):
+    """A ``@task`` declaration that cannot work (bad option, reserved parameter name...)."""
+
+
+class UnknownTaskError(DispatchError):
+    """No task is registered under this name."""
+
+    def __init__(self, name: str, known: Sequence[str] = ()) -> None:
+        hint = f"; registered tasks: {', '.join(sorted(known))}" if known else ""
+        super().__init__(f"unknown task {name!r}{hint}")
+        self.name = name
+
+
+class TaskNotFoundError(DispatchError):
+    """No task record exists for this id (never enqueued, or expired after its TTL)."""
+
+    def __init__(self, task_id: str, *, why: str = "never enqueued, or its record expired") -> None:
+        super().__init__(f"no task with id {task_id!r} ({why})")
+        self.task_id = task_id
+
+
+class EnqueueError(DispatchError):
+    """A task could not be put on the queue."""
+
+    def __init__(self, message: str, *, task: str | None = None) -> None:
+        super().__init__(message)
+        self.task = task
+
+
+class InvalidArgumentsError(EnqueueError):
+    """The arguments do not bind to the handler's signature."""
+
+
+class PayloadTooLargeError(EnqueueError):
+    """The envelope is larger than a queue message may be."""
+
+    def __init__(self, *, task: str, size_bytes: int, limit_bytes: int) -> None:
+        super().__init__(
+            f"task {task!r}: the message is {size_bytes} bytes, over the limit of "
+            f"{limit_bytes} bytes (SQS's 1 MiB less room for the dead-letter details); "
+            "store large payloads in S3 and pass the key",
+            task=task,
+        )
+        self.size_bytes = size_bytes
+        self.limit_bytes = limit_bytes
+
+
+class PartialEnqueueError(EnqueueError):
+    """Some entries of a batch were refused by SQS; the others were enqueued.
+
+    ``task_ids`` holds the id of every entry in input order, ``None`` where the
+    entry was refused; ``failures`` maps the input index to the SQS reason.
+    """
+
+    def __init__(self, task_ids: list[str | None], failures: dict[int, str]) -> None:
+        detail = "; ".join(f"#{i}: {reason}" for i, reason in sorted(failures.items())[:5])
+        super().__init__(f"{len(failures)} of {len(task_ids)} messages were refused: {detail}")
+        self.task_ids = task_ids
+        self.failures = failures
+
+
+class EnvelopeError(DispatchError):
+    """A message body that is not a valid Dispatch envelope; ``reason`` says why."""
+
+    def __init__(self, reason: str, *, task_id: str | None = None, task: str | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.task_id = task_id
+        self.task = task
+
+
+class AWSError(DispatchError):
+    """An AWS call failed after the retries it was allowed."""
+
+    def __init__(self, message: str, *, operation: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.operation = operation
+        self.code = code
+
+
+class TaskFailure(DispatchError):
+    """Base of the exceptions a handler raises to steer what happens next."""
+
+
+class PermanentError(TaskFailure):
+    """Raised by a handler: the task can never succeed; dead-letter it without retrying."""
+
+
+class Backpressure(TaskFailure):
+    """Raised by a handler: the protected resource is overloaded.
+
+    The task is retried later without spending an attempt, and the resource's
+    rate is lowered (see :mod:`dispatch.throttle.limits`). ``retry_after_s`` is a hint
+    for the earliest retry, for example from a ``Retry-After`` header.
+    """
+
+    def __init__(self, message: str = "resource overloaded", *, retry_after_s: float | None = None):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class TaskTimeoutError(DispatchError):
+    """A handler ran past its ``timeout_s``; the attempt counts as failed and is retried."""
+
+    def __init__(self, *, task: str, timeout_s: float) -> None:
+        super().__init__(f"task {task!r} ran past its timeout of {timeout_s:g} s")
+        self.task = task
+        self.timeout_s = timeout_s
+
+
+class BatchFailures(TaskFailure):
+    """Raised by a batch handler: these items failed, every other item succeeded.
+
+    ``failures`` maps an item to the exception it failed with; the item is named
+    by its index in the list the handler received, or by its task id
+    (``current_task().task_ids``). Each failed item then goes the way a task
+    raising that exception would: retried after its backoff, dead-lettered
+    (``PermanentError``, last attempt, not in ``retry_on``) or retried without
+    spending the attempt (``Backpressure``). ``results`` optionally holds one
+    result per item of the batch (in order) for the items that succeeded.
+    """
+
+    def __init__(
+        self,
+        failures: Mapping[int | str, BaseException],
+        *,
+        results: Sequence[Any] | None = None,
+    ) -> None:
+        if not isinstance(failures, Mapping) or not failures:
+            raise TypeError(
+                "BatchFailures(failures) takes a non-empty mapping of item index or task id "
+                f"to exception, got {failures!r:.200}"
+            )
+        for key, exc in failures.items():
+            if isinstance(key, bool) or not isinstance(key, int | str):
+                raise TypeError(
+                    f"BatchFailures: {key!r} names no item; use the item's index in the "
+                    "batch (int) or its task id (str)"
+                )
+            if not isinstance(exc, BaseException):
+                raise TypeError(
+                    f"BatchFailures: item {key!r} maps to {exc!r:.200}, not an exception"
+                )
+        if results is not None and (
+            isinstance(results, str | bytes) or not isinstance(results, Sequence)
+        ):
+            raise TypeError(f"BatchFailures(results=) takes a list, got {type(results).__name__}")
+        shown = list(failures.items())[:5]
+        detail = "; ".join(f"{key}: {type(exc).__name__}: {exc}" for key, exc in shown)
+        super().__init__(f"{len(failures)} item(s) of the batch failed ({detail})")
+        self.failures: dict[int | str, BaseException] = dict(failures)
+        self.results: list[Any] | None = None if results is None else list(results)

@@ -1,0 +1,126 @@
+"""Claims: the one owner of which received message holds which task's attempt.
+
+A claim is a conditional write on the task's record that starts an attempt for
+one delivery (a lean task, id ``lean-...``, has no record: its attempt is the
+message's receive count). A claim refused is acted on here: a finished task's
+delivery is deleted, a dead one's dead-lettered from its record if this message
+never got its copy, a task running elsewhere hidden until its lease runs out.
+Every attempt claimed is then either settled or given back, exactly once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from dispatch.core.delivery import Delivery
+from dispatch.core.envelope import Envelope, is_lean_task_id
+from dispatch.core.record import Claim, ClaimStatus
+from dispatch.loop.observe import Observer, Skip
+from dispatch.loop.settle import Settler
+from dispatch.loop.sqs import SqsActions
+from dispatch.loop.transitions import Transitions
+from dispatch.store import state
+from dispatch.tasks.registry import TaskSpec
+
+__all__ = ["Claims"]
+
+
+class Claims:
+    """Claims attempts for deliveries and gives back the ones that will not run."""
+
+    def __init__(
+        self,
+        *,
+        transitions: Transitions,
+        sqs: SqsActions,
+        settler: Settler,
+        observer: Observer,
+        clock: Callable[[], float],
+    ) -> None:
+        self._transitions = transitions
+        self._sqs = sqs
+        self._settler = settler
+        self._observer = observer
+        self._clock = clock
+        self._claimed: dict[str, tuple[str, str, int]] = {}  # receipt -> task id, message, attempt
+
+    def holds(self, receipt: str) -> bool:
+        """Whether this dispatcher holds a claimed, unsettled attempt for the message."""
+        return receipt in self._claimed
+
+    async def claim(
+        self, delivery: Delivery, envelope: Envelope, spec: TaskSpec, bound: Any
+    ) -> Claim | None:
+        """Claim the attempt; None (after acting on it) when it must not run.
+
+        The claim carries a token of this receive, so that a claim the AWS call retry
+        sent twice (its first answer lost) is recognised as this delivery's own.
+        """
+        if is_lean_task_id(envelope.id):
+            return state.lean_claim(
+                envelope,
+                receive_count=delivery.receive_count,
+                max_attempts=spec.retry.max_attempts,
+                now=self._clock(),
+            )
+        claim = await self._transitions.claim(
+            envelope,
+            message_id=delivery.message_id,
+            now=self._clock(),
+            timeout_s=spec.timeout_s,
+            token=state.claim_token(delivery.receipt),
+        )
+        if claim.status is ClaimStatus.CLAIMED:
+            self._claimed[delivery.receipt] = (
+                envelope.id,
+                delivery.message_id,
+                claim.record.attempts,
+            )
+            return claim
+        await self._refused(delivery, envelope, claim, bound)
+        return None
+
+    async def _refused(
+        self, delivery: Delivery, envelope: Envelope, claim: Claim, bound: Any
+    ) -> None:
+        record = claim.record
+        if claim.status in (ClaimStatus.DONE, ClaimStatus.DUPLICATE):
+            bound.info("duplicate_delivery", status=record.status.value, claim=claim.status.value)
+            self._observer.skipped(Skip.DUPLICATE)
+            await self._sqs.delete(delivery.receipt)
+        elif claim.status is ClaimStatus.DEAD:
+            if record.message_id == delivery.message_id:
+                await self._settler.dead_letter_from_record(delivery, envelope, record)
+            else:
+                self._observer.skipped(Skip.DUPLICATE)
+                await self._sqs.delete(delivery.receipt)
+        else:  # BUSY: another delivery runs it
+            hide_s = math.ceil((record.lease_until or self._clock()) - self._clock()) + 1
+            bound.info("task_busy_elsewhere", hide_s=hide_s)
+            self._observer.skipped(Skip.DEFERRED)
+            await self._sqs.hide(delivery.receipt, hide_s)
+
+    def settling(self, receipt: str) -> None:
+        """The claimed attempt ran: its settlement, not a give-back, ends it."""
+        self._claimed.pop(receipt, None)
+
+    async def give_back(self, receipt: str, *, at_deadline: bool = False) -> bool:
+        """Give a claimed attempt back without running it; False when there was none
+        (a lean task, or one given back or settled already).
+
+        A task deferred before its first attempt goes back to ``queued``; one released
+        at a deadline goes back to ``retrying``.
+        """
+        claimed = self._claimed.pop(receipt, None)
+        if claimed is None:
+            return False
+        task_id, message_id, attempts = claimed
+        await self._transitions.give_back(
+            task_id,
+            message_id=message_id,
+            now=self._clock(),
+            first_attempt=attempts == 1 and not at_deadline,
+        )
+        return True

@@ -1,0 +1,180 @@
+"""The pipeline of one delivery: admit → claim → gate → run → settle.
+
+Each stage is an object with one owner of its state (admission, claims, the
+throttle gate, the runner, settlement); the pipeline only passes a delivery from
+one to the next. Micro-batch tasks leave it after admission for the
+:class:`~dispatch.loop.microbatch.MicroBatcher`, which composes the same stages.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import structlog
+
+from dispatch.core.context import TaskContext
+from dispatch.core.delivery import Delivery
+from dispatch.core.envelope import Envelope
+from dispatch.core.outcome import Outcome, OutcomeKind
+from dispatch.core.record import Claim
+from dispatch.core.resource import Resource
+from dispatch.loop.admission import Admitted, Postpone, admit
+from dispatch.loop.claims import Claims
+from dispatch.loop.gate import ThrottleGate
+from dispatch.loop.holding import Holding
+from dispatch.loop.microbatch import MicroBatcher
+from dispatch.loop.observe import Observer, Skip
+from dispatch.loop.settle import Settler
+from dispatch.loop.sqs import SqsActions
+from dispatch.tasks.registry import Registry, TaskSpec
+from dispatch.throttle.limits import Permit
+from dispatch_workers.pool import TaskRunner
+
+__all__ = ["Pipeline"]
+
+log = structlog.get_logger("dispatch.loop.pipeline")
+
+
+class Pipeline:
+    """Takes one delivery through the stages, to its settlement or its hand-back."""
+
+    def __init__(
+        self,
+        *,
+        registry: Registry,
+        signing_keys: Sequence[str],
+        runner: TaskRunner,
+        claims: Claims,
+        gate: ThrottleGate,
+        settler: Settler,
+        sqs: SqsActions,
+        holding: Holding,
+        observer: Observer,
+        clock: Callable[[], float],
+    ) -> None:
+        self.registry = registry
+        self.runner = runner
+        self.claims = claims
+        self.gate = gate
+        self.settler = settler
+        self.holding = holding
+        self._signing_keys = signing_keys
+        self._sqs = sqs
+        self._observer = observer
+        self._clock = clock
+        self.batches = MicroBatcher(
+            claims=claims,
+            gate=gate,
+            runner=runner,
+            settler=settler,
+            holding=holding,
+            observer=observer,
+        )
+
+    async def process(self, delivery: Delivery) -> None:
+        """Take one delivery from its admission to its settlement (or hand-back)."""
+        admission = admit(
+            delivery, registry=self.registry, signing_keys=self._signing_keys, now=self._clock()
+        )
+        if isinstance(admission, Postpone):
+            await self._postpone(delivery, admission)
+            return
+        if not isinstance(admission, Admitted):
+            await self.settler.reject(delivery, admission)
+            return
+        envelope, spec = admission.envelope, admission.spec
+        bound = log.bind(task_id=envelope.id, task=envelope.task, message_id=delivery.message_id)
+        if spec.batch is not None:
+            await self.batches.add(delivery, envelope, spec, bound)
+        elif spec.resource is None:
+            claim = await self.claims.claim(delivery, envelope, spec, bound)
+            if claim is not None:
+                await self.run(delivery, envelope, spec, claim, bound)
+        else:
+            await self._throttled(delivery, envelope, spec, spec.resource, bound)
+
+    async def _throttled(
+        self,
+        delivery: Delivery,
+        envelope: Envelope,
+        spec: TaskSpec,
+        resource: Resource,
+        bound: Any,
+    ) -> None:
+        """The throttled order: check the backlog (no write), claim, then take the
+        permit right before running, so the resource sees starts exactly as the
+        throttle granted them, not spread by the claim's latency."""
+        throttle = self.gate.throttle(resource)
+        backlog_s = self.gate.backlog_delay_s(throttle)
+        if backlog_s is not None:
+            await self.gate.defer(delivery, backlog_s, bound, reason="backlog")
+            return
+        with self.gate.queued(resource.name):
+            claim = await self.claims.claim(delivery, envelope, spec, bound)
+            if claim is None:
+                return
+            permit, wait_s = await self.gate.acquire(throttle)
+            if permit is None:
+                await self.gate.defer(delivery, wait_s, bound, reason="throttled")
+        if permit is None:
+            # Throttled is not failed: the attempt the claim counted is given back.
+            await self.claims.give_back(delivery.receipt)
+            return
+        outcome = await self.run(delivery, envelope, spec, claim, bound, permit=permit)
+        if outcome.succeeded:
+            throttle.on_success()
+        elif outcome.kind is OutcomeKind.BACKPRESSURE and throttle.on_backpressure():
+            bound.info("resource_slowed", effective_rate_per_s=throttle.effective_rate_per_s)
+
+    async def run(
+        self,
+        delivery: Delivery,
+        envelope: Envelope,
+        spec: TaskSpec,
+        claim: Claim,
+        bound: Any,
+        *,
+        permit: Permit | None = None,
+    ) -> Outcome:
+        """Run the claimed attempt and settle it; the permit goes back as soon as the
+        handler returns, not after the (batched) settlement: the resource is free."""
+        record = claim.record
+        bound = bound.bind(
+            attempt=record.attempts, resource=spec.resource.name if spec.resource else None
+        )
+        context = TaskContext(
+            task_id=envelope.id,
+            task=envelope.task,
+            attempt=record.attempts,
+            max_attempts=spec.retry.max_attempts,
+            enqueued_at=envelope.enqueued_at,
+        )
+        self._observer.started(envelope.task)
+        try:
+            with self._observer.running(envelope.task):
+                outcome = await self.runner.run(spec, envelope.args, envelope.kwargs, context)
+        finally:
+            if permit is not None:
+                self.gate.release(permit)
+        self.holding.settling(delivery.receipt)
+        self.claims.settling(delivery.receipt)
+        await self.settler.settle(
+            delivery, envelope, retry=spec.retry, claim=claim, outcome=outcome, bound=bound
+        )
+        return outcome
+
+    async def _postpone(self, delivery: Delivery, postpone: Postpone) -> None:
+        """A delay longer than SQS's 15 minutes: send the message again, due later."""
+        if await self._sqs.send_again(delivery, math.ceil(postpone.delay_s)):
+            self._observer.skipped(Skip.POSTPONED)
+            await self._sqs.delete(delivery.receipt)
+        else:
+            log.error("postpone_failed", task_id=postpone.envelope.id)
+
+    async def release(self, delivery: Delivery) -> None:
+        """Give back a message this dispatcher cannot finish: attempt refunded, visible now."""
+        await self.claims.give_back(delivery.receipt, at_deadline=True)
+        self._observer.skipped(Skip.RELEASED)
+        await self._sqs.hide(delivery.receipt, 0)

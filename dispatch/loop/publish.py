@@ -1,0 +1,122 @@
+"""Publishing: a dispatcher's throttle state and activity, for logs, metrics and status views.
+
+Every few seconds each resource's throttle state is logged and, when anything
+happened, written to the table with the per-task activity (``dispatch status``
+and ``dispatch top`` read it); EMF metrics are flushed on their own period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from dispatch.core.errors import DispatchError
+from dispatch.loop.activity import TaskActivity
+from dispatch.loop.metrics import FLUSH_EVERY_S
+from dispatch.loop.observe import MetricsObserver
+from dispatch.store.aws import aws_errors
+from dispatch.throttle.limits import ThrottleSnapshot
+from dispatch.throttle.status import PUBLISH_EVERY_S, publish_params
+
+__all__ = ["Publisher"]
+
+log = structlog.get_logger("dispatch.loop.publish")
+
+
+class Publisher:
+    """Publishes one dispatcher's state."""
+
+    def __init__(
+        self,
+        dynamodb: Any,
+        *,
+        table: str,
+        owner: str,
+        snapshots: Callable[[], tuple[ThrottleSnapshot, ...]],
+        waiting: Counter[str],
+        activity: TaskActivity,
+        metrics: MetricsObserver | None,
+        clock: Callable[[], float],
+    ) -> None:
+        self._dynamodb = dynamodb
+        self._table = table
+        self._owner = owner
+        self._snapshots = snapshots
+        self._waiting = waiting
+        self._activity = activity
+        self._metrics = metrics
+        self._clock = clock
+        self._last_published: dict[str, Any] | None = None
+
+    async def publish_forever(self) -> None:
+        """Publish every :data:`PUBLISH_EVERY_S`."""
+        while True:
+            await asyncio.sleep(PUBLISH_EVERY_S)
+            await self.publish()
+
+    async def flush_metrics_forever(self) -> None:
+        """Flush the EMF metrics every :data:`FLUSH_EVERY_S` (nothing when they are off)."""
+        if self._metrics is None:
+            return
+        while True:
+            await asyncio.sleep(FLUSH_EVERY_S)
+            await self.flush_metrics()
+
+    async def flush_metrics(self) -> None:
+        """Write the EMF documents now."""
+        if self._metrics is None:
+            return
+        await self._metrics.metrics.flush(self._snapshots(), self._metrics.take_waits())
+
+    async def publish(self) -> None:
+        """Log each resource's throttle state; publish it and the per-task activity."""
+        snapshots = self._snapshots()
+        for snapshot in snapshots:
+            log.info("throttle_state", **_snapshot_fields(snapshot, self._waiting[snapshot.name]))
+        activity = self._activity.snapshot()
+        if not _has_news(activity, self._last_published, snapshots, self._waiting):
+            return  # an idle dispatcher writes nothing: idle costs stay one request a tick
+        self._last_published = activity
+        put, directory = publish_params(
+            self._table, self._owner, snapshots, self._waiting, self._clock(), activity=activity
+        )
+        try:
+            with aws_errors("PutItem"):
+                await self._dynamodb.put_item(**put)
+                await self._dynamodb.update_item(**directory)
+        except DispatchError as exc:
+            log.warning("throttle_state_not_published", error=str(exc))
+
+
+def _has_news(
+    activity: dict[str, Any],
+    last: dict[str, Any] | None,
+    snapshots: tuple[ThrottleSnapshot, ...],
+    waiting: Counter[str],
+) -> bool:
+    """Whether a dispatcher has anything to publish: a message received or a task
+    counted since it last published, or work in flight or waiting."""
+    if activity.get("oldest_message_age_s") is not None:
+        return True
+    if activity.get("tasks") != (last or {}).get("tasks", {}):
+        return True  # counted something (a dispatch also moves dispatched_per_s)
+    if any(counts.get("in_flight") for counts in activity.get("tasks", {}).values()):
+        return True
+    return any(s.in_flight or waiting[s.name] for s in snapshots)
+
+
+def _snapshot_fields(snapshot: ThrottleSnapshot, waiting: int) -> dict[str, Any]:
+    return {
+        "resource": snapshot.name,
+        "configured_rate_per_s": snapshot.configured_rate_per_s,
+        "effective_rate_per_s": snapshot.effective_rate_per_s,
+        "in_flight": snapshot.in_flight,
+        "max_concurrency": snapshot.max_concurrency,
+        "waiting": waiting,
+        "waits": snapshot.waits,
+        "mean_wait_s": round(snapshot.mean_wait_s, 4),
+    }

@@ -1,0 +1,1 @@
+"""The operations layer at the top of Dispatch: the CLI, status views, the live view and the DLQ."""

@@ -1,0 +1,690 @@
+"""The ``dispatch`` command.
+
+Exit codes scripts can rely on: 0 success; 1 the command ran and found a
+problem (the demo did not add up, a run stopped on an error, an AWS call
+failed); 2 usage error; 3 configuration error (missing or wrong queue, table,
+credentials); 4 not found.
+
+Read commands take ``--json`` and then print one JSON document on stdout and
+nothing else. Progress bars go to stderr, and only when stderr is a terminal
+and ``--json`` is off, so a script's stdout stays clean.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, ParamSpec, TypeVar
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from dispatch.core import constants as c
+from dispatch.core.config import Endpoint, Settings, parse_task_modules
+from dispatch.core.errors import ConfigurationError, DispatchError, TaskNotFoundError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_PIPE_WIDTH = 200  # columns for tables written to a pipe or file (rich's default is 80)
+
+EXIT_PROBLEM = 1
+EXIT_CONFIG = 3
+EXIT_NOT_FOUND = 4
+
+
+def _errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """Print Dispatch errors as one clear line and exit with their code."""
+
+    @wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except TaskNotFoundError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(EXIT_NOT_FOUND)
+        except ConfigurationError as exc:
+            click.echo(f"configuration error: {exc}", err=True)
+            sys.exit(EXIT_CONFIG)
+        except DispatchError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(EXIT_PROBLEM)
+
+    return wrapper
+
+
+def _console() -> Console:
+    """stdout for tables: the terminal's width, or wide enough for whole rows in a pipe."""
+    console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(width=_PIPE_WIDTH)
+    return console
+
+
+def _progress(*, quiet: bool) -> Progress:
+    """A progress bar on stderr; off with ``quiet`` (--json) or when stderr is no terminal."""
+    console = Console(stderr=True)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=quiet or not console.is_terminal,
+    )
+
+
+def _load_tasks(tasks: str | None) -> tuple[str, ...]:
+    from dispatch.tasks.registry import default_registry
+
+    modules = parse_task_modules(tasks) if tasks else Settings.from_env().task_modules
+    default_registry.import_modules(modules)
+    return modules
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--log-level",
+    default=None,
+    help="structlog level (default: INFO for run, ERROR for the demo, WARNING otherwise).",
+)
+@click.option(
+    "--log-json/--log-console", default=None, help="Log format (default: JSON off a terminal)."
+)
+@click.pass_context
+def cli(ctx: click.Context, log_level: str | None, log_json: bool | None) -> None:
+    """Dispatch: throttled background work on AWS (SQS + DynamoDB)."""
+    from dispatch.core.logs import configure_logging
+
+    default = {"run": "INFO", "dev": "INFO", "demo": "ERROR"}.get(
+        ctx.invoked_subcommand or "", "WARNING"
+    )
+    configure_logging(level=log_level or default, json=log_json)
+
+
+@cli.command()
+@click.option(
+    "--orders",
+    default=240,
+    show_default=True,
+    type=click.IntRange(1, 5000),
+    help="Orders in the workload.",
+)
+@_errors
+def demo(orders: int) -> None:
+    """Run the example workload end to end on the embedded local AWS."""
+    from dispatch.local.demo import run_demo
+
+    result = run_demo(orders=orders, console=Console())
+    if not result.ok:
+        sys.exit(EXIT_PROBLEM)
+
+
+@cli.command()
+@click.option(
+    "--tasks",
+    "tasks",
+    metavar="MODULES",
+    help=f"Comma-separated task modules (default: ${c.ENV_TASKS}).",
+)
+@click.option(
+    "--until-empty",
+    is_flag=True,
+    help="Return when no message is visible, in flight or delayed and no task runs.",
+)
+@click.option(
+    "--for",
+    "for_s",
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    help="Run for this long, then stop.",
+)
+@click.option(
+    "--max-in-flight",
+    default=64,
+    show_default=True,
+    type=click.IntRange(1, 10_000),
+    help="Messages held at once.",
+)
+@_errors
+def run(tasks: str | None, until_empty: bool, for_s: float | None, max_in_flight: int) -> None:
+    """Run the dispatcher loop against the queue and table the environment names."""
+    if until_empty and for_s is not None:
+        raise click.UsageError("--until-empty and --for are alternatives; pass one")
+    settings = Settings.from_env()
+    _load_tasks(tasks)
+    stats = asyncio.run(
+        _run(settings, until_empty=until_empty, for_s=for_s, max_in_flight=max_in_flight)
+    )
+    click.echo(
+        json.dumps(
+            {
+                "received": stats.received,
+                "succeeded": stats.succeeded,
+                "retried": stats.retried,
+                "dead": stats.dead,
+                "dead_reasons": dict(stats.dead_reasons),
+                "duplicates": stats.duplicates,
+                "wall_s": round(stats.wall_s, 3),
+            }
+        )
+    )
+
+
+async def _run(
+    settings: Settings, *, until_empty: bool, for_s: float | None, max_in_flight: int
+) -> Any:
+    from dispatch.loop.dispatcher import Dispatcher, DispatcherOptions
+    from dispatch.store.aws import async_clients
+
+    async with async_clients(settings) as clients:
+        dispatcher = Dispatcher(
+            settings, clients=clients, options=DispatcherOptions(max_in_flight=max_in_flight)
+        )
+        await dispatcher.check()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, dispatcher.stop)
+        try:
+            return await dispatcher.run(until_empty=until_empty, for_s=for_s)
+        finally:
+            await dispatcher.runner.aclose()
+
+
+@cli.command()
+@click.option(
+    "--prefix",
+    default="dispatch",
+    show_default=True,
+    help="Name prefix of the queue, DLQ and table.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print {queue_url, dlq_url, table} as JSON.")
+@_errors
+def init(prefix: str, as_json: bool) -> None:
+    """Create the queue, DLQ and table (idempotently) on the endpoint the environment names."""
+    from dispatch.local.provision import provision
+    from dispatch.store.aws import sync_clients
+
+    clients = sync_clients(Endpoint.from_env())
+    resources = provision(clients.sqs, clients.dynamodb, prefix=prefix)
+    if as_json:
+        click.echo(json.dumps(resources.as_json()))
+        return
+    for name, value in resources.as_env().items():
+        click.echo(f"export {name}={value}")
+
+
+ENQUEUE_CHUNK = 100  # messages per enqueue_many call in a bulk enqueue (progress steps)
+
+
+def _argument_set(text: str, *, where: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """(args, kwargs) from a JSON object (keyword arguments) or list (positional)."""
+    try:
+        parsed = json.loads(text)
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint=where) from exc
+    if not isinstance(parsed, dict | list):
+        raise click.BadParameter(
+            f"must be a JSON object or list, not {type(parsed).__name__}", param_hint=where
+        )
+    return (tuple(parsed), {}) if isinstance(parsed, list) else ((), dict(parsed))
+
+
+@cli.command()
+@click.argument("task_name", metavar="TASK")
+@click.option(
+    "--args",
+    "args_json",
+    default=None,
+    help="JSON object (keyword arguments) or list (positional). Default: {}.",
+)
+@click.option(
+    "--from-file",
+    "from_file",
+    type=click.File("r", encoding="utf-8"),
+    metavar="FILE",
+    help="JSON lines, one argument set (object or list) per line: one task per line. "
+    "'-' reads stdin.",
+)
+@click.option(
+    "--count",
+    type=click.IntRange(1, 1_000_000),
+    default=1,
+    show_default=True,
+    help="Enqueue this many tasks with the same --args.",
+)
+@click.option(
+    "--tasks", "tasks", metavar="MODULES", help=f"Task modules (default: ${c.ENV_TASKS})."
+)
+@click.option(
+    "--delay-s",
+    type=click.FloatRange(min=0),
+    help="Run no earlier than this many seconds from now.",
+)
+@click.option("--idempotency-key", help="The same key enqueues the task once (one task only).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of the task ids.")
+@_errors
+def enqueue(
+    task_name: str,
+    *,
+    args_json: str | None,
+    from_file: Any,
+    count: int,
+    tasks: str | None,
+    delay_s: float | None,
+    idempotency_key: str | None,
+    as_json: bool,
+) -> None:
+    """Enqueue a task (or many: --count N, --from-file FILE); prints the task ids, one a line.
+
+    Every argument set is checked against the handler before anything is sent.
+    """
+    from dispatch.core.envelope import Message, MessageOptions
+    from dispatch.tasks.registry import default_registry
+
+    if from_file is not None and (args_json is not None or count != 1):
+        raise click.UsageError("--from-file gives the argument sets; drop --args and --count")
+    sets: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+    line_numbers: list[int] = []  # of each argument set in the file (blank lines skipped)
+    name = getattr(from_file, "name", "FILE")
+    if from_file is not None:
+        for number, line in enumerate(from_file, start=1):
+            if line.strip():
+                sets.append(_argument_set(line, where=f"--from-file {name} line {number}"))
+                line_numbers.append(number)
+        if not sets:
+            raise click.BadParameter(f"{name} holds no argument set", param_hint="--from-file")
+    else:
+        sets = [_argument_set(args_json or "{}", where="--args")] * count
+    if idempotency_key is not None and len(sets) > 1:
+        raise click.UsageError(
+            "--idempotency-key makes every copy the same task; it enqueues one task only"
+        )
+    _load_tasks(tasks)
+    spec = default_registry.get(task_name)
+    options = MessageOptions(delay_s=delay_s, idempotency_key=idempotency_key)
+    messages: list[Message] = []
+    for index, (args, kwargs) in enumerate(sets):
+        try:
+            messages.append(Message.build(spec, args, kwargs, options))
+        except DispatchError as exc:
+            if from_file is None:
+                raise
+            raise DispatchError(f"{name} line {line_numbers[index]}: {exc}") from exc
+    sent = _enqueue_in_chunks(messages, label=f"enqueue {task_name}", as_json=as_json)
+    if as_json:
+        click.echo(json.dumps(sent))
+
+
+def _enqueue_in_chunks(messages: list[Any], *, label: str, as_json: bool) -> list[str]:
+    """Enqueue with a progress bar, printing ids as they go (unless ``as_json``).
+
+    On a failure, what was enqueued is printed (with ``as_json``, as the JSON list)
+    and the error says which tasks were not, so none is lost or sent twice by a retry.
+    """
+    from dispatch.core.errors import PartialEnqueueError
+    from dispatch.producer.enqueue import default_queue
+
+    queue = default_queue()
+    sent: list[str] = []
+    with _progress(quiet=as_json or len(messages) < 2) as progress:
+        bar = progress.add_task(label, total=len(messages))
+        for start in range(0, len(messages), ENQUEUE_CHUNK):
+            chunk = messages[start : start + ENQUEUE_CHUNK]
+            try:
+                ids = queue.enqueue_many(chunk)
+            except DispatchError as exc:
+                refused = list(range(start + 1, len(messages) + 1))
+                if isinstance(exc, PartialEnqueueError):
+                    went = [i for i in exc.task_ids if i is not None]
+                    sent.extend(went)
+                    if went and not as_json:
+                        click.echo("\n".join(went))
+                    refused = [start + 1 + i for i in sorted(exc.failures)]
+                    refused += list(range(start + len(chunk) + 1, len(messages) + 1))
+                if as_json:
+                    click.echo(json.dumps(sent))
+                raise DispatchError(
+                    f"{exc}; {len(sent)} of {len(messages)} task(s) were enqueued (their ids "
+                    f"are on stdout); not enqueued: #{_ranges(refused)}"
+                ) from exc
+            sent.extend(ids)
+            if not as_json:
+                click.echo("\n".join(ids))
+            progress.advance(bar, len(ids))
+    return sent
+
+
+def _ranges(numbers: list[int]) -> str:
+    """``[1, 2, 3, 7]`` → ``1-3, 7``."""
+    spans: list[str] = []
+    for n in numbers:
+        if spans and spans[-1].split("-")[-1] == str(n - 1):
+            spans[-1] = f"{spans[-1].split('-')[0]}-{n}"
+        else:
+            spans.append(str(n))
+    return ", ".join(spans)
+
+
+@cli.command()
+@click.argument("task_id", required=False)
+@click.option(
+    "--max-scan",
+    type=click.IntRange(min=0),
+    default=c.STATUS_MAX_SCAN,
+    show_default=True,
+    metavar="N",
+    help="Read at most N table items to count tasks by status ('at least' beyond); 0: skip.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@_errors
+def status(task_id: str | None, max_scan: int, as_json: bool) -> None:
+    """Show the queue and DLQ depth, the oldest message's age, task counts by status and
+    every throttled resource's state (rates, tokens, in flight, waiting, time spent
+    waiting); or, given TASK_ID, that task's record."""
+    if task_id is not None:
+        from dispatch.producer.status import status as task_status
+
+        record = task_status(task_id).to_dict()
+        if as_json:
+            click.echo(json.dumps(record))
+        else:
+            for key, value in record.items():
+                click.echo(f"{key:>16}: {json.dumps(value) if isinstance(value, dict) else value}")
+        return
+    from dispatch.ops.overview import overview
+    from dispatch.ops.top import describe_age, describe_depth, resource_table
+    from dispatch.producer.enqueue import default_queue
+
+    queue = default_queue()
+    report = overview(queue.sync_clients(), queue.settings, max_scan=max_scan)
+    if as_json:
+        click.echo(json.dumps(report.to_dict()))
+        return
+    click.echo(describe_depth("queue", report.queue))
+    click.echo(describe_depth("dlq", report.dlq))
+    click.echo(describe_age(report.oldest_message))
+    tasks = report.tasks
+    if tasks is None:
+        click.echo("tasks: not counted (--max-scan 0)")
+    else:
+        prefix = "" if tasks.complete else "at least "
+        counts = ", ".join(f"{name} {prefix}{n}" for name, n in tasks.counts.items())
+        click.echo(f"tasks: {counts}")
+        if not tasks.complete:
+            click.echo(
+                f"       (the count stopped after {tasks.scanned} table items: "
+                "raise --max-scan to count them all)"
+            )
+    click.echo(f"dispatchers: {report.dispatchers} live")
+    if not report.resources:
+        click.echo("resources: none reported by a live dispatcher")
+        return
+    _console().print(resource_table(report.resources))
+
+
+@cli.command()
+@click.option(
+    "--interval-s",
+    type=click.FloatRange(min=0.2),
+    default=2.0,
+    show_default=True,
+    help="Seconds between refreshes.",
+)
+@click.option("--once", is_flag=True, help="Print one frame and exit.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the frame's data as JSON (one object a line, each refresh, without --once).",
+)
+@_errors
+def top(interval_s: float, once: bool, as_json: bool) -> None:
+    """A live view: per task the dispatch rate, successes, retries, dead letters and tasks
+    in flight; per resource the rates, tokens, in flight vs cap, waiting and wait time;
+    the queue and DLQ depth. Ctrl-C quits."""
+    import time
+
+    from dispatch.ops.top import read_frame, render, run_live
+    from dispatch.producer.enqueue import default_queue
+
+    queue = default_queue()
+    clients, settings = queue.sync_clients(), queue.settings
+
+    def read() -> Any:
+        return read_frame(clients, settings)
+
+    if once:
+        frame = read()
+        if as_json:
+            click.echo(json.dumps(frame.to_dict()))
+        else:
+            _console().print(render(frame))
+        return
+    if as_json:
+        try:
+            while True:
+                click.echo(json.dumps(read().to_dict()))
+                time.sleep(interval_s)
+        except KeyboardInterrupt:
+            return
+    run_live(read, interval_s=interval_s, console=Console())
+
+
+@cli.command()
+@click.option(
+    "--lambda",
+    "lambda_mode",
+    is_flag=True,
+    help="The deployed topology locally: dispatcher and worker functions behind a loopback "
+    "Lambda Invoke endpoint, on the template's schedule.",
+)
+@click.option(
+    "--tasks",
+    "tasks",
+    metavar="MODULES",
+    help=f"Task modules (default: ${c.ENV_TASKS}, else dispatch.local.example.app).",
+)
+@click.option(
+    "--schedule", default=None, help="rate()/cron() (default: the template's DispatchSchedule)."
+)
+@_errors
+def dev(lambda_mode: bool, tasks: str | None, schedule: str | None) -> None:
+    """Run the embedded local AWS and a dispatcher (local workers, or --lambda) until Ctrl-C."""
+    from dispatch.local.dev import run_dev
+
+    run_dev(lambda_mode=lambda_mode, tasks=tasks, schedule=schedule, console=Console())
+
+
+@cli.command("task")
+@click.argument("task_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_errors
+def task_record(task_id: str, as_json: bool) -> None:
+    """Show one task's full record: status, attempts, times, last error, result."""
+    from dispatch.producer.status import status as task_status
+
+    record = task_status(task_id).to_dict()
+    if as_json:
+        click.echo(json.dumps(record))
+        return
+    for key, value in record.items():
+        if key == "last_error":
+            click.echo(f"{'last_error':>16}: {value['type']}: {value['message']}")
+            for line in value.get("traceback", "").rstrip().splitlines():
+                click.echo(f"{'':>18}{line}")
+            continue
+        click.echo(f"{key:>16}: {json.dumps(value) if isinstance(value, dict) else value}")
+
+
+@cli.command()
+@click.argument("task_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
+@_errors
+def cancel(task_id: str, as_json: bool) -> None:
+    """Cancel a queued or retrying task: it will not run (its message is dropped)."""
+    from dispatch.producer.enqueue import default_queue
+    from dispatch.producer.status import cancel as cancel_task
+
+    queue = default_queue()
+    record = cancel_task(queue.sync_clients().dynamodb, queue.settings.table, task_id)
+    if as_json:
+        click.echo(json.dumps(record.to_dict()))
+    else:
+        click.echo(f"{task_id}: {record.status.value}")
+
+
+@cli.group()
+def dlq() -> None:
+    """The dead-letter queue: list, show, redrive, purge."""
+
+
+def _dlq_context() -> tuple[Any, Settings]:
+    from dispatch.producer.enqueue import default_queue
+
+    queue = default_queue()
+    return queue.sync_clients(), queue.settings
+
+
+@dlq.command("list")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines, one per message.")
+@_errors
+def dlq_list(limit: int, as_json: bool) -> None:
+    """List dead-lettered messages with their reason (they stay on the queue)."""
+    from dispatch.ops.dlq import iter_dead_letters, release
+
+    clients, settings = _dlq_context()
+    entries = list(iter_dead_letters(clients, settings, limit=limit))
+    release(clients, settings, entries)
+    if as_json:
+        click.echo(json.dumps([e.to_dict() for e in entries]))
+        return
+    table = Table(title=f"dead letters ({len(entries)})", title_justify="left")
+    for column in ("message id", "task", "task id", "reason", "error", "attempts"):
+        table.add_column(column)
+    for e in entries:
+        error = e.failure.get("error", {})
+        table.add_row(
+            e.message_id,
+            e.task or "-",
+            e.task_id or "-",
+            e.reason,
+            f"{error.get('type', '')}: {error.get('message', '')}"[:80],
+            str(e.failure.get("attempts", "-")),
+        )
+    _console().print(table)
+
+
+@dlq.command("show")
+@click.argument("message_or_task_id")
+@click.option("--json", "as_json", is_flag=True, help="Print compact JSON (one line).")
+@_errors
+def dlq_show(message_or_task_id: str, as_json: bool) -> None:
+    """Show one dead letter (by SQS message id or task id): body and full failure, as
+    indented JSON (compact with --json)."""
+    from dispatch.ops.dlq import iter_dead_letters, release
+
+    clients, settings = _dlq_context()
+    entries = list(iter_dead_letters(clients, settings))
+    release(clients, settings, entries)
+    for e in entries:
+        if message_or_task_id in (e.message_id, e.task_id):
+            click.echo(json.dumps(e.to_dict(with_body=True), indent=None if as_json else 2))
+            return
+    raise TaskNotFoundError(message_or_task_id)
+
+
+@dlq.command("redrive")
+@click.option("--task", "task_name", help="Only tasks of this name.")
+@click.option("--limit", type=click.IntRange(1, 1_000_000), help="At most this many.")
+@click.option("--dry-run", is_flag=True, help="Show what would move; move nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_errors
+def dlq_redrive(task_name: str | None, limit: int | None, dry_run: bool, as_json: bool) -> None:
+    """Put dead tasks back on the queue with their attempts reset."""
+    from dispatch.ops.dlq import redrive
+
+    clients, settings = _dlq_context()
+    with _progress(quiet=as_json) as progress:
+        bar = progress.add_task("redrive", total=limit)
+        report = redrive(
+            clients,
+            settings,
+            task=task_name,
+            limit=limit,
+            dry_run=dry_run,
+            progress=lambda n: progress.advance(bar, n),
+        )
+    if as_json:
+        click.echo(json.dumps(report.to_dict()))
+        return
+    verb = "would redrive" if dry_run else "redrove"
+    click.echo(f"{verb} {len(report.redriven)} task(s); left {report.skipped} on the DLQ")
+
+
+@dlq.command("purge")
+@click.option("--yes", is_flag=True, help="Confirm: delete every dead letter for good.")
+@_errors
+def dlq_purge(yes: bool) -> None:
+    """Delete every message on the dead-letter queue."""
+    from dispatch.ops.dlq import purge
+
+    if not yes:
+        raise click.UsageError("purge deletes every dead letter for good; pass --yes to confirm")
+    clients, settings = _dlq_context()
+    purge(clients, settings)
+    click.echo("dead-letter queue purged")
+
+
+@cli.group()
+def cron() -> None:
+    """EventBridge cron()/rate() expressions."""
+
+
+@cron.command("next")
+@click.argument("expression")
+@click.option("-n", "count", type=click.IntRange(1, 1000), default=5, show_default=True)
+@click.option("--after", help="ISO-8601 time to start from (default: now, UTC).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of ISO-8601 UTC times.")
+@_errors
+def cron_next(expression: str, count: int, after: str | None, as_json: bool) -> None:
+    """Print the next fire times of EXPRESSION (UTC)."""
+    import datetime as dt
+    import itertools
+
+    from dispatch.tasks.cron import parse
+
+    schedule = parse(expression)
+    if after is None:
+        start = dt.datetime.now(dt.UTC)
+    else:
+        try:
+            start = dt.datetime.fromisoformat(after.replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise click.BadParameter(
+                f"not an ISO-8601 time: {after}", param_hint="--after"
+            ) from exc
+        if start.tzinfo is None:
+            start = start.replace(tzinfo=dt.UTC)
+    times = [
+        t.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+        for t in itertools.islice(schedule.iter_after(start), count)
+    ]
+    if as_json:
+        click.echo(json.dumps(times))
+    else:
+        click.echo("\n".join(times))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli()

@@ -1,0 +1,1 @@
+"""The producer layer, above the store: enqueueing tasks and reading or cancelling their records."""

@@ -1,0 +1,1 @@
+"""The tasks layer, above the producer: declarations, schedule expressions, argument checks."""

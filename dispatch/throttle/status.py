@@ -1,0 +1,208 @@
+"""What every dispatcher is doing, published to the table and read back.
+
+"Am I throttled?" must have an answer without attaching to a process. Each
+dispatcher writes, every few seconds, one item ``disp#<dispatcher id>`` with its
+per-resource throttle snapshot (rates, tokens, tasks in flight and waiting, time
+spent waiting) and its per-task activity (:mod:`dispatch.loop.activity`: tasks
+dispatched and their outcomes, the oldest message age it saw), and adds its id
+to the ``dispatchers`` directory item. ``dispatch status`` and ``dispatch top``
+read the directory, the live dispatcher items (:func:`read_dispatchers`), and
+the shared ``bucket#``/``slots#`` items, and sum them per resource and task.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+from dispatch.core import constants as c
+from dispatch.store.aws import aws_errors
+from dispatch.store.codec import number, read_number
+from dispatch.store.state import chunks
+from dispatch.throttle.limits import ThrottleSnapshot
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+__all__ = [
+    "PUBLISH_EVERY_S",
+    "DispatcherReport",
+    "ResourceStatus",
+    "combine_resources",
+    "publish_params",
+    "read_dispatchers",
+    "read_status",
+]
+
+PUBLISH_EVERY_S: Final = 5.0
+_LIVE_FOR_S: Final = 3 * PUBLISH_EVERY_S
+_DIRECTORY_KEY: Final = {c.TABLE_HASH_KEY: {"S": c.DISPATCHER_DIRECTORY_KEY}}
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceStatus:
+    """One resource across every live dispatcher."""
+
+    name: str
+    configured_rate_per_s: float | None
+    effective_rate_per_s: float | None
+    tokens: float | None
+    in_flight: int
+    max_concurrency: int | None
+    slots_held: int | None
+    waiting: int
+    waits: int
+    wait_total_s: float
+    started: int
+    backpressure_signals: int
+    dispatchers: int
+
+    @property
+    def mean_wait_s(self) -> float:
+        """Average wait of the tasks that waited."""
+        return self.wait_total_s / self.waits if self.waits else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self) | {"mean_wait_s": round(self.mean_wait_s, 4)}
+
+
+@dataclass(frozen=True, slots=True)
+class DispatcherReport:
+    """What one live dispatcher last published."""
+
+    owner: str
+    published_at: float | None
+    resources: dict[str, dict[str, Any]]
+    activity: dict[str, Any]  # dispatch.loop.activity.TaskActivity.snapshot(); {} if not published
+
+
+def publish_params(
+    table: str,
+    owner: str,
+    snapshots: Iterable[ThrottleSnapshot],
+    waiting: Mapping[str, int],
+    now: float,
+    *,
+    activity: Mapping[str, Any] | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """PutItem for this dispatcher's item and UpdateItem adding it to the directory."""
+    resources = {
+        snap.name: asdict(snap) | {"waiting": int(waiting.get(snap.name, 0))} for snap in snapshots
+    }
+    item = {
+        c.TABLE_HASH_KEY: {"S": f"{c.DISPATCHER_KEY_PREFIX}{owner}"},
+        "owner": {"S": owner},
+        "live_until": number(now + _LIVE_FOR_S),
+        "published_at": number(now),
+        "resources": {"S": json.dumps(resources, separators=(",", ":"))},
+        "activity": {"S": json.dumps(dict(activity or {}), separators=(",", ":"))},
+        c.TABLE_TTL_ATTRIBUTE: number(int(now) + 3600),
+    }
+    put = {"TableName": table, "Item": item}
+    directory = {
+        "TableName": table,
+        "Key": _DIRECTORY_KEY,
+        "UpdateExpression": "ADD members :me",
+        "ExpressionAttributeValues": {":me": {"SS": [owner]}},
+    }
+    return put, directory
+
+
+def read_status(client: DynamoDBClient, table: str, *, now: float) -> list[ResourceStatus]:
+    """Every resource some live dispatcher reported, summed over dispatchers, with the
+    shared bucket's tokens and the cap's held slots. Forgets dead dispatchers."""
+    return combine_resources(client, table, read_dispatchers(client, table, now=now))
+
+
+def read_dispatchers(client: DynamoDBClient, table: str, *, now: float) -> list[DispatcherReport]:
+    """The last report of every live dispatcher; forgets dead ones from the directory."""
+    with aws_errors("GetItem"):
+        directory = client.get_item(TableName=table, Key=_DIRECTORY_KEY, ConsistentRead=True)
+    members = sorted(directory.get("Item", {}).get("members", {}).get("SS", []))
+    reports: list[DispatcherReport] = []
+    dead: list[str] = []
+    for chunk in chunks(members, c.DDB_MAX_BATCH_GET):
+        keys = [{c.TABLE_HASH_KEY: {"S": f"{c.DISPATCHER_KEY_PREFIX}{m}"}} for m in chunk]
+        with aws_errors("BatchGetItem"):
+            answer = client.batch_get_item(RequestItems={table: {"Keys": keys}})
+        found = {i["owner"]["S"]: i for i in answer.get("Responses", {}).get(table, [])}
+        for owner in chunk:
+            item = found.get(owner)
+            if item is None or read_number(item["live_until"]) < now:
+                dead.append(owner)
+                continue
+            reports.append(
+                DispatcherReport(
+                    owner=owner,
+                    published_at=read_number(item["published_at"])
+                    if "published_at" in item
+                    else None,
+                    resources=json.loads(item["resources"]["S"]),
+                    activity=json.loads(item["activity"]["S"]) if "activity" in item else {},
+                )
+            )
+    if dead:
+        with aws_errors("UpdateItem"):
+            client.update_item(
+                TableName=table,
+                Key=_DIRECTORY_KEY,
+                UpdateExpression="DELETE members :dead",
+                ExpressionAttributeValues={":dead": {"SS": dead}},
+            )
+    return reports
+
+
+def combine_resources(
+    client: DynamoDBClient, table: str, reports: Iterable[DispatcherReport]
+) -> list[ResourceStatus]:
+    """Each resource the reports name, summed over them, with the shared bucket's tokens
+    and the cap's held slots."""
+    parts = [r.resources for r in reports]
+    names = sorted({name for report in parts for name in report})
+    return [_combine(client, table, name, [r[name] for r in parts if name in r]) for name in names]
+
+
+def _combine(
+    client: DynamoDBClient, table: str, name: str, parts: list[dict[str, Any]]
+) -> ResourceStatus:
+    first = parts[0]
+    tokens: float | None = None
+    slots_held: int | None = None
+    effective = min(
+        (p["effective_rate_per_s"] for p in parts if p["effective_rate_per_s"] is not None),
+        default=None,
+    )
+    if first["configured_rate_per_s"] is not None:
+        bucket = _get(client, table, f"{c.BUCKET_KEY_PREFIX}{name}")
+        if bucket:
+            tokens = read_number(bucket["tokens"])
+            effective = read_number(bucket["rate"])
+    if first["max_concurrency"] is not None:
+        slots = _get(client, table, f"{c.SLOTS_KEY_PREFIX}{name}")
+        if slots and "held" in slots:
+            slots_held = int(read_number(slots["held"]))
+    return ResourceStatus(
+        name=name,
+        configured_rate_per_s=first["configured_rate_per_s"],
+        effective_rate_per_s=effective,
+        tokens=tokens,
+        in_flight=sum(int(p["in_flight"]) for p in parts),
+        max_concurrency=first["max_concurrency"],
+        slots_held=slots_held,
+        waiting=sum(int(p["waiting"]) for p in parts),
+        waits=sum(int(p["waits"]) for p in parts),
+        wait_total_s=sum(float(p["wait_total_s"]) for p in parts),
+        started=sum(int(p["started"]) for p in parts),
+        backpressure_signals=sum(int(p["backpressure_signals"]) for p in parts),
+        dispatchers=len(parts),
+    )
+
+
+def _get(client: DynamoDBClient, table: str, key: str) -> dict[str, Any] | None:
+    with aws_errors("GetItem"):
+        answer = client.get_item(TableName=table, Key={c.TABLE_HASH_KEY: {"S": key}})
+    item = answer.get("Item")
+    return dict(item) if item else None
