@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+
+from structlog.typing import FilteringBoundLogger
 
 from dispatch.core.delivery import Delivery
 from dispatch.core.envelope import Envelope, is_lean_task_id
@@ -51,7 +52,7 @@ class Claims:
         return receipt in self._claimed
 
     async def claim(
-        self, delivery: Delivery, envelope: Envelope, spec: TaskSpec, bound: Any
+        self, delivery: Delivery, envelope: Envelope, spec: TaskSpec, bound: FilteringBoundLogger
     ) -> Claim | None:
         """Claim the attempt; None (after acting on it) when it must not run.
 
@@ -83,7 +84,7 @@ class Claims:
         return None
 
     async def _refused(
-        self, delivery: Delivery, envelope: Envelope, claim: Claim, bound: Any
+        self, delivery: Delivery, envelope: Envelope, claim: Claim, bound: FilteringBoundLogger
     ) -> None:
         record = claim.record
         if claim.status in (ClaimStatus.DONE, ClaimStatus.DUPLICATE):

@@ -17,7 +17,9 @@ import math
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
-from typing import Any, Final, Protocol
+from typing import Final, Protocol
+
+from structlog.typing import FilteringBoundLogger
 
 from dispatch.core import constants as c
 from dispatch.core.delivery import Delivery
@@ -125,7 +127,9 @@ class ThrottleGate:
         if released is not None:
             released.set()
 
-    async def defer(self, delivery: Delivery, wait_s: float, bound: Any, *, reason: str) -> None:
+    async def defer(
+        self, delivery: Delivery, wait_s: float, bound: FilteringBoundLogger, *, reason: str
+    ) -> None:
         """Hide a message the throttle cannot start soon; no attempt is spent.
 
         Each receive counts toward the queue's redrive limit, so a message deferred

@@ -35,9 +35,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any
 
 import structlog
+from structlog.typing import FilteringBoundLogger
 
 from dispatch.core import constants as c
 from dispatch.core.context import BatchContext, TaskContext
@@ -63,7 +63,7 @@ log = structlog.get_logger("dispatch.loop.microbatch")
 class _Item:
     delivery: Delivery
     envelope: Envelope
-    bound: Any
+    bound: FilteringBoundLogger
     done: asyncio.Future[None]  # set once settled; cancelled when the item was given back
     claim: Claim | None = None
 
@@ -100,7 +100,9 @@ class MicroBatcher:
         self._open: dict[str, _Batch] = {}
         self._runs: set[asyncio.Task[None]] = set()
 
-    async def add(self, delivery: Delivery, envelope: Envelope, spec: TaskSpec, bound: Any) -> None:
+    async def add(
+        self, delivery: Delivery, envelope: Envelope, spec: TaskSpec, bound: FilteringBoundLogger
+    ) -> None:
         """Put one admitted item in its task's open batch; return once it is settled
         (or was handed back: a refused claim, a deferral)."""
         if spec.batch is None:

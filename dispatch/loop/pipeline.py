@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import structlog
+from structlog.typing import FilteringBoundLogger
 
 from dispatch.core.context import TaskContext
 from dispatch.core.delivery import Delivery
@@ -101,7 +101,7 @@ class Pipeline:
         envelope: Envelope,
         spec: TaskSpec,
         resource: Resource,
-        bound: Any,
+        bound: FilteringBoundLogger,
     ) -> None:
         """The throttled order: check the backlog (no write), claim, then take the
         permit right before running, so the resource sees starts exactly as the
@@ -134,7 +134,7 @@ class Pipeline:
         envelope: Envelope,
         spec: TaskSpec,
         claim: Claim,
-        bound: Any,
+        bound: FilteringBoundLogger,
         *,
         permit: Permit | None = None,
     ) -> Outcome:

@@ -13,9 +13,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import structlog
+from structlog.typing import FilteringBoundLogger
 
 from dispatch.core.deadletter import DeadLetter, Reason
 from dispatch.core.delivery import Delivery
@@ -105,7 +105,7 @@ class Settler:
         retry: Retry,
         claim: Claim,
         outcome: Outcome,
-        bound: Any,
+        bound: FilteringBoundLogger,
     ) -> None:
         """Settle one attempt's outcome (a lean task has no record to write)."""
         record = claim.record
@@ -148,7 +148,7 @@ class Settler:
         decision: RetryIn,
         outcome: Outcome,
         tracked: bool,
-        bound: Any,
+        bound: FilteringBoundLogger,
     ) -> None:
         error = outcome.error or _UNKNOWN_ERROR
         now = self._clock()
@@ -176,7 +176,7 @@ class Settler:
         reason: Reason,
         outcome: Outcome,
         tracked: bool,
-        bound: Any,
+        bound: FilteringBoundLogger,
     ) -> None:
         error = outcome.error or _UNKNOWN_ERROR
         now = self._clock()

@@ -1,38 +1,62 @@
 """A micro-batch stopped at a deadline while its claims are on the way (over real HTTP).
 
-The local AWS holds every DynamoDB request for seconds (``round_trip_ms``), so the
-batch's claim is still in flight when the run's ``finish_by`` releases the item
-and the dispatcher stops the batch. The claim lands anyway; it must be given back
-(record ``queued``, attempt refunded), not left ``running`` with its attempt spent
-until its lease runs out.
+The dispatcher's DynamoDB client gets each UpdateItem answer seconds late (the
+request is carried out at once; the answer waits), so the batch's claim has
+landed but not answered when the run's ``finish_by`` releases the item and the
+dispatcher stops the batch. The claim must be given back (record ``queued``,
+attempt refunded), not left ``running`` with its attempt spent until its lease
+runs out.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-import uuid
-
-import boto3
-import pytest
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 from dispatch.core.config import Settings
-from dispatch.local.emulator import LocalAWS
-from dispatch.local.provision import provision
 from dispatch.loop.dispatcher import Dispatcher, DispatcherOptions
 from dispatch.producer.enqueue import Queue
-from dispatch.store.aws import async_clients, sync_clients
+from dispatch.store.aws import CLIENT_HOOKS, SyncClients, async_clients
 from dispatch.store.state import Status, SyncStateStore
 from dispatch.tasks.registry import Registry, task
 
-HELD_MS = 3_000
+LATE_S = 2.0
+
+
+@contextmanager
+def late_update_answers(late_s: float) -> Iterator[None]:
+    """Every aiobotocore DynamoDB client made inside the block sends UpdateItem at once
+    and hands its answer back ``late_s`` later."""
+
+    def attach(client: Any) -> None:
+        if client.meta.service_model.service_name != "dynamodb":
+            return
+
+        async def send_then_wait(request: Any, **_: Any) -> Any:
+            answer = await client._endpoint._send(request)
+            await answer.content
+            await asyncio.sleep(late_s)
+            return answer
+
+        client.meta.events.register("before-send.dynamodb.UpdateItem", send_then_wait)
+
+    hook: Callable[[Any], None] = attach
+    CLIENT_HOOKS.append(hook)
+    try:
+        yield
+    finally:
+        CLIENT_HOOKS.remove(hook)
 
 
 async def test_a_batch_claim_in_flight_at_the_deadline_is_given_back(
-    monkeypatch: pytest.MonkeyPatch,
+    aws_env: Settings, queue: Queue, clients: SyncClients
 ) -> None:
-    """Given DynamoDB answers after 3 s and a run that must finish 1.5 s after it starts,
-    when a batch item's claim is still on the way at that deadline, then the claim is given
-    back: the record is queued with no attempt spent, and the handler never ran."""
+    """Given claims whose answers come 2 s late and a run that must finish 1 s after it
+    starts, when a batch item's claim is still unanswered at that deadline, then the claim
+    is given back: the record is queued with no attempt spent, and the handler never ran."""
     ran: list[list[str]] = []
     registry = Registry()
 
@@ -40,37 +64,16 @@ async def test_a_batch_claim_in_flight_at_the_deadline_is_given_back(
     def index(items: list[str]) -> None:
         ran.append(items)
 
-    with LocalAWS.start(round_trip_ms={"dynamodb": HELD_MS}) as aws:
-        for name, value in aws.env().items():
-            monkeypatch.setenv(name, value)
-        options = {
-            "endpoint_url": aws.endpoint_url,
-            "region_name": aws.region,
-            "aws_access_key_id": aws.env()["AWS_ACCESS_KEY_ID"],
-            "aws_secret_access_key": aws.env()["AWS_SECRET_ACCESS_KEY"],
-        }
-        sqs, dynamodb = boto3.client("sqs", **options), boto3.client("dynamodb", **options)
-        resources = provision(sqs, dynamodb, prefix=f"deadline-{uuid.uuid4().hex[:8]}")
-        for name, value in resources.as_env().items():
-            monkeypatch.setenv(name, value)
-        settings = Settings.from_env()
-        queue = Queue(settings)
-        task_id = queue.enqueue(index.message("doc-1"))
-        queue.close()
-
-        async with async_clients(settings) as clients:
+    task_id = queue.enqueue(index.message("doc-1"))
+    with late_update_answers(LATE_S):
+        async with async_clients(aws_env) as aio:
             dispatcher = Dispatcher(
-                settings,
-                clients=clients,
-                registry=registry,
-                options=DispatcherOptions(wait_time_s=1),
+                aws_env, clients=aio, registry=registry, options=DispatcherOptions(wait_time_s=1)
             )
-            started = time.time()
-            stats = await dispatcher.run(for_s=1.0, finish_by=started + 1.5)
+            stats = await dispatcher.run(for_s=0.5, finish_by=time.time() + 1.0)
             await dispatcher.runner.aclose()
 
-        record = SyncStateStore(sync_clients(settings).dynamodb, settings.table).get(task_id)
-
+    record = SyncStateStore(clients.dynamodb, aws_env.table).get(task_id)
     assert stats.received == 1 and stats.started == 0
     assert ran == []
     assert record is not None
