@@ -1,4 +1,4 @@
-"""Dispatcher leases: at most ``cap`` dispatchers work one queue at a time.
+"""Dispatcher slots: at most ``cap`` dispatchers work one queue at a time (``lease#`` items).
 
 Scheduled Lambda invocations overlap (a slow one is still running when the next
 tick fires) and a dispatcher may start more of itself under a backlog, so the
