@@ -107,6 +107,12 @@ async def aio_clients(aws_env: Settings) -> AsyncIterator[Any]:
 REPO = Path(__file__).resolve().parents[2]
 
 
+def _as_in_a_pipe(env: dict[str, str]) -> dict[str, str]:
+    """The environment of a command whose output goes to a pipe: no terminal size is
+    inherited (pytest-xdist's workers export the controller's ``COLUMNS``)."""
+    return {name: value for name, value in env.items() if name not in ("COLUMNS", "LINES")}
+
+
 def dispatch_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run `dispatch ARGS` with this interpreter, as the console script does."""
     return subprocess.run(  # noqa: S603 - fixed argv: this interpreter, our module, test arguments
@@ -114,7 +120,7 @@ def dispatch_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Co
         capture_output=True,
         text=True,
         timeout=120,
-        env=os.environ.copy() if env is None else env,
+        env=_as_in_a_pipe(os.environ.copy() if env is None else env),
         cwd=REPO,
         check=False,
     )
