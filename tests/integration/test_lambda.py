@@ -314,11 +314,13 @@ def test_work_that_cannot_finish_by_the_deadline_is_released(
 
 
 def test_lease_caps_concurrent_dispatchers(topology: Topology, queue: Queue) -> None:
-    """Given a lease cap of 1, two invocations at once: one runs the loop, the other
-    finds the lease held and returns without receiving anything."""
+    """Given a lease cap of 1 and a backlog that stays visible for seconds (the dispatcher
+    holds one task at a time), two invocations at once: one runs the loop, the other
+    finds the lease held and returns without receiving anything (not "idle": the
+    queue still has visible messages when it looks)."""
     tasks = declare(topology.registry)
-    queue.enqueue_many([tasks["slow"].message(seconds=0.5) for _ in range(3)])
-    handler = make_handler(registry=topology.registry, options=topology.options())
+    queue.enqueue_many([tasks["slow"].message(seconds=0.5) for _ in range(4)])
+    handler = make_handler(registry=topology.registry, options=topology.options(max_in_flight=1))
 
     async def both() -> list[dict[str, Any]]:
         return list(
