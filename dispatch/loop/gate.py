@@ -61,7 +61,7 @@ class ThrottleGate:
         self._observer = observer
         self._stopping = stopping
         self.waiting: Counter[str] = Counter()
-        self.backlogged = 0  # messages deferred as backlog since the receiver last looked
+        self._backlogged = 0  # messages deferred as backlog since the last receive came back
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._released: dict[str, asyncio.Event] = {}
 
@@ -78,8 +78,17 @@ class ThrottleGate:
         start_rate_per_s = throttle.start_rate_per_s()
         if self.waiting[name] < self.wait_room(throttle.resource, start_rate_per_s):
             return None
-        self.backlogged += 1
+        self._backlogged += 1
         return self.waiting[name] / (start_rate_per_s or 1.0)
+
+    @property
+    def backlogged(self) -> int:
+        """Messages deferred as backlog since the last receive came back."""
+        return self._backlogged
+
+    def receive_came_back(self) -> None:
+        """A receive came back: count the backlog its messages find from zero."""
+        self._backlogged = 0
 
     def wait_room(self, resource: Resource, start_rate_per_s: float | None) -> int:
         """How many messages may wait here for this resource: about what it can start
@@ -139,7 +148,7 @@ class ThrottleGate:
         self._observer.skipped(Skip.DEFERRED)
         bound.debug("task_deferred", reason=reason, delay_s=delay_s)
         if (delivery.receive_count or 0) >= c.REDRIVE_MAX_RECEIVE_COUNT // 2:
-            if await self._sqs.send_again(delivery, min(c.SQS_MAX_DELAY_S, delay_s)):
+            if await self._sqs.send_again(delivery, delay_s):
                 await self._sqs.delete(delivery.receipt)
             return
         await self._sqs.hide(delivery.receipt, delay_s)

@@ -208,8 +208,7 @@ class MicroBatcher:
             # wait for them and give back every attempt they started; none will run.
             with contextlib.suppress(Exception):
                 await claiming
-            for item in items:
-                await self._claims.give_back(item.delivery.receipt)
+            await asyncio.gather(*(self._claims.give_back(item.delivery.receipt) for item in items))
             raise
         claimed: list[_Item] = []
         for item, claim in zip(items, claims, strict=True):

@@ -101,7 +101,7 @@ class Receiver:
         for receive in done:
             asked = self.out.pop(receive)
             brought = receive.result()
-            self._gate.backlogged = 0
+            self._gate.receive_came_back()
             self._last_received = len(brought)
             self._last_full = len(brought) >= asked
             deliveries.extend(brought)

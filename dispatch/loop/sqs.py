@@ -32,7 +32,8 @@ class SqsActions(Protocol):
         """Make a held message visible again in ``seconds`` (0: at once)."""
 
     async def send_again(self, delivery: Delivery, delay_s: int) -> bool:
-        """Put a copy of the message on the queue, due in ``delay_s``; True once sent."""
+        """Put a copy of the message on the queue, due in ``delay_s`` (at most SQS's 15
+        minutes: a longer delay is cut to that); True once sent."""
 
     async def dead_letter(self, letter: DeadLetter) -> bool:
         """Put the dead letter on the DLQ; True once sent."""

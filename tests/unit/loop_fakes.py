@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from dispatch.core import constants as c
 from dispatch.core.deadletter import DeadLetter
 from dispatch.core.delivery import Delivery
 from dispatch.core.envelope import Envelope
@@ -169,7 +170,7 @@ class MemorySqs:
         self.hidden[receipt] = seconds
 
     async def send_again(self, delivery: Delivery, delay_s: int) -> bool:
-        self.sent_again.append((delivery.body, delay_s))
+        self.sent_again.append((delivery.body, min(c.SQS_MAX_DELAY_S, delay_s)))
         return True
 
     async def dead_letter(self, letter: DeadLetter) -> bool:
