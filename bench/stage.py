@@ -54,13 +54,7 @@ class Stage:
         self.aws.reset()
         self._fresh += 1
         made = provision(self.admin.sqs, self.admin.dynamodb, prefix=f"b{self._fresh}-{name}")
-        return Settings(
-            queue_url=made.queue_url,
-            dlq_url=made.dlq_url,
-            table=made.table,
-            region=self.aws.region,
-            endpoint_url=self.aws.endpoint_url,
-        )
+        return made.settings(region=self.aws.region, endpoint_url=self.aws.endpoint_url)
 
     def cpu(self, **others: int) -> CpuSample:
         """CPU seconds so far of the emulator, this process and ``others`` (name=pid)."""

@@ -11,7 +11,10 @@ dispatcher processes sharing one resource:
    compete with the dispatchers for CPU; the top rate is run again with task
    records (``-records``) to show what that costs;
 2. a concurrency cap shared by two dispatchers (50 /s, cap 4, 50 ms requests);
-3. adaptive: 100 /s against a backend of capacity 4 that halves mid-window.
+3. adaptive: 100 /s against a backend of capacity 4 that halves mid-window;
+4. backlog (:mod:`bench.throttle.backlog`): a queue already full when the
+   dispatchers start, drained to its last task; makespan and the lateness of each
+   start against the ideal schedule, and the SQS requests deferral costs.
 
 It prints the report (markdown tables) and writes ``throttle.json``,
 ``throttle.md`` and ``throttle.png`` under ``bench/results/`` (``--quick``
@@ -36,7 +39,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Final
 
-from bench.throttle import chart, report
+from bench.throttle import backlog, chart, report
 from bench.throttle.harness import (
     REPO_ROOT,
     Scenario,
@@ -135,6 +138,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "results go to throttle-only.* so the full figures are never overwritten",
     )
     parser.add_argument(
+        "--section",
+        choices=("all", "steady", "backlog"),
+        default="all",
+        help="steady windows, the backlog drains, or both (default)",
+    )
+    parser.add_argument(
         "--out", type=Path, default=REPO_ROOT / "bench" / "results", help="results directory"
     )
     args = parser.parse_args(argv)
@@ -144,13 +153,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     seconds = args.seconds or (QUICK_SECONDS if args.quick else DEFAULT_SECONDS)
     if seconds < 3:
         parser.error("--seconds must be at least 3 (the first second is the burst)")
-    scenarios = plan(quick=args.quick, seconds=seconds)
+    scenarios = plan(quick=args.quick, seconds=seconds) if args.section != "backlog" else []
+    backlogs = backlog.plan(quick=args.quick) if args.section != "steady" else []
     if args.only:
         wanted = {name.strip() for name in args.only.split(",") if name.strip()}
-        unknown = wanted - {s.name for s in scenarios}
+        unknown = wanted - {s.name for s in scenarios} - {b.name for b in backlogs}
         if unknown:
             parser.error(f"--only: no scenario named {', '.join(sorted(unknown))}")
         scenarios = [s for s in scenarios if s.name in wanted]
+        backlogs = [b for b in backlogs if b.name in wanted]
     meta: dict[str, Any] = {
         "benchmark": "throttle",
         "mode": "quick" if args.quick else "full",
@@ -162,16 +173,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         "git": _git_state(),
     }
     started = time.monotonic()
-    results = _run_all(scenarios, meta)
+    results, drains = _run_all(scenarios, backlogs, meta)
     meta["wall_s"] = round(time.monotonic() - started, 1)
 
     stem = "throttle-only" if args.only else "throttle-quick" if args.quick else "throttle"
-    text = report.markdown(results, meta)
-    payload = {**meta, "summary": report.summary(results), "scenarios": results}
+    if args.section == "backlog":
+        stem += "-backlog"
+    text = report.markdown(results, meta) if results else ""
+    if drains:
+        text += "\n".join(["", *backlog.markdown(drains), ""])
+    payload = {
+        **meta,
+        "summary": report.summary(results),
+        "scenarios": results,
+        "backlog": drains,
+    }
     report.write_atomically(args.out / f"{stem}.json", report.to_json(payload))
     report.write_atomically(args.out / f"{stem}.md", text)
     try:
-        report.write_atomically(args.out / f"{stem}.png", chart.draw(results))
+        report.write_atomically(args.out / f"{stem}.png", chart.draw(results, drains))
         chart_note = f"{args.out / stem}.png"
     except ImportError:
         chart_note = "no chart: matplotlib is not installed (pip install -e '.[bench]')"
@@ -179,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         chart_note = f"no chart: {exc}"
     print(text)
     print(f"wrote {args.out / stem}.json, .md; {chart_note} ({meta['wall_s']:g} s in all)")
-    return 1 if any(r.get("error") for r in results) else 0
+    return 1 if any(r.get("error") for r in [*results, *drains]) else 0
 
 
 def _git_state() -> dict[str, Any] | None:
@@ -220,7 +240,9 @@ def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
 
-def _run_all(scenarios: Sequence[Scenario], meta: dict[str, Any]) -> list[dict[str, Any]]:
+def _run_all(
+    scenarios: Sequence[Scenario], backlogs: Sequence[backlog.BacklogScenario], meta: dict[str, Any]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Run the scenarios on one emulator; note its measured ceiling in ``meta``."""
     results: list[dict[str, Any]] = []
     with (
@@ -254,7 +276,8 @@ def _run_all(scenarios: Sequence[Scenario], meta: dict[str, Any]) -> list[dict[s
             result = report.figures(run)
             results.append(result)
             print(f"    {_progress_line(result)}", file=sys.stderr, flush=True)
-    return results
+        drains = backlog.run_all(aws, backlogs, workdir=Path(workdir), template=template)
+    return results, drains
 
 
 def _progress_line(r: dict[str, Any]) -> str:

@@ -27,7 +27,18 @@ def pick(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return chosen
 
 
-def draw(results: Sequence[dict[str, Any]]) -> bytes:
+WORST_BACKLOGS = 3
+"""How many backlog drains the chart shows: those furthest behind their ideal."""
+
+
+def pick_backlogs(drains: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The drains furthest behind their ideal (makespan over ideal), worst first."""
+    ran = [d for d in drains if "series" in d]
+    ran.sort(key=lambda d: d["makespan_s"] - d["ideal_makespan_s"], reverse=True)
+    return ran[:WORST_BACKLOGS]
+
+
+def draw(results: Sequence[dict[str, Any]], drains: Sequence[dict[str, Any]] = ()) -> bytes:
     """The PNG; ImportError when matplotlib is not installed."""
     import matplotlib
 
@@ -35,13 +46,17 @@ def draw(results: Sequence[dict[str, Any]]) -> bytes:
     import matplotlib.pyplot as plt
 
     panels = pick(results)
-    if not panels:
+    backlogs = pick_backlogs(drains)
+    if not panels and not backlogs:
         raise ValueError("no scenario ran: nothing to draw")
+    count = len(panels) + len(backlogs)
     figure, axes = plt.subplots(
-        len(panels), 1, figsize=(11, 3.3 * len(panels)), squeeze=False, layout="constrained"
+        count, 1, figsize=(11, 3.3 * count), squeeze=False, layout="constrained"
     )
-    for ax, result in zip(axes[:, 0], panels, strict=True):
+    for ax, result in zip(axes[: len(panels), 0], panels, strict=True):
         _panel(ax, result)
+    for ax, drain in zip(axes[len(panels) :, 0], backlogs, strict=True):
+        _backlog_panel(ax, drain)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110)
     plt.close(figure)
@@ -137,3 +152,18 @@ def _panel(ax: Any, r: dict[str, Any]) -> None:
         ncol=4,
         frameon=False,
     )
+
+
+def _backlog_panel(ax: Any, d: dict[str, Any]) -> None:
+    """Cumulative starts over time against the ideal line of the same limits."""
+    offsets, ideal = d["series"]["offsets"], d["series"]["ideal"]
+    counts = list(range(1, len(offsets) + 1))
+    ax.step(offsets, counts, where="post", label="measured starts")
+    ax.step(ideal, counts, where="post", linestyle="--", label="ideal")
+    ax.set_title(
+        f"{d['name']}: makespan {d['makespan_s']} s, ideal {d['ideal_makespan_s']} s, "
+        f"lateness p99 {d['lateness_s']['p99']} s"
+    )
+    ax.set_xlabel("seconds since the first start")
+    ax.set_ylabel("tasks started")
+    ax.legend(loc="lower right")

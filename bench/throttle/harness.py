@@ -41,7 +41,7 @@ from dispatch.core.config import Endpoint, Settings
 from dispatch.core.envelope import Message
 from dispatch.local.emulator import LocalAWS
 from dispatch.local.example.backend import Backend, BackendStats
-from dispatch.local.provision import provision
+from dispatch.local.provision import Provisioned, provision
 from dispatch.producer.enqueue import Queue
 from dispatch.store.aws import sync_clients
 
@@ -51,6 +51,8 @@ __all__ = [
     "ScenarioError",
     "WorkerGroup",
     "calibrate_emulator",
+    "fresh_resources",
+    "max_in_flight_for",
     "run_scenario",
 ]
 
@@ -107,18 +109,23 @@ class Scenario:
 
     @property
     def max_in_flight(self) -> int:
-        """Each dispatcher's ``max_in_flight``: see :data:`MAX_IN_FLIGHT`."""
-        return max(MAX_IN_FLIGHT, math.ceil(self.rate_per_s / self.dispatchers))
+        """Each dispatcher's ``max_in_flight``: see :func:`max_in_flight_for`."""
+        return max_in_flight_for(self.rate_per_s, self.dispatchers)
 
     def worker_env(self, backend_url: str) -> dict[str, str]:
         """The ``BENCH_*`` variables :mod:`bench.throttle.tasks` reads."""
-        return {
-            tasks.ENV_RATE: repr(self.rate_per_s),
-            tasks.ENV_BURST: str(self.burst),
-            tasks.ENV_MAX_CONCURRENCY: str(self.max_concurrency or ""),
-            tasks.ENV_BACKEND_URL: backend_url,
-            tasks.ENV_WORK_MS: str(self.work_ms),
-        }
+        return tasks.environment(
+            rate_per_s=self.rate_per_s,
+            burst=self.burst,
+            max_concurrency=self.max_concurrency,
+            backend_url=backend_url,
+            work_ms=self.work_ms,
+        )
+
+
+def max_in_flight_for(rate_per_s: float, dispatchers: int) -> int:
+    """Each dispatcher's ``max_in_flight``: :data:`MAX_IN_FLIGHT`, or its share of the rate."""
+    return max(MAX_IN_FLIGHT, math.ceil(rate_per_s / dispatchers))
 
 
 @dataclass(slots=True)
@@ -152,18 +159,7 @@ def run_scenario(
     ``template`` is deploy/template.yaml as loaded once at the start of the run,
     so that every scenario is provisioned from the same definitions.
     """
-    aws.reset()
-    clients = sync_clients(Endpoint(region=aws.region, endpoint_url=aws.endpoint_url))
-    resources = provision(
-        clients.sqs, clients.dynamodb, prefix=f"bench-throttle-{index}", template=template
-    )
-    settings = Settings(
-        queue_url=resources.queue_url,
-        dlq_url=resources.dlq_url,
-        table=resources.table,
-        region=aws.region,
-        endpoint_url=aws.endpoint_url,
-    )
+    resources, settings = fresh_resources(aws, f"bench-throttle-{index}", template=template)
     started = time.perf_counter()
     enqueued = enqueue(settings, scenario.tasks_to_enqueue, track_state=scenario.track_state)
     enqueue_s = time.perf_counter() - started
@@ -233,6 +229,16 @@ def run_scenario(
         ),
         notes=notes,
     )
+
+
+def fresh_resources(
+    aws: LocalAWS, prefix: str, *, template: Mapping[str, Any]
+) -> tuple[Provisioned, Settings]:
+    """Empty the emulator and provision a queue, DLQ and table under ``prefix``."""
+    aws.reset()
+    clients = sync_clients(Endpoint(region=aws.region, endpoint_url=aws.endpoint_url))
+    resources = provision(clients.sqs, clients.dynamodb, prefix=prefix, template=template)
+    return resources, resources.settings(region=aws.region, endpoint_url=aws.endpoint_url)
 
 
 def calibrate_emulator(
@@ -371,6 +377,7 @@ class WorkerGroup:
         directory: Path,
         max_run_s: float,
         max_in_flight: int = MAX_IN_FLIGHT,
+        extra_args: tuple[str, ...] = (),
     ):
         self._workers: list[_Worker] = []
         try:
@@ -382,6 +389,7 @@ class WorkerGroup:
                         directory=directory,
                         max_run_s=max_run_s,
                         max_in_flight=max_in_flight,
+                        extra_args=extra_args,
                     )
                 )
         except BaseException:
@@ -390,7 +398,13 @@ class WorkerGroup:
 
     @staticmethod
     def _start(
-        k: int, *, env: dict[str, str], directory: Path, max_run_s: float, max_in_flight: int
+        k: int,
+        *,
+        env: dict[str, str],
+        directory: Path,
+        max_run_s: float,
+        max_in_flight: int,
+        extra_args: tuple[str, ...],
     ) -> _Worker:
         ready, result, log = (directory / f"worker-{k}.{ext}" for ext in ("ready", "json", "log"))
         log_file = log.open("wb")
@@ -406,6 +420,7 @@ class WorkerGroup:
             f"{max_run_s:g}",
             "--max-in-flight",
             str(max_in_flight),
+            *extra_args,
         ]
         try:
             process = subprocess.Popen(  # noqa: S603 - fixed argv: this interpreter and our module
@@ -441,6 +456,16 @@ class WorkerGroup:
             worker.process.stdin.write(b"go\n")
             worker.process.stdin.flush()
         return at
+
+    def wait_exited(self, *, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for every worker to exit by itself; True when all did."""
+        deadline = time.monotonic() + timeout_s
+        for worker in self._workers:
+            try:
+                worker.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                return False
+        return True
 
     def check_running(self) -> None:
         """ScenarioError (with its log) if any worker has exited already."""

@@ -61,8 +61,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one dispatcher as the harness asks; 0 when it ran, 1 when it failed."""
     parser = harness_parser("python -m bench.throttle.worker")
     parser.add_argument("--max-in-flight", type=int, default=64, help="DispatcherOptions value")
+    parser.add_argument(
+        "--until-empty", action="store_true", help="drain the queue and return (a backlog run)"
+    )
     args = parser.parse_args(argv)
-    configure_logging(level="WARNING", json=True)
+    configure_logging(level=os.environ.get("BENCH_LOG_LEVEL", "WARNING"), json=True)
     permit_times: list[float] = []
     _record_permits(permit_times.append)
     rate_changes = _count_rate_changes()
@@ -84,8 +87,8 @@ def _record_permits(record: Callable[[float], None]) -> None:
     original = ResourceThrottle.try_start
 
     @functools.wraps(original)
-    def try_start(self: ResourceThrottle) -> Permit | float:
-        answer = original(self)
+    def try_start(self: ResourceThrottle, *args: Any, **kwargs: Any) -> Permit | float:
+        answer = original(self, *args, **kwargs)
         if isinstance(answer, Permit):
             record(time.time())
         return answer
@@ -142,7 +145,11 @@ async def _run(args: argparse.Namespace, permit_times: list[float]) -> dict[str,
                     result["error"] = "stopped (or timed out) before the go signal"
                     return result
                 counter.reset()
-                result.update(await _run_dispatcher(dispatcher, stop, max_run_s=args.max_run_s))
+                result.update(
+                    await _run_dispatcher(
+                        dispatcher, stop, max_run_s=args.max_run_s, until_empty=args.until_empty
+                    )
+                )
                 result["requests"] = {f"{s}.{a}": n for (s, a), n in counter.snapshot().items()}
             finally:
                 await dispatcher.runner.aclose()
@@ -154,9 +161,9 @@ async def _run(args: argparse.Namespace, permit_times: list[float]) -> dict[str,
 
 
 async def _run_dispatcher(
-    dispatcher: Dispatcher, stop: asyncio.Event, *, max_run_s: float
+    dispatcher: Dispatcher, stop: asyncio.Event, *, max_run_s: float, until_empty: bool
 ) -> dict[str, Any]:
-    """Run the loop until stopped; sample the throttle meanwhile."""
+    """Run the loop until stopped (or, ``until_empty``, drained); sample the throttle meanwhile."""
     snapshots: list[dict[str, Any]] = []
     cpu_at_stop: list[float] = []
 
@@ -184,7 +191,7 @@ async def _run_dispatcher(
     go_at, cpu_before = time.time(), time.process_time()
     helpers = [asyncio.create_task(stop_on_signal()), asyncio.create_task(sample())]
     try:
-        stats = await dispatcher.run(for_s=max_run_s)
+        stats = await dispatcher.run(for_s=max_run_s, until_empty=until_empty)
     finally:
         for helper in helpers:
             helper.cancel()
@@ -200,6 +207,7 @@ async def _run_dispatcher(
         "coordination_requests": dispatcher.coordination_requests,
         "tokens_dropped": _tokens_dropped(dispatcher),
         "peak_in_flight": max((s.peak_in_flight for s in final), default=0),
+        "mean_hold_s": max((getattr(s, "mean_hold_s", None) or 0.0 for s in final), default=None),
         "snapshots": snapshots,
     }
 

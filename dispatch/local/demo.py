@@ -113,13 +113,7 @@ def _provision(aws: LocalAWS, console: Console) -> tuple[Any, Settings]:
     endpoint = Endpoint(region=aws.region, endpoint_url=aws.endpoint_url)
     sqs, dynamodb = sync_client("sqs", endpoint), sync_client("dynamodb", endpoint)
     resources = provision(sqs, dynamodb, prefix="demo")
-    settings = Settings(
-        queue_url=resources.queue_url,
-        dlq_url=resources.dlq_url,
-        table=resources.table,
-        region=aws.region,
-        endpoint_url=aws.endpoint_url,
-    )
+    settings = resources.settings(region=aws.region, endpoint_url=aws.endpoint_url)
     console.print(
         f"Created queue [cyan]{resources.queue_url.rsplit('/', 1)[-1]}[/], dead-letter queue "
         f"[cyan]{resources.dlq_url.rsplit('/', 1)[-1]}[/] and table [cyan]{resources.table}[/] "

@@ -29,6 +29,7 @@ import yaml
 from botocore.exceptions import ClientError
 
 from dispatch.core import constants as c
+from dispatch.core.config import Settings
 from dispatch.core.errors import AWSError, ConfigurationError
 from dispatch.store.aws import error_code
 
@@ -81,6 +82,16 @@ class Provisioned:
     def as_json(self) -> dict[str, str]:
         """The same values under plain keys (what ``dispatch init --json`` prints)."""
         return {"queue_url": self.queue_url, "dlq_url": self.dlq_url, "table": self.table}
+
+    def settings(self, *, region: str, endpoint_url: str | None) -> Settings:
+        """The :class:`~dispatch.core.config.Settings` that name them, at ``endpoint_url``."""
+        return Settings(
+            queue_url=self.queue_url,
+            dlq_url=self.dlq_url,
+            table=self.table,
+            region=region,
+            endpoint_url=endpoint_url,
+        )
 
 
 # --- the template ------------------------------------------------------------------

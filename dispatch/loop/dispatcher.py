@@ -99,6 +99,9 @@ class Dispatcher:
         self._transitions = RecordTransitions(
             clients.dynamodb, settings.table, flush_s=options.flush_s
         )
+        # Receive whole batches: while the dispatcher holds work, a receive waits for
+        # room for ten (or half of max_in_flight) instead of asking for one or two.
+        self._receive_at_least = max(1, min(c.SQS_MAX_BATCH_ENTRIES, options.max_in_flight // 2))
         self._holding = Holding(
             max_in_flight=options.max_in_flight,
             visibility_timeout_s=options.visibility_timeout_s,
@@ -114,6 +117,7 @@ class Dispatcher:
             observer=observers,
             sqs=self._sqs,
             stopping=self._stopping,
+            clock=clock,
         )
         settler = Settler(
             transitions=self._transitions,
@@ -161,7 +165,7 @@ class Dispatcher:
             table=settings.table,
             owner=self._coordinator.owner,
             snapshots=self.throttle_snapshots,
-            waiting=gate.waiting,
+            lined_up=gate.lined_up,
             activity=self._activity,
             metrics=self._metrics,
             clock=clock,
@@ -246,7 +250,7 @@ class Dispatcher:
             if deadline is not None and self._clock() >= deadline:
                 return
             room = min(c.SQS_MAX_BATCH_ENTRIES, self._holding.room() - sum(receiver.out.values()))
-            if room > 0 and receiver.may_receive_more():
+            if room >= self._receive_at_least and receiver.may_receive_more():
                 idle = not receiver.out and not len(self._holding)
                 if until_empty and idle and await self._queue_is_empty():
                     return
@@ -269,6 +273,7 @@ class Dispatcher:
         self._stopping.set()
         await self._finish(finish_by)
         await self._pipeline.batches.aclose()
+        await self._gate.aclose()
         for task in background:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -7,6 +7,14 @@ what the resource can start within the throttle horizon; a message beyond it is
 deferred before its claim (backlog), and a waiter whose permit would come after
 the horizon is deferred after it (throttled). Waiting is never failing: no
 attempt is spent.
+
+A deferred message is hidden until its turn in this dispatcher's line: the work
+ahead of it (waiters, and messages deferred before it) at the rate this
+dispatcher starts the resource's tasks, less half a waiting room, so it is back
+before the room runs dry. The line is a forecast; :class:`Deferrals` makes it
+exact: whenever the waiting room has space for more, the earliest deferred
+messages are recalled (visible again at once), so a resource never idles while
+its work sits hidden.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ import contextlib
 import math
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Final, Protocol
 
 from structlog.typing import FilteringBoundLogger
@@ -24,6 +32,7 @@ from structlog.typing import FilteringBoundLogger
 from dispatch.core import constants as c
 from dispatch.core.delivery import Delivery
 from dispatch.core.resource import Resource
+from dispatch.loop.deferrals import Deferrals, hide_for_s
 from dispatch.loop.observe import Observer, Skip
 from dispatch.loop.sqs import SqsActions
 from dispatch.throttle.limits import Permit, ResourceThrottle
@@ -33,6 +42,20 @@ __all__ = ["ThrottleGate", "Throttles"]
 WAIT_ROOM_FILL: Final = 0.8
 """The share of the throttle horizon the waiting room fills, so its last waiter
 starts inside the horizon instead of timing out after its claim."""
+RECALL_LEAD_S: Final = 1.5
+"""Deferred messages are recalled once the waiting room holds less work than this."""
+IDLE_AFTER_S: Final = 0.25
+"""A resource whose waiting room stays empty this long is idle here: at 200/s the room
+empties for a moment between two receives many times a second, which is not idle."""
+RECALL_QUIET_S: Final = 1.0
+"""No recall while receives brought messages beyond the waiting room this recently:
+the queue itself still feeds the resource (a deep backlog visible on SQS), and a
+recall would only add a request and a receive."""
+FEED_EVERY_S: Final = 0.2
+"""While messages are deferred, how often the waiting rooms are looked at for space."""
+RECALL_BATCH: Final = c.SQS_MAX_BATCH_ENTRIES
+"""Deferred messages are recalled ten at a time (one request), or as many as the room
+has space for when it is smaller."""
 
 
 class Throttles(Protocol):
@@ -54,36 +77,91 @@ class ThrottleGate:
         observer: Observer,
         sqs: SqsActions,
         stopping: asyncio.Event,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._throttles = throttles
         self._sqs = sqs
         self._horizon_s = horizon_s
         self._observer = observer
         self._stopping = stopping
+        self._clock = clock
         self.waiting: Counter[str] = Counter()
-        self._backlogged = 0  # messages deferred as backlog since the last receive came back
+        self.deferrals = Deferrals(sqs, clock=clock)
+        self._deferring: Counter[str] = Counter()  # hides on their way, per resource
+        self._backlog_seen_at: dict[str, float] = {}  # last receive of a message beyond the room
+        self._backlogged = 0  # backlog received since the last receive came back (pacing)
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._released: dict[str, asyncio.Event] = {}
+        self._by_name: dict[str, ResourceThrottle] = {}
+        self._recalling: dict[str, asyncio.Task[int]] = {}
+        self._recalled = asyncio.Event()
+        self._feeder: asyncio.Task[None] | None = None
+        self.arrivals: Counter[str] = Counter()  # admitted messages per resource
+        self.admitted_total = 0  # admitted messages, every resource or none
+
+    def admitted(self, resource: Resource | None) -> None:
+        """Count an admitted message (for the share of the queue each resource has)."""
+        self.admitted_total += 1
+        if resource is not None:
+            self.arrivals[resource.name] += 1
+
+    def lined_up(self) -> dict[str, dict[str, int]]:
+        """Per resource: messages waiting here, deferred (hidden, due back), admitted."""
+        names = set(self.waiting) | set(self._by_name)
+        return {
+            name: {
+                "waiting": self.waiting[name],
+                "deferred": self.deferrals.hidden(name),
+                "arrivals": self.arrivals[name],
+                "admitted": self.admitted_total,
+            }
+            for name in names
+        }
 
     def throttle(self, resource: Resource) -> ResourceThrottle:
         """The throttle of ``resource``."""
-        return self._throttles.for_resource(resource)
+        throttle = self._throttles.for_resource(resource)
+        self._by_name[resource.name] = throttle
+        return throttle
 
     def backlog_delay_s(self, throttle: ResourceThrottle) -> float | None:
         """Seconds to hide a message that finds the waiting room full; None when it may wait.
 
-        Hidden until the tasks waiting ahead of it have started: no write, no claim.
+        Hidden until its turn (:meth:`turn_s`): no write, no claim.
         """
         name = throttle.resource.name
         start_rate_per_s = throttle.start_rate_per_s()
-        if self.waiting[name] < self.wait_room(throttle.resource, start_rate_per_s):
+        room = self.wait_room(throttle.resource, start_rate_per_s)
+        if self.waiting[name] < room:
+            if self.waiting[name] + 1 > room / 2:
+                # Joins a line already half a room long: for pacing receives it counts
+                # as backlog (the resource has seconds of work; no hurry for more).
+                self._backlogged += 1
             return None
         self._backlogged += 1
-        return self.waiting[name] / (start_rate_per_s or 1.0)
+        self._backlog_seen_at[name] = self._clock()
+        return self.turn_s(throttle)
+
+    def turn_s(self, throttle: ResourceThrottle) -> float:
+        """Seconds until a message that joins the resource's line now should be back:
+        the work ahead of it here (waiting, and deferred before it), less half a
+        waiting room, at the rate the limits allow.
+
+        That rate, not this dispatcher's share of it: sharing the resource, a message
+        comes back early and is deferred again (a visibility change, a tenth of a
+        receive), where a share measured low (another dispatcher took the tokens for
+        a while) would hide it for many times its turn, out of reach of the other
+        dispatchers' recalls."""
+        name = throttle.resource.name
+        rate_per_s = throttle.limit_rate_per_s() or 1.0
+        room = self.wait_room(throttle.resource, rate_per_s)
+        ahead = self.waiting[name] + self.deferrals.pending(name) + self._deferring[name]
+        return max(0.0, (ahead - room / 2) / rate_per_s)
 
     @property
     def backlogged(self) -> int:
-        """Messages deferred as backlog since the last receive came back."""
+        """Messages received since the last receive came back that were deferred as
+        backlog, or joined a waiting room already half full."""
         return self._backlogged
 
     def receive_came_back(self) -> None:
@@ -96,19 +174,94 @@ class ThrottleGate:
         several dispatchers share it). The rest are deferred at once, without a
         claim, so a saturated resource never fills the dispatcher's slots and
         blocks other resources' tasks, and no waiter claims a task it cannot start."""
-        horizon_s = self._horizon_s * WAIT_ROOM_FILL
+        return max(1, self._starts_within_horizon(resource, start_rate_per_s))
+
+    def _starts_within_horizon(self, resource: Resource, start_rate_per_s: float | None) -> int:
+        """How many tasks the resource can start within (most of) the horizon: at 0.1/s
+        and a 5 s horizon, none (the waiting room still holds one)."""
         if start_rate_per_s is None:
-            return max(1, resource.max_concurrency or 1)
-        return max(1, math.floor(start_rate_per_s * horizon_s) + (resource.max_concurrency or 0))
+            return resource.max_concurrency or 1
+        horizon_s = self._horizon_s * WAIT_ROOM_FILL
+        return math.floor(start_rate_per_s * horizon_s) + (resource.max_concurrency or 0)
 
     @contextlib.contextmanager
     def queued(self, name: str, count: int = 1) -> Iterator[None]:
-        """Count ``count`` messages in resource ``name``'s waiting room for the block."""
+        """Count ``count`` messages in resource ``name``'s waiting room for the block;
+        as they leave it, recall deferred messages into the space."""
         self.waiting[name] += count
         try:
             yield
         finally:
             self.waiting[name] -= count
+            self._feed(name)
+            if not self.waiting[name] and not self.deferrals.pending(name):
+                asyncio.get_running_loop().call_later(IDLE_AFTER_S, self._still_idle, name)
+
+    def _still_idle(self, name: str) -> None:
+        """Nothing has waited for ``name`` for :data:`IDLE_AFTER_S`: its slots and leased
+        tokens may go to the dispatchers that have work."""
+        throttle = self._by_name.get(name)
+        if throttle is not None and not self.waiting[name] and not self.deferrals.pending(name):
+            throttle.idle()
+
+    def arrived(self, name: str, message_id: str) -> None:
+        """A message of resource ``name`` was received (a recalled one is back)."""
+        self.deferrals.arrived(name, message_id)
+
+    def _feed(self, name: str) -> None:
+        """Recall deferred messages of ``name`` when its waiting room has space for them."""
+        throttle = self._by_name.get(name)
+        if throttle is None or name in self._recalling or self._stopping.is_set():
+            return
+        if self._clock() - self._backlog_seen_at.get(name, -math.inf) < RECALL_QUIET_S:
+            return  # receives still bring this resource's backlog: the queue feeds it
+        recallable = self.deferrals.recallable(name)
+        if not recallable:
+            return
+        # Only when the waiting room runs low (less than RECALL_LEAD_S of work left: a
+        # recalled message needs a flush and a receive to arrive), and only what could
+        # start within the horizon: a message the throttle cannot start by then stays
+        # hidden until its turn (at 0.1/s, the next token is 10 s away). Recalling at
+        # the first free place would hand messages to other dispatchers whose rooms
+        # are full, and they would defer them again.
+        rate_per_s = throttle.limit_rate_per_s()
+        room = self._starts_within_horizon(throttle.resource, rate_per_s)
+        lined_up = self.waiting[name] + self.deferrals.in_transit(name)
+        low = (rate_per_s or 0.0) * RECALL_LEAD_S + (throttle.resource.max_concurrency or 0)
+        free = room - lined_up
+        if lined_up >= max(1.0, low) or free < 1:
+            return
+        recall = asyncio.ensure_future(self.deferrals.recall(name, min(free, RECALL_BATCH)))
+        self._recalling[name] = recall
+        recall.add_done_callback(lambda _: self._recall_done(name))
+
+    def _recall_done(self, name: str) -> None:
+        recall = self._recalling.pop(name)
+        if not recall.cancelled() and recall.exception() is None and recall.result():
+            self._observer.recalled(name, recall.result())
+            self._recalled.set()
+
+    async def recalled(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for deferred messages to be recalled; True if they were."""
+        self._recalled.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._recalled.wait(), timeout=timeout_s)
+        return self._recalled.is_set()
+
+    async def stop_feeding(self) -> None:
+        """Stop looking for space to recall deferred messages into (they stay hidden)."""
+        if self._feeder is not None:
+            self._feeder.cancel()
+            await asyncio.gather(self._feeder, return_exceptions=True)
+
+    async def aclose(self) -> None:
+        """The dispatcher stops: every message it deferred is made visible now, for
+        the dispatchers that go on."""
+        await self.stop_feeding()
+        if self._recalling:
+            await asyncio.gather(*self._recalling.values(), return_exceptions=True)
+        for name, count in (await self.deferrals.recall_all()).items():
+            self._observer.recalled(name, count)
 
     async def acquire(self, throttle: ResourceThrottle) -> tuple[Permit | None, float]:
         """A permit within the throttle horizon, or None and the seconds until one is
@@ -117,10 +270,16 @@ class ThrottleGate:
         started = time.monotonic()
         async with self._locks[name]:
             while True:
-                answer = throttle.try_start()
+                answer = throttle.try_start(self.waiting[name])
                 waited = time.monotonic() - started
+                # The head of the line gives up only when its own token is beyond the
+                # horizon (0.1/s), or after two horizons in all: behind other waiters its
+                # turn comes as theirs do, and deferring a task whose token is near
+                # wastes its claim and the token.
                 if isinstance(answer, Permit) or (
-                    waited + answer > self._horizon_s or self._stopping.is_set()
+                    answer > self._horizon_s
+                    or waited + answer > 2 * self._horizon_s
+                    or self._stopping.is_set()
                 ):
                     break
                 await self._wait_for_release(name, answer)
@@ -137,21 +296,53 @@ class ThrottleGate:
             released.set()
 
     async def defer(
-        self, delivery: Delivery, wait_s: float, bound: FilteringBoundLogger, *, reason: str
+        self,
+        delivery: Delivery,
+        throttle: ResourceThrottle,
+        bound: FilteringBoundLogger,
+        *,
+        reason: str,
+        at_least_s: float = 0.0,
     ) -> None:
-        """Hide a message the throttle cannot start soon; no attempt is spent.
+        """Hide a message the throttle cannot start soon, until its turn (at least
+        ``at_least_s``); no attempt is spent. It may be recalled before then.
 
         Each receive counts toward the queue's redrive limit, so a message deferred
         many times is sent again as a fresh copy instead (receive count back to 0).
         """
-        delay_s = max(1, min(c.SQS_MAX_VISIBILITY_S, math.ceil(wait_s)))
+        name = throttle.resource.name
+        delay_s = hide_for_s(max(at_least_s, self.turn_s(throttle)))
         self._observer.skipped(Skip.DEFERRED)
         bound.debug("task_deferred", reason=reason, delay_s=delay_s)
         if (delivery.receive_count or 0) >= c.REDRIVE_MAX_RECEIVE_COUNT // 2:
             if await self._sqs.send_again(delivery, delay_s):
                 await self._sqs.delete(delivery.receipt)
             return
-        await self._sqs.hide(delivery.receipt, delay_s)
+        due_at = self._clock() + delay_s
+        # In line from now (the next message deferred counts it ahead of itself), but
+        # noted in the ledger once hidden: a recall never races the hide.
+        self._deferring[name] += 1
+        try:
+            await self._sqs.hide(delivery.receipt, delay_s)
+        finally:
+            self._deferring[name] -= 1
+        self.deferrals.add(
+            name, message_id=delivery.message_id, receipt=delivery.receipt, due_at=due_at
+        )
+        if self._feeder is None or self._feeder.done():
+            self._feeder = asyncio.ensure_future(self._feed_while_deferred())
+
+    async def _feed_while_deferred(self) -> None:
+        """While messages are deferred here, look every :data:`FEED_EVERY_S` whether a
+        waiting room has run low: the last waiter may have left while a recall was on
+        its way, or while recalled messages were still counted as coming back."""
+        while not self._stopping.is_set():
+            names = [name for name in self._by_name if self.deferrals.recallable(name)]
+            if not names:
+                return
+            for name in names:
+                self._feed(name)
+            await asyncio.sleep(FEED_EVERY_S)
 
     async def _wait_for_release(self, name: str, timeout_s: float) -> None:
         """Sleep ``timeout_s``, or less: until a task of resource ``name`` frees its slot."""

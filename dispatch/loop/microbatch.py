@@ -272,14 +272,16 @@ class MicroBatcher:
         with self._gate.queued(throttle.resource.name, len(items)):
             permit, wait_s = await self._gate.acquire(throttle)
         if permit is None:
-            await asyncio.gather(*(self._defer(item, wait_s) for item in items))
+            await asyncio.gather(*(self._defer(throttle, item, wait_s) for item in items))
         return permit
 
-    async def _defer(self, item: _Item, wait_s: float) -> None:
+    async def _defer(self, throttle: ResourceThrottle, item: _Item, wait_s: float) -> None:
         if item.done.done():
             return  # given back already
         await self._claims.give_back(item.delivery.receipt)
-        await self._gate.defer(item.delivery, wait_s, item.bound, reason="throttled")
+        await self._gate.defer(
+            item.delivery, throttle, item.bound, reason="throttled", at_least_s=wait_s
+        )
         _finish(item)
 
 

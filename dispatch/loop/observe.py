@@ -87,6 +87,9 @@ class Observer:
     def waited(self, resource: str, wait_s: float) -> None:
         """A task waited ``wait_s`` for ``resource``'s throttle."""
 
+    def recalled(self, resource: str, count: int) -> None:
+        """``count`` deferred messages of ``resource`` were made visible before their time."""
+
 
 class Observers(Observer):
     """Fans every event out to the subscribed observers, in order."""
@@ -124,6 +127,10 @@ class Observers(Observer):
     def waited(self, resource: str, wait_s: float) -> None:
         for observer in self._observers:
             observer.waited(resource, wait_s)
+
+    def recalled(self, resource: str, count: int) -> None:
+        for observer in self._observers:
+            observer.recalled(resource, count)
 
 
 @contextlib.contextmanager
@@ -174,6 +181,9 @@ class StatsObserver(Observer):
 
     def waited(self, resource: str, wait_s: float) -> None:
         self.stats.throttle_wait_s += wait_s
+
+    def recalled(self, resource: str, count: int) -> None:
+        self.stats.recalled += count
 
 
 class ActivityObserver(Observer):

@@ -56,6 +56,7 @@ class RunStats:
     rejected: int = 0
     duplicates: int = 0
     deferred: int = 0
+    recalled: int = 0  # deferred messages made visible before their time
     postponed: int = 0
     released: int = 0
     peak_in_flight: int = 0

@@ -85,6 +85,7 @@ class Pipeline:
             await self.settler.reject(delivery, admission)
             return
         envelope, spec = admission.envelope, admission.spec
+        self.gate.admitted(spec.resource)
         bound = log.bind(task_id=envelope.id, task=envelope.task, message_id=delivery.message_id)
         if spec.batch is not None:
             await self.batches.add(delivery, envelope, spec, bound)
@@ -107,9 +108,9 @@ class Pipeline:
         permit right before running, so the resource sees starts exactly as the
         throttle granted them, not spread by the claim's latency."""
         throttle = self.gate.throttle(resource)
-        backlog_s = self.gate.backlog_delay_s(throttle)
-        if backlog_s is not None:
-            await self.gate.defer(delivery, backlog_s, bound, reason="backlog")
+        self.gate.arrived(resource.name, delivery.message_id)
+        if self.gate.backlog_delay_s(throttle) is not None:
+            await self.gate.defer(delivery, throttle, bound, reason="backlog")
             return
         with self.gate.queued(resource.name):
             claim = await self.claims.claim(delivery, envelope, spec, bound)
@@ -117,7 +118,9 @@ class Pipeline:
                 return
             permit, wait_s = await self.gate.acquire(throttle)
             if permit is None:
-                await self.gate.defer(delivery, wait_s, bound, reason="throttled")
+                await self.gate.defer(
+                    delivery, throttle, bound, reason="throttled", at_least_s=wait_s
+                )
         if permit is None:
             # Throttled is not failed: the attempt the claim counted is given back.
             await self.claims.give_back(delivery.receipt)

@@ -8,7 +8,6 @@ and ``dispatch top`` read it); EMF metrics are flushed on their own period.
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -37,7 +36,7 @@ class Publisher:
         table: str,
         owner: str,
         snapshots: Callable[[], tuple[ThrottleSnapshot, ...]],
-        waiting: Counter[str],
+        lined_up: Callable[[], dict[str, dict[str, int]]],
         activity: TaskActivity,
         metrics: MetricsObserver | None,
         clock: Callable[[], float],
@@ -46,7 +45,7 @@ class Publisher:
         self._table = table
         self._owner = owner
         self._snapshots = snapshots
-        self._waiting = waiting
+        self._lined_up = lined_up
         self._activity = activity
         self._metrics = metrics
         self._clock = clock
@@ -75,14 +74,16 @@ class Publisher:
     async def publish(self) -> None:
         """Log each resource's throttle state; publish it and the per-task activity."""
         snapshots = self._snapshots()
+        lined_up = self._lined_up()
         for snapshot in snapshots:
-            log.info("throttle_state", **_snapshot_fields(snapshot, self._waiting[snapshot.name]))
+            counts = lined_up.get(snapshot.name, {})
+            log.info("throttle_state", **_snapshot_fields(snapshot, counts))
         activity = self._activity.snapshot()
-        if not _has_news(activity, self._last_published, snapshots, self._waiting):
+        if not _has_news(activity, self._last_published, snapshots, lined_up):
             return  # an idle dispatcher writes nothing: idle costs stay one request a tick
         self._last_published = activity
         put, directory = publish_params(
-            self._table, self._owner, snapshots, self._waiting, self._clock(), activity=activity
+            self._table, self._owner, snapshots, lined_up, self._clock(), activity=activity
         )
         try:
             with aws_errors("PutItem"):
@@ -96,27 +97,30 @@ def _has_news(
     activity: dict[str, Any],
     last: dict[str, Any] | None,
     snapshots: tuple[ThrottleSnapshot, ...],
-    waiting: Counter[str],
+    lined_up: dict[str, dict[str, int]],
 ) -> bool:
     """Whether a dispatcher has anything to publish: a message received or a task
-    counted since it last published, or work in flight or waiting."""
+    counted since it last published, or work in flight, waiting or deferred."""
     if activity.get("oldest_message_age_s") is not None:
         return True
     if activity.get("tasks") != (last or {}).get("tasks", {}):
         return True  # counted something (a dispatch also moves dispatched_per_s)
     if any(counts.get("in_flight") for counts in activity.get("tasks", {}).values()):
         return True
-    return any(s.in_flight or waiting[s.name] for s in snapshots)
+    if any(counts.get("waiting") or counts.get("deferred") for counts in lined_up.values()):
+        return True
+    return any(s.in_flight for s in snapshots)
 
 
-def _snapshot_fields(snapshot: ThrottleSnapshot, waiting: int) -> dict[str, Any]:
+def _snapshot_fields(snapshot: ThrottleSnapshot, lined_up: dict[str, int]) -> dict[str, Any]:
     return {
         "resource": snapshot.name,
         "configured_rate_per_s": snapshot.configured_rate_per_s,
         "effective_rate_per_s": snapshot.effective_rate_per_s,
         "in_flight": snapshot.in_flight,
         "max_concurrency": snapshot.max_concurrency,
-        "waiting": waiting,
+        "waiting": lined_up.get("waiting", 0),
+        "deferred": lined_up.get("deferred", 0),
         "waits": snapshot.waits,
         "mean_wait_s": round(snapshot.mean_wait_s, 4),
     }

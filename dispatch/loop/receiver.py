@@ -35,6 +35,8 @@ receives slow down to one per this many seconds at most; a receive with other
 messages resets it."""
 PACE_BACKLOG_SHARE: Final = 0.8
 """The share of a receive that must be backlog for the next receive to wait."""
+DRAIN_WAIT_MAX_S: Final = 5
+"""The longest poll while draining a queue whose messages are all hidden or held."""
 EMPTY_SHORT_POLL_PAUSE_S: Final = 1.0
 """After a short poll (no long-poll wait) that found nothing, the next receive waits this long."""
 _QUEUE_COUNTERS: Final = (
@@ -69,6 +71,7 @@ class Receiver:
         self._pace_s = 0.0
         self._last_received = 0
         self._last_full = False
+        self._empty_in_a_row = 0
 
     def may_receive_more(self) -> bool:
         """Whether to start another receive while ``len(self.out)`` are out."""
@@ -82,9 +85,19 @@ class Receiver:
         )
 
     def wait_s(self, *, until_empty: bool, deadline: float | None) -> int:
-        """The long poll of the next receive: never past ``deadline``."""
+        """The long poll of the next receive: never past ``deadline``.
+
+        Draining (``until_empty``), the poll is short to notice the end, and doubles
+        with each receive in a row that came back empty while the queue was not
+        (messages hidden until their turn, or held by other dispatchers), up to
+        :data:`DRAIN_WAIT_MAX_S`: a long poll returns as soon as a message is
+        visible, so waiting longer costs no latency, only a later exit."""
         options = self._options
-        wait_s = options.drain_wait_time_s if until_empty else options.wait_time_s
+        if until_empty:
+            drain_s: int = options.drain_wait_time_s << min(self._empty_in_a_row, 8)
+            wait_s = min(max(options.drain_wait_time_s, DRAIN_WAIT_MAX_S), drain_s)
+        else:
+            wait_s = options.wait_time_s
         if deadline is not None:
             wait_s = min(wait_s, max(0, math.floor(deadline - self._clock())))
         return wait_s
@@ -104,6 +117,7 @@ class Receiver:
             self._gate.receive_came_back()
             self._last_received = len(brought)
             self._last_full = len(brought) >= asked
+            self._empty_in_a_row = 0 if brought else self._empty_in_a_row + 1
             deliveries.extend(brought)
         return deliveries
 
@@ -132,8 +146,9 @@ class Receiver:
         backlogged = self._gate.backlogged
         if self._last_received and backlogged >= PACE_BACKLOG_SHARE * self._last_received:
             self._pace_s = min(PACE_MAX_S, max(0.05, self._pace_s * 2))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), timeout=self._pace_s)
+            # Deferred messages recalled into free room end the pause: they are due now.
+            if await self._gate.recalled(self._pace_s) or self._stopping.is_set():
+                self._pace_s = 0.0
         else:
             self._pace_s = 0.0
 

@@ -217,6 +217,8 @@ def overview(
         tasks=(
             count_tasks(clients.dynamodb, settings.table, max_scan=max_scan) if max_scan else None
         ),
-        resources=combine_resources(clients.dynamodb, settings.table, reports),
+        resources=combine_resources(
+            clients.dynamodb, settings.table, reports, queued=queue.visible + queue.delayed
+        ),
         dispatchers=len(reports),
     )

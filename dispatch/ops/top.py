@@ -126,7 +126,9 @@ def read_frame(clients: SyncClients, settings: Settings, *, now: float | None = 
         dlq=dlq,
         oldest_message=oldest_message(queue, reports),
         tasks=task_rows(reports),
-        resources=combine_resources(clients.dynamodb, settings.table, reports),
+        resources=combine_resources(
+            clients.dynamodb, settings.table, reports, queued=queue.visible + queue.delayed
+        ),
         dispatchers=len(reports),
     )
 
@@ -149,10 +151,12 @@ def describe_age(oldest: OldestMessage) -> str:
 
 
 def resource_table(resources: list[ResourceStatus]) -> Table:
-    """Per resource: rates, tokens, in flight vs cap, waiting, time spent waiting."""
+    """Per resource: rates, tokens, in flight vs cap, waiting, deferred, the backlog and
+    how long it takes to drain at the limits, time spent waiting."""
     table = Table(title="throttled resources (all live dispatchers)", title_justify="left")
     for column in ("resource", "rate: effective / limit", "tokens", "in flight / cap", "waiting",
-                   "waited", "mean wait", "backpressure", "dispatchers"):  # fmt: skip
+                   "deferred", "backlog", "drains in", "waited", "mean wait", "backpressure",
+                   "dispatchers"):  # fmt: skip
         table.add_column(column, justify="left" if column == "resource" else "right", no_wrap=True)
     for r in resources:
         limit = f"{r.configured_rate_per_s:g}/s" if r.configured_rate_per_s else "-"
@@ -164,12 +168,24 @@ def resource_table(resources: list[ResourceStatus]) -> Table:
             f"{r.tokens:.1f}" if r.tokens is not None else "-",
             f"{r.in_flight} / {cap}",
             str(r.waiting),
+            str(r.deferred),
+            str(r.backlog),
+            _describe_drain(r.drain_s),
             str(r.waits),
             f"{r.mean_wait_s:.2f} s",
             str(r.backpressure_signals),
             str(r.dispatchers),
         )
     return table
+
+
+def _describe_drain(drain_s: float | None) -> str:
+    """``12 s``, ``4.5 min``, ``-`` (no limit to drain at)."""
+    if drain_s is None:
+        return "-"
+    if drain_s < 120:
+        return f"{drain_s:.0f} s"
+    return f"{drain_s / 60:.1f} min" if drain_s < 7200 else f"{drain_s / 3600:.1f} h"
 
 
 def task_table(rows: list[TaskActivityRow]) -> Table:

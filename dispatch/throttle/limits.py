@@ -104,7 +104,10 @@ answers with this short hint: at most 50 ms of latency once a slot frees, and a 
 of an in-memory counter 20 times a second per saturated resource costs nothing.
 """
 START_WINDOW_S: Final = 3.0
-"""The window over which :meth:`ResourceThrottle.start_rate_per_s` measures starts."""
+"""The window over which :meth:`ResourceThrottle.start_rate_per_s` measures starts, at
+least; at low rates it is :data:`START_WINDOW_STARTS` starts' worth (at 0.5/s, 3 s
+hold one or two starts: no measure of anything)."""
+START_WINDOW_STARTS: Final = 4
 ASSUMED_HOLD_S: Final = 1.0
 """How long a task is assumed to hold its slot before any has finished."""
 
@@ -137,13 +140,21 @@ class TokenSource(Protocol):
         """Tokens available now (for a shared source: the best local estimate)."""
         ...
 
-    def try_take(self, n: float = 1.0) -> float:
+    def try_take(self, n: float = 1.0, *, waiting: int = 1) -> float:
         """Take ``n`` tokens and return ``0.0``, or take nothing and return the
-        seconds until ``n`` tokens will be available at the current rate."""
+        seconds until ``n`` tokens will be available at the current rate.
+
+        ``waiting`` is how many tasks wait for a token here now (this one
+        included): a shared source sizes its next lease to it."""
         ...
 
     def set_rate(self, rate_per_s: float) -> None:
         """Refill at ``rate_per_s`` tokens per second from now on."""
+        ...
+
+    def idle(self) -> None:
+        """No task waits for a token here now: a shared source hands leased tokens on
+        to the dispatchers that have work, instead of letting them expire unused."""
         ...
 
 
@@ -171,6 +182,11 @@ class SlotSource(Protocol):
 
     def release(self) -> None:
         """Give back a slot taken by :meth:`try_acquire`."""
+        ...
+
+    def idle(self) -> None:
+        """No task waits for a slot here now: a shared cap hands idle slots on to the
+        dispatchers that wait for them, without waiting for them to age."""
         ...
 
 
@@ -213,12 +229,13 @@ class TokenBucket:
         elapsed_s = max(0.0, self._clock() - self._last_s)
         return max(0.0, min(self._burst, self._tokens + elapsed_s * self._rate_per_s))
 
-    def try_take(self, n: float = 1.0) -> float:
+    def try_take(self, n: float = 1.0, *, waiting: int = 1) -> float:
         """Take ``n`` tokens and return ``0.0``; or, when fewer than ``n`` are
         available, take nothing and return the seconds until there will be ``n``.
 
         The wait is exact: after that many seconds the same take succeeds. ``n``
         must be in ``(0, burst]`` (more could never be granted): else ``ValueError``.
+        ``waiting`` is not needed in process: the bucket is the whole truth.
         """
         if not 0 < n <= self._burst:
             raise ValueError(f"n must be > 0 and <= burst={self._burst:g}, got {n!r}")
@@ -227,6 +244,9 @@ class TokenBucket:
             self._tokens -= n
             return 0.0
         return (n - self._tokens) / self._rate_per_s
+
+    def idle(self) -> None:
+        """Nothing to hand on: the bucket is this process's own."""
 
     def set_rate(self, rate_per_s: float) -> None:
         """Switch to ``rate_per_s`` tokens per second, after refilling at the old rate
@@ -292,6 +312,9 @@ class ConcurrencyLimiter:
         if self._in_flight == 0:
             raise RuntimeError("ConcurrencyLimiter.release() called with nothing in flight")
         self._in_flight -= 1
+
+    def idle(self) -> None:
+        """Nothing to hand on: every slot of this process is its own."""
 
     def __repr__(self) -> str:
         return f"ConcurrencyLimiter(limit={self._limit}, in_flight={self._in_flight})"
@@ -500,6 +523,8 @@ class ThrottleSnapshot:
     """Seconds those tasks waited, in total."""
     backpressure_signals: int
     """Backpressure signals received (each may or may not have lowered the rate)."""
+    mean_hold_s: float | None = None
+    """How long a task holds its slot, on average lately (None before any has ended)."""
 
     @property
     def mean_wait_s(self) -> float:
@@ -581,14 +606,16 @@ class ResourceThrottle:
         with self._lock:
             return self._source.tokens if self._source is not None else None
 
-    def try_start(self) -> Permit | float:
+    def try_start(self, waiting: int = 1) -> Permit | float:
         """A :class:`Permit` when a concurrency slot and a token are both available,
         else the seconds after which starting may be possible.
 
         The slot is checked first and the token taken only with a free slot, so a
         resource at its cap burns no tokens. At the cap the answer is
         :data:`CONCURRENCY_RETRY_HINT_S` (when a slot frees cannot be known);
-        short of tokens it is the exact wait for the next one.
+        short of tokens it is the exact wait for the next one. ``waiting`` is how
+        many tasks wait to start here (this one included): the demand a shared
+        token source leases for, never more than the free slots.
         """
         with self._lock:
             now = self._clock()
@@ -596,7 +623,10 @@ class ResourceThrottle:
                 self._refused_at = now
                 return CONCURRENCY_RETRY_HINT_S
             if self._source is not None:
-                wait_s = self._source.try_take(1.0)
+                cap = self._limiter.limit
+                if cap is not None:
+                    waiting = min(waiting, cap - self._limiter.in_flight + 1)
+                wait_s = self._source.try_take(1.0, waiting=max(1, waiting))
                 if wait_s > 0.0:
                     self._limiter.release()
                     self._refused_at = now
@@ -619,22 +649,40 @@ class ResourceThrottle:
         """
         with self._lock:
             now = self._clock()
+            window_s = self._window_s()
             self._forget_starts(now)
-            elapsed_s = min(START_WINDOW_S, now - self._created_at)
-            saturated = self._refused_at is not None and now - self._refused_at < START_WINDOW_S
-            if saturated and elapsed_s >= START_WINDOW_S / 2 and self._recent_starts:
+            elapsed_s = min(window_s, now - self._created_at)
+            saturated = self._refused_at is not None and now - self._refused_at < window_s
+            if saturated and elapsed_s >= window_s / 2 and self._recent_starts:
                 return len(self._recent_starts) / elapsed_s
-            bounds = []
-            if self._adaptive is not None:
-                bounds.append(self._adaptive.effective_rate_per_s)
-            cap = self._limiter.limit
-            if cap is not None:
-                hold_s = ASSUMED_HOLD_S if self._mean_hold_s is None else self._mean_hold_s
-                bounds.append(cap / max(hold_s, 0.001))
-            return min(bounds) if bounds else None
+            return self._limit_rate_per_s()
+
+    def limit_rate_per_s(self) -> float | None:
+        """How many tasks per second the limits allow, across every dispatcher: the
+        effective rate, and for a concurrency cap ``cap / mean hold time``
+        (:data:`ASSUMED_HOLD_S` until a task has ended); ``None`` without either."""
+        with self._lock:
+            return self._limit_rate_per_s()
+
+    def _limit_rate_per_s(self) -> float | None:
+        bounds = []
+        if self._adaptive is not None:
+            bounds.append(self._adaptive.effective_rate_per_s)
+        cap = self._limiter.limit
+        if cap is not None:
+            hold_s = ASSUMED_HOLD_S if self._mean_hold_s is None else self._mean_hold_s
+            bounds.append(cap / max(hold_s, 0.001))
+        return min(bounds) if bounds else None
+
+    def _window_s(self) -> float:
+        rate_per_s = self._adaptive.effective_rate_per_s if self._adaptive is not None else None
+        if rate_per_s is None:
+            return START_WINDOW_S
+        return max(START_WINDOW_S, START_WINDOW_STARTS / rate_per_s)
 
     def _forget_starts(self, now: float) -> None:
-        while self._recent_starts and self._recent_starts[0] < now - START_WINDOW_S:
+        window_s = self._window_s()
+        while self._recent_starts and self._recent_starts[0] < now - window_s:
             self._recent_starts.popleft()
 
     def on_success(self) -> None:
@@ -656,6 +704,15 @@ class ResourceThrottle:
                 return False
             self._apply_rate()
             return True
+
+    def idle(self) -> None:
+        """No task waits to start here now (the caller's waiting room is empty): slots
+        and leased tokens held for the next task may go to other dispatchers that have
+        work for them."""
+        with self._lock:
+            self._limiter.idle()
+            if self._source is not None:
+                self._source.idle()
 
     def adopt_rate(self, rate_per_s: float) -> bool:
         """Adopt a lower effective rate decided by another dispatcher (see
@@ -693,6 +750,7 @@ class ResourceThrottle:
                 waits=self._waits,
                 wait_total_s=self._wait_total_s,
                 backpressure_signals=self._backpressure_signals,
+                mean_hold_s=self._mean_hold_s,
             )
 
     def _apply_rate(self) -> None:

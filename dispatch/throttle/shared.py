@@ -28,8 +28,9 @@ not used within ``late_s`` of its valid time is dropped, and the bucket's
 capacity is ``burst - rate * (late_s + START_JITTER_S)``, so over any window of
 ``w`` seconds at most ``rate * w + burst`` tasks start, across all dispatchers,
 with room for the jitter between a permit and the call reaching the resource. ``late_s`` is
-one token's interval, but at least ``LATE_FLOOR_S`` when the burst allows it:
-at 200 /s one interval (5 ms) is shorter than the event loop's jitter.
+``LATE_FLOOR_S`` (the event loop's jitter), or one token's interval when that is
+shorter and the burst leaves no more; the capacity is not rounded down, so a small
+burst is kept nearly whole (10/s, burst 2: 1.6 tokens at once, the rest 40 ms later).
 
 A lease is stamped at the time its answer is expected back, not the time it
 was sent: the item's ``updated_at`` is ``now + round trip`` (and never earlier
@@ -87,6 +88,8 @@ _RTT_START_S: Final = 0.01
 _MIN_LEASE_GAP_S: Final = 0.1
 """A dispatcher leases at most this often from one bucket."""
 """The lease round trip assumed before one has been measured."""
+OTHERS_ACTIVE_S: Final = 2.0
+"""A dispatcher that saw another's lease this recently hands unused tokens back when idle."""
 SLOT_TTL_S: Final = 30.0
 """A dispatcher's slot holding expires this long after its last renewal."""
 SLOT_IDLE_RELEASE_S: Final = 1.0
@@ -174,6 +177,9 @@ class SharedTokenSource:
         self._seen: dict[str, Any] | None = None  # the bucket item as last read or written
         self._takes: deque[float] = deque()  # times of recent takes (demand estimate)
         self._misses = 0
+        self._waiting = 1  # tasks waiting for a token here, as the last take said
+        self._others_seen_at = -math.inf  # when another dispatcher's lease was last seen
+        self._giving_back = False
         self.requests = 0
         self.dropped = 0
 
@@ -185,10 +191,11 @@ class SharedTokenSource:
         now = self._clock()
         return float(sum(1 for t in self._valid if t <= now))
 
-    def try_take(self, n: float = 1.0) -> float:
+    def try_take(self, n: float = 1.0, *, waiting: int = 1) -> float:
         """Take one leased token if one is valid now, else say how long to wait."""
         if n != 1.0:
             raise ValueError("the shared bucket hands out one token per task")
+        self._waiting = waiting
         now = self._clock()
         self._drop_late(now)
         if self._valid and self._valid[0] <= now:
@@ -199,8 +206,32 @@ class SharedTokenSource:
         self._misses += 1
         self._maybe_lease(now)
         if self._valid:
-            return max(0.001, self._valid[0] - now)
+            wait_s = self._valid[0] - now
+            if self._waiting > len(self._valid) and not self._leasing:
+                # More tasks wait than tokens are in hand: come back when the next lease
+                # may be made, not only at the next token (it may be seconds away).
+                wait_s = min(wait_s, self._next_lease_at - now)
+            return max(0.001, wait_s)
         return max(RETRY_HINT_S, self._next_lease_at - now)
+
+    def idle(self) -> None:
+        """No task waits here: while other dispatchers lease from the same bucket, the
+        tokens leased and not used go back to it at once, so a dispatcher whose work
+        ran out does not sit on tokens that expire while others wait (the tail of a
+        backlog shared by several dispatchers). Alone, it keeps them: giving back
+        and leasing again would cost a request per lull."""
+        if not self._valid or self._giving_back:
+            return
+        if self._clock() - self._others_seen_at > OTHERS_ACTIVE_S:
+            return
+        self._giving_back = True
+        self._background.start(self._give_back_unused())
+
+    async def _give_back_unused(self) -> None:
+        try:
+            await self.give_back()
+        finally:
+            self._giving_back = False
 
     def set_rate(self, rate_per_s: float) -> None:
         """Lease at ``rate_per_s`` from now on; a decrease drops tokens not yet valid.
@@ -227,13 +258,17 @@ class SharedTokenSource:
         if burst < 2:
             return 1.0
         margin_s = self._late_for(rate_per_s) + START_JITTER_S
-        return float(max(1, math.floor(burst - rate_per_s * margin_s + 1e-9)))
+        # Not rounded down: at 10/s a burst of 2 keeps 1.6 tokens (the second start
+        # 40 ms after the first), where a whole number would keep one.
+        return max(1.0, burst - rate_per_s * margin_s)
 
     def _late_for(self, rate_per_s: float) -> float:
         burst = self._scaled_burst(rate_per_s)
         if burst >= 2:
-            # One interval at least; up to LATE_FLOOR_S while a token of burst is left.
-            return max(1.0 / rate_per_s, min(LATE_FLOOR_S, (burst - 1) / rate_per_s))
+            # LATE_FLOOR_S, or less when a shorter interval leaves no token of burst for
+            # it; never one whole interval at a low rate (at 10/s, 100 ms of margin
+            # would eat a burst of 2).
+            return min(LATE_FLOOR_S, max(1.0 / rate_per_s, (burst - 1) / rate_per_s))
         return min(0.25 / rate_per_s, 0.05)
 
     # -- leasing ---------------------------------------------------------------------
@@ -262,22 +297,31 @@ class SharedTokenSource:
             self._takes.popleft()
         per_s = len(self._takes)
         most = max(1, math.floor(self._rate * self.horizon_s))
-        # Sized to what this dispatcher used over the last second. Misses (polls that
-        # found no token) add at most a burst: they count polls, not tasks, and a
-        # dispatcher that leases more than it can start (its slots full) starves the
-        # others of tokens it then drops.
-        asked = min(self._misses, max(1, math.floor(self.capacity) + 1))
-        return max(1, min(most, max(asked, math.ceil(per_s * self.horizon_s))))
+        # Sized to what this dispatcher used over the last second, or to the tasks
+        # waiting here now (a backlog's first lease takes the burst for them, not
+        # one token). Misses (polls that found no token) add at most a burst: they
+        # count polls, not tasks, and a dispatcher that leases more than it can
+        # start (its slots full) starves the others of tokens it then drops.
+        asked = min(max(self._misses, self._waiting), max(1, math.floor(self.capacity) + 1))
+        waiting = self._waiting - len(self._valid)
+        return max(1, min(most, max(asked, waiting, math.ceil(per_s * self.horizon_s))))
 
     def _maybe_lease(self, now: float) -> None:
         if self._leasing or now < self._next_lease_at:
             return
         while self._takes and self._takes[0] < now - 1.0:
             self._takes.popleft()
-        # Lease again when what is left would last less than half a second.
-        if len(self._valid) > max(0, math.ceil(len(self._takes) * 0.5)) or (
-            not self._misses and self._valid
-        ):
+        # Lease again when what is left would last less than half a second, or when
+        # tasks wait here for tokens spread thin (the bucket was shared with another
+        # dispatcher, which may have stopped leasing or given its tokens back).
+        running_low = len(self._valid) <= max(0, math.ceil(len(self._takes) * 0.5))
+        spread_thin = (
+            self._misses > 0
+            and self._waiting > len(self._valid)
+            and bool(self._valid)
+            and self._valid[0] - now > 1.5 / self._rate
+        )
+        if not (running_low and (self._misses or not self._valid)) and not spread_thin:
             return
         self._leasing = True
         self._background.start(self._lease(self._want(now)))
@@ -332,6 +376,8 @@ class SharedTokenSource:
         now = max(now, last + _MIN_STEP_S)
         level = min(self.capacity, read_number(seen.get("tokens")) + (now - last) * rate)
         by = seen.get("by", {}).get("S")
+        if by != self._owner:
+            self._others_seen_at = self._clock()
         if by != self._owner and rate < self._rate * 0.999 and self._on_remote_rate:
             self._on_remote_rate(rate)  # another dispatcher slowed the resource down
         return now, level, "#updated = :seen", {":seen": seen["updated_at"]}
@@ -394,26 +440,53 @@ class SharedTokenSource:
         short = want - take
         pause_s = _MIN_LEASE_GAP_S if short <= 0 else short / self._rate
         pause_s = min(self.horizon_s / 2, max(_MIN_LEASE_GAP_S, pause_s))
-        self._next_lease_at = sent + pause_s * random.uniform(1.0, 1.5)  # noqa: S311 - jitter
+        pause_s *= random.uniform(1.0, 1.5)  # noqa: S311 - jitter
         ready = max(0, math.floor(level))
         # Tokens the bucket holds at `now` are valid then; the rest as it refills them.
         leased = [now if j < ready else now + (j + 1 - level) / self._rate for j in range(take)]
         self._valid = deque(sorted([*self._valid, *leased]))
+        if self._valid:
+            # Never pause past the last token in hand: a small lease (others hold the
+            # bucket) is followed by another before it runs out, not a second later.
+            last_s = self._valid[-1] - self._rtt_s
+            pause_s = min(pause_s, max(_MIN_LEASE_GAP_S, last_s - sent))
+        self._next_lease_at = sent + pause_s
+        log.debug(
+            "bucket_leased",
+            resource=self.resource.name,
+            want=want,
+            take=take,
+            level=round(level, 3),
+            valid_from=round(self._valid[0] - now, 3) if self._valid else None,
+            valid_to=round(self._valid[-1] - now, 3) if self._valid else None,
+            next_lease_in_s=round(self._next_lease_at - now, 3),
+        )
 
     async def give_back(self) -> None:
-        """Return leased tokens not used yet to the bucket (on shutdown)."""
+        """Return leased tokens not used yet to the bucket (when idle, and on shutdown).
+
+        The bucket then stands as if they had never been leased (a token valid later
+        is one the bucket would have refilled by then). The write also moves the
+        item's version (``updated_at``) on by a millisecond: a lease based on the
+        item as it was fails its condition and reads the tokens given back, instead
+        of overwriting them with a level computed without them.
+        """
         unused = len(self._valid)
         self._valid.clear()
         if unused == 0 or self._seen is None:
             return
+        log.debug("bucket_given_back", resource=self.resource.name, unused=unused)
         try:
             self.requests += 1
             await self._client.update_item(
                 TableName=self._table,
                 Key=self._key,
-                UpdateExpression="ADD #tokens :unused",
-                ExpressionAttributeNames={"#tokens": "tokens"},
-                ExpressionAttributeValues={":unused": number(float(unused), places=_PLACES)},
+                UpdateExpression="SET #tokens = #tokens + :unused, #updated = #updated + :step",
+                ExpressionAttributeNames={"#tokens": "tokens", "#updated": "updated_at"},
+                ExpressionAttributeValues={
+                    ":unused": number(float(unused), places=_PLACES),
+                    ":step": number(_MIN_STEP_S, places=_PLACES),
+                },
             )
         except (ClientError, BotoCoreError) as exc:
             log.warning("bucket_give_back_failed", resource=self.resource.name, error=str(exc))
@@ -502,6 +575,19 @@ class SharedSlots:
         if self._in_flight < self._granted and self._idle_since is None:
             self._idle_since = self._clock()
 
+    def idle(self) -> None:
+        """No task waits here: while other dispatchers wait for slots, the idle ones go
+        back now (at the end of a backlog, a second of idle slots is a second lost)."""
+        idle = self._granted - self._in_flight
+        if self._fair_share is None or idle <= 0:
+            return
+        self._granted -= idle
+        self._shed += idle
+        self._idle_since = None
+        if not self._shedding:
+            self._shedding = True
+            self._background.start(self._shed_slots())
+
     async def _shed_slots(self) -> None:
         try:
             while self._shed:
@@ -539,6 +625,7 @@ class SharedSlots:
                 self._granted += k
                 self._wanted = max(0, self._wanted - k)
                 self._refusals = 0
+                log.debug("slots_taken", resource=self.resource.name, k=k, granted=self._granted)
                 return
         except (ClientError, BotoCoreError) as exc:
             log.warning(
@@ -628,7 +715,9 @@ class SharedSlots:
         active = {o for o, e in holders.items() if read_number(e.get("M", {}).get("until")) >= now}
         active |= {o for o, e in waiters.items() if read_number(e) >= now}
         active.add(self._owner)
-        others_wait = any(o != self._owner for o in waiters if o in active and o not in holders)
+        # A dispatcher refused at the cap waits, whether it holds slots or none: one
+        # with 1 slot of 4 and work for more is as starved as one with none.
+        others_wait = any(o != self._owner for o in waiters if o in active)
         self._fair_share = max(1, self._cap // len(active)) if others_wait else None
 
     async def _create(self) -> None:
@@ -697,6 +786,8 @@ class SharedSlots:
 
     async def _write_entry(self, give_back: int, now: float, *, granted: int | None = None) -> None:
         """Renew this holder's entry, giving back ``give_back`` of its ``granted`` slots."""
+        if give_back:
+            log.debug("slots_given_back", resource=self.resource.name, k=give_back)
         held_before = self._granted if granted is None else granted
         remaining = held_before - give_back
         try:

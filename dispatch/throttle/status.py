@@ -13,6 +13,7 @@ the shared ``bucket#``/``slots#`` items, and sum them per resource and task.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Final
@@ -58,15 +59,48 @@ class ResourceStatus:
     started: int
     backpressure_signals: int
     dispatchers: int
+    deferred: int = 0
+    """Messages the dispatchers hid until their turn (not counted as visible)."""
+    queue_share: float = 0.0
+    """The share of the messages the dispatchers received that were for this resource."""
+    queued: int = 0
+    """Messages on the queue (visible or delayed) expected to be this resource's:
+    ``queue_share`` of them."""
+    mean_hold_s: float | None = None
 
     @property
     def mean_wait_s(self) -> float:
         """Average wait of the tasks that waited."""
         return self.wait_total_s / self.waits if self.waits else 0.0
 
+    @property
+    def backlog(self) -> int:
+        """Tasks lined up for the resource: waiting, deferred, and its share of the queue."""
+        return self.waiting + self.deferred + self.queued
+
+    @property
+    def drain_s(self) -> float | None:
+        """Seconds to start the whole backlog at the limits (the larger of the rate's and
+        the cap's bound); None for a resource with neither limit."""
+        if self.backlog == 0:
+            return 0.0
+        bounds: list[float] = []
+        rate_per_s = self.effective_rate_per_s or self.configured_rate_per_s
+        if rate_per_s:
+            bounds.append(self.backlog / rate_per_s)
+        if self.max_concurrency:
+            hold_s = self.mean_hold_s if self.mean_hold_s is not None else 1.0
+            bounds.append(math.ceil(self.backlog / self.max_concurrency) * hold_s)
+        return max(bounds) if bounds else None
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
-        return asdict(self) | {"mean_wait_s": round(self.mean_wait_s, 4)}
+        drain_s = self.drain_s
+        return asdict(self) | {
+            "mean_wait_s": round(self.mean_wait_s, 4),
+            "backlog": self.backlog,
+            "drain_s": None if drain_s is None else round(drain_s, 1),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,14 +117,15 @@ def publish_params(
     table: str,
     owner: str,
     snapshots: Iterable[ThrottleSnapshot],
-    waiting: Mapping[str, int],
+    lined_up: Mapping[str, Mapping[str, int]],
     now: float,
     *,
     activity: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """PutItem for this dispatcher's item and UpdateItem adding it to the directory."""
     resources = {
-        snap.name: asdict(snap) | {"waiting": int(waiting.get(snap.name, 0))} for snap in snapshots
+        snap.name: asdict(snap) | {key: int(n) for key, n in lined_up.get(snap.name, {}).items()}
+        for snap in snapshots
     }
     item = {
         c.TABLE_HASH_KEY: {"S": f"{c.DISPATCHER_KEY_PREFIX}{owner}"},
@@ -111,10 +146,14 @@ def publish_params(
     return put, directory
 
 
-def read_status(client: DynamoDBClient, table: str, *, now: float) -> list[ResourceStatus]:
+def read_status(
+    client: DynamoDBClient, table: str, *, now: float, queued: int = 0
+) -> list[ResourceStatus]:
     """Every resource some live dispatcher reported, summed over dispatchers, with the
-    shared bucket's tokens and the cap's held slots. Forgets dead dispatchers."""
-    return combine_resources(client, table, read_dispatchers(client, table, now=now))
+    shared bucket's tokens and the cap's held slots. Forgets dead dispatchers.
+    ``queued`` is the queue's visible and delayed messages (their share per resource
+    goes into the backlog)."""
+    return combine_resources(client, table, read_dispatchers(client, table, now=now), queued=queued)
 
 
 def read_dispatchers(client: DynamoDBClient, table: str, *, now: float) -> list[DispatcherReport]:
@@ -156,17 +195,36 @@ def read_dispatchers(client: DynamoDBClient, table: str, *, now: float) -> list[
 
 
 def combine_resources(
-    client: DynamoDBClient, table: str, reports: Iterable[DispatcherReport]
+    client: DynamoDBClient, table: str, reports: Iterable[DispatcherReport], *, queued: int = 0
 ) -> list[ResourceStatus]:
     """Each resource the reports name, summed over them, with the shared bucket's tokens
-    and the cap's held slots."""
+    and the cap's held slots; ``queued`` (the queue's visible and delayed messages) is
+    shared out by the resources' share of what the dispatchers received."""
     parts = [r.resources for r in reports]
+    # Each dispatcher publishes the messages it admitted in all, once per resource.
+    admitted = sum(max((int(p.get("admitted", 0)) for p in r.values()), default=0) for r in parts)
     names = sorted({name for report in parts for name in report})
-    return [_combine(client, table, name, [r[name] for r in parts if name in r]) for name in names]
+    return [
+        _combine(
+            client,
+            table,
+            name,
+            [r[name] for r in parts if name in r],
+            admitted=admitted,
+            queued=queued,
+        )
+        for name in names
+    ]
 
 
 def _combine(
-    client: DynamoDBClient, table: str, name: str, parts: list[dict[str, Any]]
+    client: DynamoDBClient,
+    table: str,
+    name: str,
+    parts: list[dict[str, Any]],
+    *,
+    admitted: int,
+    queued: int,
 ) -> ResourceStatus:
     first = parts[0]
     tokens: float | None = None
@@ -180,6 +238,9 @@ def _combine(
         if bucket:
             tokens = read_number(bucket["tokens"])
             effective = read_number(bucket["rate"])
+    arrivals = sum(int(p.get("arrivals", 0)) for p in parts)
+    share = arrivals / admitted if admitted else 0.0
+    holds = [float(p["mean_hold_s"]) for p in parts if p.get("mean_hold_s") is not None]
     if first["max_concurrency"] is not None:
         slots = _get(client, table, f"{c.SLOTS_KEY_PREFIX}{name}")
         if slots and "held" in slots:
@@ -198,6 +259,10 @@ def _combine(
         started=sum(int(p["started"]) for p in parts),
         backpressure_signals=sum(int(p["backpressure_signals"]) for p in parts),
         dispatchers=len(parts),
+        deferred=sum(int(p.get("deferred", 0)) for p in parts),
+        queue_share=round(share, 3),
+        queued=round(share * queued),
+        mean_hold_s=max(holds) if holds else None,
     )
 
 

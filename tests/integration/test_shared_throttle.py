@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from typing import Any
 
 from dispatch.core.config import Settings
 from dispatch.store.aws import async_clients
@@ -177,3 +178,130 @@ async def test_a_holder_above_its_fair_share_hands_slots_over_as_tasks_end(
 
         assert (a.granted, a.in_flight) == (2, 2)
         assert (b.granted, b.in_flight) == (2, 2)
+
+
+async def test_a_holder_with_fewer_slots_than_its_share_still_counts_as_waiting(
+    aws_env: Settings,
+) -> None:
+    """Given A holding 3 slots of 4 and B holding 1 with more work (refused at the cap),
+    when A renews and one of its tasks ends, then that slot goes to B: a dispatcher
+    that holds some slots and wants more waits as much as one that holds none (the
+    3/1 split used to last as long as both had work)."""
+    resource = Resource("uneven-pool", max_concurrency=4)
+    async with async_clients(aws_env) as clients:
+        background = _Background()
+        a, b = _holders(resource, clients.dynamodb, aws_env.table, background)
+        await _acquire(a, 3, background)
+        await _acquire(b, 1, background)
+        await _b_waits_and_a_learns_it(a, b, background)  # B has work for a second slot
+        a.release()
+        await asyncio.gather(*background._tasks)
+        await _acquire(b, 1, background)
+        await background.aclose()
+
+    assert (a.granted, b.granted) == (2, 2)
+
+
+async def test_an_idle_holder_hands_its_slots_to_a_waiting_dispatcher_at_once(
+    aws_env: Settings,
+) -> None:
+    """Given A holding 2 idle slots (its work is done) while B waits for more, when A
+    is told it is idle, then it gives them back without waiting for them to age a
+    second, and B takes them."""
+    resource = Resource("handover-pool", max_concurrency=4)
+    async with async_clients(aws_env) as clients:
+        background = _Background()
+        a, b = _holders(resource, clients.dynamodb, aws_env.table, background)
+        await _acquire(a, 2, background)
+        await _acquire(b, 2, background)
+        await _b_waits_and_a_learns_it(a, b, background)
+        a.release()
+        a.release()
+        a.idle()
+        await asyncio.gather(*background._tasks)
+        await _acquire(b, 2, background)
+        await background.aclose()
+
+    assert (a.granted, b.granted) == (0, 4)
+
+
+async def test_tokens_given_back_reach_the_next_lease_and_never_get_overwritten(
+    aws_env: Settings,
+) -> None:
+    """Given A holding two seconds of a 10/s bucket for tasks it no longer has, when A
+    goes idle while B leases from the same bucket, then the tokens go back: a
+    dispatcher leasing next (C) gets a whole second's worth at once instead of
+    waiting for A's reservation to pass, and the give-back moves the item's version
+    on, so a lease conditional on the version before it (B's) fails and reads them
+    instead of overwriting them with a level computed without them."""
+    resource = Resource("handover-bucket", rate_per_s=10, burst=2)
+    async with async_clients(aws_env) as clients:
+        background = _Background()
+
+        def source(owner: str) -> SharedTokenSource:
+            return SharedTokenSource(
+                resource,
+                client=clients.dynamodb,
+                table=aws_env.table,
+                background=background,
+                owner=owner,
+                max_horizon_s=2.5,
+            )
+
+        a, c = source("a"), source("c")
+        assert a.try_take(waiting=20) > 0  # A leases for 20 waiting tasks: 2 s of tokens
+        await asyncio.gather(*background._tasks)
+        key = {"pk": {"S": "bucket#handover-bucket"}}
+        before = (await clients.dynamodb.get_item(TableName=aws_env.table, Key=key))["Item"]
+        a._others_seen_at = time.time()  # A has seen another dispatcher lease (a conflict)
+        a.idle()
+        await asyncio.gather(*background._tasks)
+        stale_lease_refused = False
+        try:
+            await clients.dynamodb.update_item(
+                TableName=aws_env.table,
+                Key=key,
+                UpdateExpression="SET #tokens = :zero",
+                ConditionExpression="#updated = :seen",
+                ExpressionAttributeNames={"#tokens": "tokens", "#updated": "updated_at"},
+                ExpressionAttributeValues={":zero": {"N": "0"}, ":seen": before["updated_at"]},
+            )
+        except clients.dynamodb.exceptions.ConditionalCheckFailedException:
+            stale_lease_refused = True
+        started = time.time()
+        c.try_take(waiting=20)
+        await asyncio.gather(*background._tasks)
+        await background.aclose()
+
+    assert stale_lease_refused
+    assert sum(1 for t in c._valid if t <= started + 1.0) >= 8
+
+
+def _holders(
+    resource: Resource, dynamodb: Any, table: str, background: _Background
+) -> tuple[SharedSlots, SharedSlots]:
+    """Dispatchers ``a`` and ``b`` holding slots of ``resource``."""
+    a, b = (
+        SharedSlots(resource, client=dynamodb, table=table, owner=owner, background=background)
+        for owner in ("a", "b")
+    )
+    return a, b
+
+
+async def _b_waits_and_a_learns_it(a: SharedSlots, b: SharedSlots, background: _Background) -> None:
+    """B is refused at the cap (it waits); A's renewal tells A so: its fair share is set."""
+    assert not b.try_acquire()
+    await asyncio.gather(*background._tasks)
+    await a.maintain()
+
+
+async def _acquire(slots: SharedSlots, n: int, background: _Background) -> None:
+    deadline = time.monotonic() + 10
+    got = 0
+    while got < n:
+        assert time.monotonic() < deadline, f"{n} slots never came"
+        if slots.try_acquire():
+            got += 1
+        else:
+            await asyncio.gather(*background._tasks)
+            await asyncio.sleep(0.02)

@@ -9,7 +9,7 @@ import time
 from dispatch import Backpressure, Resource, current_task, task
 from dispatch.core import constants as c
 from dispatch.core.config import Settings
-from dispatch.loop.dispatcher import Dispatcher, DispatcherOptions
+from dispatch.loop.dispatcher import Dispatcher, DispatcherOptions, RunStats
 from dispatch.producer.enqueue import Queue
 from dispatch.store.aws import RequestCounter, SyncClients, async_clients
 from dispatch.store.state import Status, SyncStateStore
@@ -285,14 +285,7 @@ async def test_a_deep_backlog_is_not_received_and_deferred_over_and_over(
 
     queue.enqueue_many([call.message(n) for n in range(300)])
     counter = RequestCounter()
-    async with async_clients(aws_env, counter=counter) as aio:
-        dispatcher = Dispatcher(
-            aws_env, clients=aio, registry=registry, options=DispatcherOptions(wait_time_s=1)
-        )
-        try:
-            stats = await dispatcher.run(for_s=4)
-        finally:
-            await dispatcher.runner.aclose()
+    stats = await _run_for(aws_env, registry, seconds=4, counter=counter)
 
     receives = counter.snapshot().get(("sqs", "ReceiveMessage"), 0)
     assert 2 <= stats.started <= 4 + 2 + 1
@@ -315,3 +308,42 @@ async def test_a_burst_of_one_and_a_cap_of_one_still_runs_every_task(
     stats = await drain(aws_env, registry)
 
     assert stats.succeeded == 6
+
+
+async def test_status_says_how_long_a_backlog_takes_to_drain(
+    aws_env: Settings, registry: Registry, queue: Queue
+) -> None:
+    """Given 60 tasks queued for a resource of 2/s and a dispatcher that ran for 2 s
+    (and, stopping, made the messages it had deferred visible again), when a user runs
+    `dispatch status --json`, then the resource shows every task not yet started as
+    its backlog (all the queue's messages are its own) and the time that takes to
+    drain at 2/s: "am I throttled, and for how long?"."""
+    partner = Resource("drain-partner", rate_per_s=2, burst=1)
+
+    @task(registry=registry, resource=partner)
+    def call(n: int) -> None: ...
+
+    queue.enqueue_many([call.message(n) for n in range(60)])
+    stats = await _run_for(aws_env, registry, seconds=2)
+
+    shown = dispatch_cli("status", "--json")
+
+    assert shown.returncode == 0, shown.stderr
+    (resource,) = json.loads(shown.stdout)["resources"]
+    assert resource["queue_share"] == 1.0
+    assert resource["backlog"] == 60 - stats.succeeded
+    assert resource["drain_s"] == round((60 - stats.succeeded) / 2, 1)
+
+
+async def _run_for(
+    aws_env: Settings, registry: Registry, *, seconds: float, counter: RequestCounter | None = None
+) -> RunStats:
+    """Run one dispatcher (1 s long polls) for ``seconds``; what it did."""
+    async with async_clients(aws_env, counter=counter) as aio:
+        dispatcher = Dispatcher(
+            aws_env, clients=aio, registry=registry, options=DispatcherOptions(wait_time_s=1)
+        )
+        try:
+            return await dispatcher.run(for_s=seconds)
+        finally:
+            await dispatcher.runner.aclose()

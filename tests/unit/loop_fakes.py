@@ -211,6 +211,7 @@ class Loop:
             observer=self.observers,
             sqs=self.sqs,
             stopping=self.stopping,
+            clock=self.clock,
         )
         self.settler = Settler(
             transitions=self.transitions,
@@ -240,6 +241,7 @@ class Loop:
         )
 
     async def aclose(self) -> None:
+        await self.gate.stop_feeding()
         await self.pipeline.batches.aclose()
         await self.runner.aclose()
 
@@ -250,3 +252,12 @@ def delivery_of(message: Any, *, n: int = 1, receive_count: int = 1) -> Delivery
     return Delivery(
         receipt=f"receipt-{n}", message_id=f"message-{n}", body=body, receive_count=receive_count
     )
+
+
+async def until(condition: Callable[[], object], *, turns: int = 1_000) -> None:
+    """Let the event loop run until ``condition()`` holds (bounded: no wall clock)."""
+    for _ in range(turns):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("the condition never held")

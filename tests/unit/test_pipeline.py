@@ -26,7 +26,7 @@ from dispatch.core.signing import signature_attribute
 from dispatch.loop.admission import Admitted, Postpone, Reject, admit
 from dispatch.loop.settle import Dead, Done, RetryIn, decide
 from dispatch.tasks.registry import Registry, task
-from tests.unit.loop_fakes import Loop, delivery_of
+from tests.unit.loop_fakes import Loop, delivery_of, until
 
 FAIL = ErrorInfo(type="RuntimeError", message="boom")
 
@@ -35,15 +35,6 @@ FAIL = ErrorInfo(type="RuntimeError", message="boom")
 def registry() -> Registry:
     """A fresh registry per test."""
     return Registry()
-
-
-async def _until(condition: object, *, turns: int = 1_000) -> None:
-    """Let the event loop run until ``condition()`` holds (bounded: no wall clock)."""
-    for _ in range(turns):
-        if condition():  # type: ignore[operator]
-            return
-        await asyncio.sleep(0)
-    raise AssertionError("the condition never held")
 
 
 # --- admission (pure) ------------------------------------------------------------
@@ -283,14 +274,14 @@ async def test_a_batch_item_given_back_while_its_claim_is_on_the_way_gets_the_cl
     message = index.message("doc-1")
     delivery = delivery_of(message)
     handling = asyncio.create_task(loop.pipeline.process(delivery))
-    await _until(lambda: "claim" in loop.transitions.calls)
+    await until(lambda: "claim" in loop.transitions.calls)
 
     handling.cancel()  # the dispatcher releases unfinished work at its deadline
     with pytest.raises(asyncio.CancelledError):
         await handling
     await loop.pipeline.release(delivery)
     loop.transitions.claim_gate.set()
-    await _until(lambda: "give_back" in loop.transitions.calls)
+    await until(lambda: "give_back" in loop.transitions.calls)
     await loop.aclose()
 
     record = loop.transitions.records[message.task_id]
@@ -318,7 +309,7 @@ async def test_a_batch_stopped_while_its_claims_are_on_the_way_gives_every_claim
         asyncio.create_task(loop.pipeline.process(delivery_of(m, n=i)))
         for i, m in enumerate(messages, 1)
     ]
-    await _until(lambda: loop.transitions.calls.count("claim") == 2)
+    await until(lambda: loop.transitions.calls.count("claim") == 2)
     for task_handling in handling:
         task_handling.cancel()
     await asyncio.gather(*handling, return_exceptions=True)

@@ -61,7 +61,7 @@ class RecordingSource:
     def tokens(self) -> float:
         return 42.0
 
-    def try_take(self, n: float = 1.0) -> float:
+    def try_take(self, n: float = 1.0, *, waiting: int = 1) -> float:
         self.taken += n
         return 0.0
 
