@@ -90,6 +90,10 @@ _MIN_LEASE_GAP_S: Final = 0.1
 """The lease round trip assumed before one has been measured."""
 OTHERS_ACTIVE_S: Final = 2.0
 """A dispatcher that saw another's lease this recently hands unused tokens back when idle."""
+IDLE_GIVE_BACK_S: Final = 0.5
+"""An idle dispatcher holding this many seconds of tokens gives them back even when it
+has not seen another dispatcher lately (it only sees them when their writes conflict
+with its own): the end of its share of a backlog, not a lull between two tasks."""
 SLOT_TTL_S: Final = 30.0
 """A dispatcher's slot holding expires this long after its last renewal."""
 SLOT_IDLE_RELEASE_S: Final = 1.0
@@ -215,14 +219,16 @@ class SharedTokenSource:
         return max(RETRY_HINT_S, self._next_lease_at - now)
 
     def idle(self) -> None:
-        """No task waits here: while other dispatchers lease from the same bucket, the
-        tokens leased and not used go back to it at once, so a dispatcher whose work
-        ran out does not sit on tokens that expire while others wait (the tail of a
-        backlog shared by several dispatchers). Alone, it keeps them: giving back
-        and leasing again would cost a request per lull."""
+        """No task waits here: the tokens leased and not used go back to the bucket at
+        once, so a dispatcher whose work ran out does not sit on tokens that expire
+        while others wait (the tail of a backlog shared by several dispatchers): when
+        it has seen another dispatcher lease lately, or holds half a second of tokens
+        or more. A token or two it keeps: giving them back and leasing again would
+        cost a request per lull between tasks."""
         if not self._valid or self._giving_back:
             return
-        if self._clock() - self._others_seen_at > OTHERS_ACTIVE_S:
+        many = len(self._valid) >= max(2.0, self._rate * IDLE_GIVE_BACK_S)
+        if not many and self._clock() - self._others_seen_at > OTHERS_ACTIVE_S:
             return
         self._giving_back = True
         self._background.start(self._give_back_unused())
@@ -525,6 +531,7 @@ class SharedSlots:
         self._refusals = 0  # refusals at the cap in a row: the backoff grows with them
         self._idle_since: float | None = None
         self._fair_share: int | None = None  # set when other dispatchers wait for slots
+        self._others_want = False  # another dispatcher was refused at the cap lately
         self._shed = 0  # slots given up above the fair share, not yet written back
         self._shedding = False
         self._last_waiter_note = 0.0
@@ -576,10 +583,11 @@ class SharedSlots:
             self._idle_since = self._clock()
 
     def idle(self) -> None:
-        """No task waits here: while other dispatchers wait for slots, the idle ones go
-        back now (at the end of a backlog, a second of idle slots is a second lost)."""
+        """No task waits here: while other dispatchers want slots (refused at the cap,
+        holding some or none), the idle ones go back now (at the end of a backlog, a
+        second of idle slots is a second lost)."""
         idle = self._granted - self._in_flight
-        if self._fair_share is None or idle <= 0:
+        if not self._others_want or idle <= 0:
             return
         self._granted -= idle
         self._shed += idle
@@ -715,10 +723,12 @@ class SharedSlots:
         active = {o for o, e in holders.items() if read_number(e.get("M", {}).get("until")) >= now}
         active |= {o for o, e in waiters.items() if read_number(e) >= now}
         active.add(self._owner)
-        # A dispatcher refused at the cap waits, whether it holds slots or none: one
-        # with 1 slot of 4 and work for more is as starved as one with none.
-        others_wait = any(o != self._owner for o in waiters if o in active)
+        others_wait = any(o != self._owner for o in waiters if o in active and o not in holders)
         self._fair_share = max(1, self._cap // len(active)) if others_wait else None
+        # A holder refused at the cap wants more too: not enough to shrink to a fair
+        # share (a holder with more slots sustains its leased tokens' rate better), but
+        # enough to hand idle slots over at once (see idle()).
+        self._others_want = any(o != self._owner for o in waiters if o in active)
 
     async def _create(self) -> None:
         try:
@@ -814,7 +824,7 @@ class SharedSlots:
                     ExpressionAttributeNames=self._holder_name(),
                     ExpressionAttributeValues={":k": number(give_back)},
                 )
-                self._fair_share = None
+                self._fair_share, self._others_want = None, False
         except (ClientError, BotoCoreError) as exc:
             if not is_condition_failure(exc):
                 log.warning("slot_renew_failed", resource=self.resource.name, error=str(exc))

@@ -180,34 +180,13 @@ async def test_a_holder_above_its_fair_share_hands_slots_over_as_tasks_end(
         assert (b.granted, b.in_flight) == (2, 2)
 
 
-async def test_a_holder_with_fewer_slots_than_its_share_still_counts_as_waiting(
-    aws_env: Settings,
-) -> None:
-    """Given A holding 3 slots of 4 and B holding 1 with more work (refused at the cap),
-    when A renews and one of its tasks ends, then that slot goes to B: a dispatcher
-    that holds some slots and wants more waits as much as one that holds none (the
-    3/1 split used to last as long as both had work)."""
-    resource = Resource("uneven-pool", max_concurrency=4)
-    async with async_clients(aws_env) as clients:
-        background = _Background()
-        a, b = _holders(resource, clients.dynamodb, aws_env.table, background)
-        await _acquire(a, 3, background)
-        await _acquire(b, 1, background)
-        await _b_waits_and_a_learns_it(a, b, background)  # B has work for a second slot
-        a.release()
-        await asyncio.gather(*background._tasks)
-        await _acquire(b, 1, background)
-        await background.aclose()
-
-    assert (a.granted, b.granted) == (2, 2)
-
-
 async def test_an_idle_holder_hands_its_slots_to_a_waiting_dispatcher_at_once(
     aws_env: Settings,
 ) -> None:
-    """Given A holding 2 idle slots (its work is done) while B waits for more, when A
-    is told it is idle, then it gives them back without waiting for them to age a
-    second, and B takes them."""
+    """Given A holding 2 idle slots (its work is done) while B, holding the other 2,
+    waits for more, when A is told it is idle, then it gives them back without
+    waiting for them to age a second, and B takes them: at the end of a backlog a
+    second of idle slots is a second lost."""
     resource = Resource("handover-pool", max_concurrency=4)
     async with async_clients(aws_env) as clients:
         background = _Background()
