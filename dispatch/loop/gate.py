@@ -268,7 +268,14 @@ class ThrottleGate:
         likely; the wait is measured either way."""
         name = throttle.resource.name
         started = time.monotonic()
+        alone = self.waiting[name] == 1
         async with self._locks[name]:
+            if alone:
+                # The first of a receive's messages to reach an empty line: the rest of
+                # the receive (spawned with it) lines up behind it first, so the throttle
+                # is asked with all of them waiting and a shared bucket leases the burst
+                # for them at once (not one token, the rest a lease interval later).
+                await asyncio.sleep(0)
             while True:
                 answer = throttle.try_start(self.waiting[name])
                 waited = time.monotonic() - started

@@ -159,3 +159,31 @@ def test_the_shared_bucket_keeps_the_burst(rate_per_s: float, burst: int, capaci
         owner="me",
     )
     assert source.capacity == pytest.approx(capacity)
+
+
+async def test_a_receive_lines_up_before_the_throttle_is_asked(registry: Registry) -> None:
+    """Given one receive of 6 lean tasks (no claim to wait for) and an empty waiting
+    room, the throttle is first asked with all 6 in line, so a shared bucket leases the
+    burst for them at once, not one token for the first while the rest are still being
+    admitted (their burst then came a lease interval later)."""
+    api = Resource("partner-api", rate_per_s=RATE, burst=6)
+
+    @task(registry=registry, resource=api, track_state=False)
+    def call(n: int) -> None: ...
+
+    loop = Loop(registry, horizon_s=HORIZON_S)
+    throttle = loop.gate.throttle(api)
+    asked: list[int] = []
+    try_start = throttle.try_start
+
+    def recording(waiting: int = 1) -> object:
+        asked.append(waiting)
+        return try_start(waiting)
+
+    throttle.try_start = recording  # type: ignore[method-assign,assignment]
+    deliveries = [delivery_of(call.message(n=n), n=n) for n in range(1, 7)]  # type: ignore[attr-defined]
+    await asyncio.gather(*(loop.pipeline.process(d) for d in deliveries))
+    await loop.aclose()
+
+    assert asked[0] == 6
+    assert loop.stats.deferred == 0  # a burst of 6: every one started
