@@ -42,6 +42,7 @@ class Reason(StrEnum):
     UNKNOWN_TASK = "unknown_task"  # no handler registered under the task name
     BAD_ARGUMENTS = "bad_arguments"  # the arguments do not bind to the handler
     BAD_SIGNATURE = "bad_signature"  # signing is on and the message is not signed by us
+    RECORD_EXPIRED = "record_expired"  # older than a record lives, and its record is gone
 
 
 @dataclass(frozen=True, slots=True)

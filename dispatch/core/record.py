@@ -135,6 +135,8 @@ class ClaimStatus(StrEnum):
     DEAD = "dead"  # already dead-lettered: delete (re-send to the DLQ if this message owned it)
     BUSY = "busy"  # running elsewhere under a live lease: hide until the lease ends
     DUPLICATE = "duplicate"  # another message owns this task: delete this one
+    EXHAUSTED = "exhausted"  # max_attempts spent, the last without an outcome: dead-letter
+    NO_RECORD = "no_record"  # an old message whose record expired: dead-letter, never run
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,8 +15,11 @@ from collections.abc import Callable
 
 from structlog.typing import FilteringBoundLogger
 
+from dispatch.core import constants as c
+from dispatch.core.deadletter import DeadLetter, Reason
 from dispatch.core.delivery import Delivery
 from dispatch.core.envelope import Envelope, is_lean_task_id
+from dispatch.core.outcome import ErrorInfo
 from dispatch.core.record import Claim, ClaimStatus
 from dispatch.loop.observe import Observer, Skip
 from dispatch.loop.settle import Settler
@@ -25,7 +28,14 @@ from dispatch.loop.transitions import Transitions
 from dispatch.store import state
 from dispatch.tasks.registry import TaskSpec
 
-__all__ = ["Claims"]
+__all__ = ["Claims", "outlived_its_record"]
+
+
+def outlived_its_record(envelope: Envelope, now: float) -> bool:
+    """Whether the message is older than a record lives: its record, if it is missing,
+    expired (every tracked task gets its record at enqueue), so its claim must find
+    one. A foreign message without an enqueue time is taken at its word."""
+    return envelope.enqueued_at > 0 and now - envelope.enqueued_at > c.RECORD_TTL_S
 
 
 class Claims:
@@ -66,12 +76,15 @@ class Claims:
                 max_attempts=spec.retry.max_attempts,
                 now=self._clock(),
             )
+        now = self._clock()
         claim = await self._transitions.claim(
             envelope,
             message_id=delivery.message_id,
-            now=self._clock(),
+            now=now,
             timeout_s=spec.timeout_s,
             token=state.claim_token(delivery.receipt),
+            max_attempts=spec.retry.max_attempts,
+            require_record=outlived_its_record(envelope, now),
         )
         if claim.status is ClaimStatus.CLAIMED:
             self._claimed[delivery.receipt] = (
@@ -80,8 +93,89 @@ class Claims:
                 claim.record.attempts,
             )
             return claim
-        await self._refused(delivery, envelope, claim, bound)
+        if claim.status is ClaimStatus.EXHAUSTED:
+            await self._exhausted(delivery, envelope, spec, claim, bound)
+        elif claim.status is ClaimStatus.NO_RECORD:
+            await self._record_expired(delivery, envelope, bound)
+        else:
+            await self._refused(delivery, envelope, claim, bound)
         return None
+
+    async def _exhausted(
+        self,
+        delivery: Delivery,
+        envelope: Envelope,
+        spec: TaskSpec,
+        claim: Claim,
+        bound: FilteringBoundLogger,
+    ) -> None:
+        """Every attempt was started and the last never reported how it ended: no
+        attempt beyond ``max_attempts`` starts; the task is dead-lettered, saying so."""
+        record, now = claim.record, self._clock()
+        before = (
+            f"; the failure before it: {record.last_error.summary()}" if record.last_error else ""
+        )
+        error = ErrorInfo(
+            type="AttemptsExhausted",
+            message=(
+                f"attempt {record.attempts} of {spec.retry.max_attempts} started and never "
+                "reported an outcome (its dispatcher stopped mid-attempt, or the handler "
+                f"escaped it); no attempt beyond max_attempts is started{before}"
+            ),
+        )
+        await self._transitions.exhausted(
+            envelope.id, now=now, max_attempts=spec.retry.max_attempts, error=error
+        )
+        bound.warning("task_dead", reason=Reason.MAX_ATTEMPTS.value, attempts=record.attempts)
+        await self._settler.dead_letter(
+            DeadLetter.of(
+                delivery,
+                reason=Reason.MAX_ATTEMPTS,
+                error=error,
+                source_queue=self._settler.queue_url,
+                dead_at=now,
+                task_id=envelope.id,
+                task=envelope.task,
+                attempts=record.attempts,
+                first_failure_at=record.first_failure_at or now,
+                last_failure_at=now,
+            ),
+            delivery.receipt,
+        )
+
+    async def _record_expired(
+        self, delivery: Delivery, envelope: Envelope, bound: FilteringBoundLogger
+    ) -> None:
+        """An old message whose record is gone: whether the task was cancelled or already
+        succeeded is unknown, so it is not run; dead-lettered, for an operator to redrive."""
+        now = self._clock()
+        age_days = (now - envelope.enqueued_at) / 86_400
+        error = ErrorInfo(
+            type="RecordExpired",
+            message=(
+                f"task enqueued {age_days:.1f} days ago has no record (records live "
+                f"{c.RECORD_TTL_S // 86_400} days after the task is due): it may have been "
+                "cancelled or already run, so it is not run; `dispatch dlq redrive` runs it"
+            ),
+        )
+        await self._transitions.rejected(
+            envelope.id, envelope.task, now=now, reason=Reason.RECORD_EXPIRED.value
+        )
+        bound.warning("task_dead", reason=Reason.RECORD_EXPIRED.value, error=error.summary())
+        await self._settler.dead_letter(
+            DeadLetter.of(
+                delivery,
+                reason=Reason.RECORD_EXPIRED,
+                error=error,
+                source_queue=self._settler.queue_url,
+                dead_at=now,
+                task_id=envelope.id,
+                task=envelope.task,
+                first_failure_at=now,
+                last_failure_at=now,
+            ),
+            delivery.receipt,
+        )
 
     async def _refused(
         self, delivery: Delivery, envelope: Envelope, claim: Claim, bound: FilteringBoundLogger

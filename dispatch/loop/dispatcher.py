@@ -68,6 +68,7 @@ class Dispatcher:
         self._stopping = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._releasing = False
+        self._unusable: ConfigurationError | None = None  # a resource gone while running
         self._build_observers(settings, metrics)
         self._build_effects(settings, clients, options)
         self._build_pipeline(settings, options)
@@ -242,6 +243,8 @@ class Dispatcher:
             if not ended:
                 self._stopping.set()  # the receives still out give up at once
             await self._wind_down(finish_by, background)
+        if self._unusable is not None:
+            raise self._unusable
         return self.stats
 
     async def _receive_until_done(self, *, until_empty: bool, deadline: float | None) -> None:
@@ -319,6 +322,15 @@ class Dispatcher:
             if self._releasing:
                 await self._pipeline.release(delivery)
             raise
+        except ConfigurationError as exc:
+            # The table (or a queue) was deleted or became unusable while running: no
+            # message can be claimed or settled, so the dispatcher stops, naming it
+            # (exit status 3 from the CLI), instead of cycling every message through
+            # failed claims. The message stays on the queue.
+            if self._unusable is None:
+                log.error("dispatcher_stopping", error=str(exc), message_id=delivery.message_id)
+                self._unusable = exc
+            self._stopping.set()
         except Exception:
             # Never crash the loop. The message stays on the queue and comes back
             # after its visibility timeout; the claim in DynamoDB keeps it safe.

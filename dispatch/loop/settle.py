@@ -97,6 +97,11 @@ class Settler:
         self._queue_url = queue_url
         self._clock = clock
 
+    @property
+    def queue_url(self) -> str:
+        """The queue whose messages this settles (dead letters name it as their source)."""
+        return self._queue_url
+
     async def settle(
         self,
         delivery: Delivery,

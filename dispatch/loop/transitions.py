@@ -29,9 +29,18 @@ class Transitions(Protocol):
     """The writes the loop makes to task records; each is conditional on owning the task."""
 
     async def claim(
-        self, envelope: Envelope, *, message_id: str, now: float, timeout_s: float, token: str
+        self,
+        envelope: Envelope,
+        *,
+        message_id: str,
+        now: float,
+        timeout_s: float,
+        token: str,
+        max_attempts: int,
+        require_record: bool,
     ) -> Claim:
-        """Start an attempt for this delivery, or say why not."""
+        """Start an attempt for this delivery, or say why not: never beyond
+        ``max_attempts``, and (``require_record``) never from a missing record."""
 
     async def give_back(
         self, task_id: str, *, message_id: str, now: float, first_attempt: bool
@@ -61,6 +70,11 @@ class Transitions(Protocol):
     async def rejected(self, task_id: str, task: str | None, *, now: float, reason: str) -> None:
         """A message that can never run names this task: dead, unless already final."""
 
+    async def exhausted(
+        self, task_id: str, *, now: float, max_attempts: int, error: ErrorInfo
+    ) -> None:
+        """Every attempt is spent and the last never reported its outcome: dead."""
+
     async def flush(self) -> None:
         """Send the writes that wait in a batch now."""
 
@@ -84,10 +98,24 @@ class RecordTransitions:
         )
 
     async def claim(
-        self, envelope: Envelope, *, message_id: str, now: float, timeout_s: float, token: str
+        self,
+        envelope: Envelope,
+        *,
+        message_id: str,
+        now: float,
+        timeout_s: float,
+        token: str,
+        max_attempts: int,
+        require_record: bool,
     ) -> Claim:
         return await self.store.claim(
-            envelope, message_id=message_id, now=now, timeout_s=timeout_s, token=token
+            envelope,
+            message_id=message_id,
+            now=now,
+            timeout_s=timeout_s,
+            token=token,
+            max_attempts=max_attempts,
+            require_record=require_record,
         )
 
     async def give_back(
@@ -147,6 +175,15 @@ class RecordTransitions:
     async def rejected(self, task_id: str, task: str | None, *, now: float, reason: str) -> None:
         await self.store.update(
             state.rejected_params(self._table, task_id, task, now=now, reason=reason)
+        )
+
+    async def exhausted(
+        self, task_id: str, *, now: float, max_attempts: int, error: ErrorInfo
+    ) -> None:
+        await self.store.update(
+            state.exhausted_params(
+                self._table, task_id, now=now, max_attempts=max_attempts, error=error
+            )
         )
 
     async def flush(self) -> None:

@@ -629,6 +629,15 @@ def dlq_redrive(task_name: str | None, limit: int | None, dry_run: bool, as_json
         return
     verb = "would redrive" if dry_run else "redrove"
     click.echo(f"{verb} {len(report.redriven)} task(s); left {report.skipped} on the DLQ")
+    if report.not_dead:
+        removed = sum(1 for n in report.not_dead if n.removed)
+        click.echo(
+            f"{'would skip' if dry_run else 'skipped'} {len(report.not_dead)} dead letter(s) "
+            f"whose task is not dead ({removed} of finished tasks "
+            f"{'would be ' if dry_run else ''}removed from the DLQ):"
+        )
+        for n in report.not_dead:
+            click.echo(f"  {n.entry.task_id} ({n.entry.task}): {n.why}")
 
 
 @dlq.command("purge")

@@ -1,10 +1,18 @@
 """The dead-letter queue, for operators: list, show, redrive, purge.
 
 Redrive puts dead tasks back on the main queue with their attempts reset and a
-note in their record (``redriven_at``, ``redrive_count``). It is safe to
-interrupt at any point: a message leaves the dead-letter queue only after its
-copy is on the main queue, so an interruption can at worst leave a task on both
-queues, and the claim in DynamoDB runs it once.
+note in their record (``redriven_at``, ``redrive_count``, ``redriven_from``). It
+revives only what is dead: the reset is conditional on the record saying
+``dead`` (or missing: it expired, and is written again), so a stale dead letter
+(a second copy, or one left by an interrupted redrive) never runs a task that
+has since succeeded. Such copies are reported, and the ones of finished tasks
+(succeeded or cancelled) removed from the dead-letter queue.
+
+It is safe to interrupt at any point: a message leaves the dead-letter queue
+only after its copy is on the main queue. A record reset by this very dead
+letter (``redriven_from``) and still ``queued`` is sent again by the next
+redrive, since the interrupted one may not have sent it; the claim in DynamoDB
+runs the task once if both copies arrive.
 """
 
 from __future__ import annotations
@@ -14,6 +22,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
+from botocore.exceptions import ClientError
+
 from dispatch.core import constants as c
 from dispatch.core.deadletter import ATTR_TASK, parse_attributes
 from dispatch.core.envelope import decode, is_lean_task_id
@@ -22,12 +32,22 @@ from dispatch.core.signing import ATTR_SIGNATURE
 from dispatch.store import state
 from dispatch.store.aws import aws_errors
 from dispatch.store.codec import number
+from dispatch.store.conditional import is_condition_failure, old_item
 
 if TYPE_CHECKING:
     from dispatch.core.config import Settings
     from dispatch.store.aws import SyncClients
 
-__all__ = ["DeadLetterEntry", "RedriveReport", "iter_dead_letters", "purge", "redrive", "release"]
+__all__ = [
+    "DeadLetterEntry",
+    "NotDead",
+    "RedriveReport",
+    "iter_dead_letters",
+    "purge",
+    "redrive",
+    "release",
+    "revive_params",
+]
 
 _HOLD_S: Final = 120  # how long a listed message stays hidden while the command works
 
@@ -140,12 +160,43 @@ def release(clients: SyncClients, settings: Settings, entries: list[DeadLetterEn
             )
 
 
+@dataclass(frozen=True, slots=True)
+class NotDead:
+    """A dead letter whose task is not dead any more: not redriven, and why."""
+
+    entry: DeadLetterEntry
+    status: str
+    removed: bool  # the task finished: its stale dead letter left the DLQ
+
+    @property
+    def why(self) -> str:
+        """One line for the operator."""
+        if self.removed:
+            return f"the task is {self.status}: a stale dead letter, removed from the DLQ"
+        return (
+            f"the task is {self.status} (revived by another dead letter or still "
+            "retrying): left on the DLQ"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "message_id": self.entry.message_id,
+            "task_id": self.entry.task_id,
+            "task": self.entry.task,
+            "status": self.status,
+            "removed": self.removed,
+            "why": self.why,
+        }
+
+
 @dataclass(slots=True)
 class RedriveReport:
     """What a redrive did (or, dry, would do)."""
 
     redriven: list[DeadLetterEntry] = field(default_factory=list)
-    skipped: int = 0
+    skipped: int = 0  # left out by --task or --limit
+    not_dead: list[NotDead] = field(default_factory=list)
     dry_run: bool = False
 
     def to_dict(self) -> dict[str, Any]:
@@ -153,6 +204,7 @@ class RedriveReport:
         return {
             "redriven": len(self.redriven),
             "skipped": self.skipped,
+            "not_dead": [n.to_dict() for n in self.not_dead],
             "dry_run": self.dry_run,
             "tasks": [e.to_dict() for e in self.redriven],
         }
@@ -179,42 +231,129 @@ def redrive(
                 kept.append(entry)
                 report.skipped += 1
                 continue
-            if dry_run:
-                kept.append(entry)
-                report.redriven.append(entry)
-                continue
             batch.append(entry)
             if len(batch) == c.SQS_MAX_BATCH_ENTRIES:
-                _move(clients, settings, batch)
-                report.redriven.extend(batch)
-                if progress:
-                    progress(len(batch))
+                _redrive_batch(
+                    clients, settings, batch, report=report, kept=kept, progress=progress
+                )
                 batch = []
         if batch:
-            _move(clients, settings, batch)
-            report.redriven.extend(batch)
-            if progress:
-                progress(len(batch))
+            _redrive_batch(clients, settings, batch, report=report, kept=kept, progress=progress)
             batch = []
     finally:
         release(clients, settings, kept + batch)
     return report
 
 
-def _move(clients: SyncClients, settings: Settings, batch: list[DeadLetterEntry]) -> None:
-    """Reset the records, send the bodies to the main queue, then delete from the DLQ."""
+def _redrive_batch(
+    clients: SyncClients,
+    settings: Settings,
+    batch: list[DeadLetterEntry],
+    *,
+    report: RedriveReport,
+    kept: list[DeadLetterEntry],
+    progress: Callable[[int], None] | None,
+) -> None:
+    """Revive the dead among ``batch`` (dry: say which would be) and move them back."""
+    if report.dry_run:
+        revivable, not_dead = _would_revive(clients, settings, batch)
+        kept.extend(batch)
+    else:
+        # Interrupted here, the whole batch is made visible again by the caller.
+        revivable, not_dead = _revive(clients, settings, batch)
+        _move(clients, settings, revivable, [n.entry for n in not_dead if n.removed])
+        kept.extend(n.entry for n in not_dead if not n.removed)
+    report.redriven.extend(revivable)
+    report.not_dead.extend(not_dead)
+    if progress:
+        progress(len(batch))
+
+
+def _tracked(entry: DeadLetterEntry) -> bool:
+    """A task with a record (a lean task or a foreign body has none to check)."""
+    return bool(entry.task_id) and not is_lean_task_id(entry.task_id or "")
+
+
+def _revive(
+    clients: SyncClients, settings: Settings, batch: list[DeadLetterEntry]
+) -> tuple[list[DeadLetterEntry], list[NotDead]]:
+    """Reset the record of each dead task (conditionally); the rest are not dead."""
     now = time.time()
+    revived: list[DeadLetterEntry] = []
+    not_dead: list[NotDead] = []
     for entry in batch:
-        if entry.task_id and not is_lean_task_id(entry.task_id):  # a lean task has no record
-            with aws_errors("UpdateItem"):
-                clients.dynamodb.update_item(**_reset_params(settings.table, entry.task_id, now))
-    with aws_errors("SendMessageBatch"):
-        entries: list[Any] = [
-            {"Id": str(i), "MessageBody": e.body, **e.carried()} for i, e in enumerate(batch)
-        ]
-        sent = clients.sqs.send_message_batch(QueueUrl=settings.queue_url, Entries=entries)
-    failed = {f["Id"] for f in sent.get("Failed", [])}
-    moved = [e for i, e in enumerate(batch) if str(i) not in failed]
+        if not _tracked(entry):
+            revived.append(entry)
+            continue
+        with aws_errors("UpdateItem"):
+            try:
+                clients.dynamodb.update_item(**revive_params(settings.table, entry, now))
+            except ClientError as exc:
+                if not is_condition_failure(exc):
+                    raise
+                not_dead.append(_not_dead(entry, old_item(exc)))
+                continue
+        revived.append(entry)
+    return revived, not_dead
+
+
+def _would_revive(
+    clients: SyncClients, settings: Settings, batch: list[DeadLetterEntry]
+) -> tuple[list[DeadLetterEntry], list[NotDead]]:
+    """What :func:`_revive` would do, from the records as they are (one BatchGetItem)."""
+    tracked = [e for e in batch if _tracked(e)]
+    items: dict[str, dict[str, Any]] = {}
+    if tracked:
+        keys = list({e.task_id: state.task_key(e.task_id or "") for e in tracked}.values())
+        with aws_errors("BatchGetItem"):
+            answer = clients.dynamodb.batch_get_item(
+                RequestItems={settings.table: {"Keys": keys, "ConsistentRead": True}}
+            )
+        for found in answer.get("Responses", {}).get(settings.table, []):
+            items[str(found["task_id"]["S"])] = dict(found)
+    revivable: list[DeadLetterEntry] = []
+    not_dead: list[NotDead] = []
+    for entry in batch:
+        item = items.get(entry.task_id or "")
+        if not _tracked(entry) or item is None or _revivable(item, entry):
+            revivable.append(entry)
+        else:
+            not_dead.append(_not_dead(entry, item))
+    return revivable, not_dead
+
+
+def _revivable(item: dict[str, Any], entry: DeadLetterEntry) -> bool:
+    """The condition of :func:`revive_params`, on a record read."""
+    status = item.get("status", {}).get("S")
+    from_here = item.get("redriven_from", {}).get("S") == entry.message_id
+    return bool(
+        status == state.Status.DEAD.value or (status == state.Status.QUEUED.value and from_here)
+    )
+
+
+def _not_dead(entry: DeadLetterEntry, item: dict[str, Any] | None) -> NotDead:
+    status = (item or {}).get("status", {}).get("S", "unknown")
+    finished = status in (state.Status.SUCCEEDED.value, state.Status.CANCELLED.value)
+    return NotDead(entry=entry, status=status, removed=finished)
+
+
+def _move(
+    clients: SyncClients,
+    settings: Settings,
+    batch: list[DeadLetterEntry],
+    stale: list[DeadLetterEntry],
+) -> None:
+    """Send the revived bodies to the main queue, then delete them (and the stale dead
+    letters of finished tasks) from the DLQ."""
+    failed: set[str] = set()
+    if batch:
+        with aws_errors("SendMessageBatch"):
+            entries: list[Any] = [
+                {"Id": str(i), "MessageBody": e.body, **e.carried()} for i, e in enumerate(batch)
+            ]
+            sent = clients.sqs.send_message_batch(QueueUrl=settings.queue_url, Entries=entries)
+        failed = {f["Id"] for f in sent.get("Failed", [])}
+    moved = [e for i, e in enumerate(batch) if str(i) not in failed] + stale
     if moved:
         with aws_errors("DeleteMessageBatch"):
             clients.sqs.delete_message_batch(
@@ -228,22 +367,36 @@ def _move(clients: SyncClients, settings: Settings, batch: list[DeadLetterEntry]
         )
 
 
-def _reset_params(table: str, task_id: str, now: float) -> dict[str, Any]:
+def revive_params(table: str, entry: DeadLetterEntry, now: float) -> dict[str, Any]:
+    """UpdateItem: a dead task (or one whose record expired) is queued again, its
+    attempts reset; or one this very dead letter revived before is queued still (an
+    interrupted redrive may not have sent it). Anything else is not dead: refused."""
     return {
         "TableName": table,
-        "Key": state.task_key(task_id),
+        "Key": state.task_key(entry.task_id or ""),
         "UpdateExpression": (
             "SET #s = :queued, attempts = :zero, redriven_at = :now, updated_at = :now, "
+            "redriven_from = :from, task_id = :id, task = if_not_exists(task, :task), "
+            "created_at = if_not_exists(created_at, :now), expires_at = :ttl, "
             "redrive_count = if_not_exists(redrive_count, :zero) + :one "
             "REMOVE dead_reason, finished_at, lease_until, next_attempt_at"
+        ),
+        "ConditionExpression": (
+            "attribute_not_exists(pk) OR #s = :dead OR (#s = :queued AND redriven_from = :from)"
         ),
         "ExpressionAttributeNames": {"#s": "status"},
         "ExpressionAttributeValues": {
             ":queued": {"S": state.Status.QUEUED.value},
+            ":dead": {"S": state.Status.DEAD.value},
+            ":from": {"S": entry.message_id},
+            ":id": {"S": entry.task_id or ""},
+            ":task": {"S": entry.task or ""},
             ":zero": number(0),
             ":one": number(1),
             ":now": number(now),
+            ":ttl": number(state.record_ttl(now)),
         },
+        "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
     }
 
 

@@ -100,6 +100,13 @@ def _ttl(now: float) -> int:
     return int(now) + c.RECORD_TTL_S
 
 
+def record_ttl(now: float, due_at: float | None = None) -> int:
+    """When a record written ``now`` may expire: the record lifetime after the task is
+    due, so a task delayed for longer than that (``delay_s`` of any length) keeps its
+    record, and its cancel, until it runs."""
+    return _ttl(max(now, due_at or now))
+
+
 # --- request builders (pure) ---------------------------------------------------
 
 
@@ -114,7 +121,7 @@ def queued_item(envelope: Envelope, now: float, *, marker: bool = False) -> dict
         "attempts": 0,
         "created_at": now,
         "updated_at": now,
-        c.TABLE_TTL_ATTRIBUTE: _ttl(now),
+        c.TABLE_TTL_ATTRIBUTE: record_ttl(now, envelope.eta),
     }
     if envelope.idempotency_key is not None:
         item["idempotency_key"] = envelope.idempotency_key
@@ -173,6 +180,20 @@ def claim_token(receipt_handle: str) -> str:
     return hashlib.sha256(receipt_handle.encode()).hexdigest()[:24]
 
 
+_CLAIMABLE: Final = (
+    "attribute_not_exists(pk) OR #s IN (:queued, :retrying) "
+    "OR (#s = :running AND lease_until < :now)"
+)
+"""A record a new attempt may start from: none yet, waiting, or a lapsed attempt's."""
+
+
+def _claim_condition(max_attempts: int | None, *, require_record: bool) -> str:
+    condition = f"attribute_exists(pk) AND ({_CLAIMABLE})" if require_record else _CLAIMABLE
+    if max_attempts is None:
+        return condition
+    return f"({condition}) AND (attribute_not_exists(attempts) OR attempts < :max_attempts)"
+
+
 def claim_params(
     table: str,
     envelope: Envelope,
@@ -181,11 +202,17 @@ def claim_params(
     now: float,
     timeout_s: float,
     token: str | None = None,
+    max_attempts: int | None = None,
+    require_record: bool = False,
 ) -> dict[str, Any]:
     """UpdateItem that starts an attempt, if no other delivery owns the task.
 
     ``token`` (:func:`claim_token`) is stored with the claim, so that a repeat of
     this very request recognises the attempt as its own (:func:`claim_refused`).
+    ``max_attempts``: no attempt beyond it is started, whatever happened to the
+    ones before (an attempt that never reported its outcome still counts).
+    ``require_record``: the message is older than a record lives, so a missing
+    record is not a first sight (it expired) and the claim is refused.
     """
     params: dict[str, Any] = {
         "TableName": table,
@@ -196,10 +223,6 @@ def claim_params(
             "updated_at = :now, lease_until = :lease, "
             "created_at = if_not_exists(created_at, :now), expires_at = :ttl "
             "REMOVE next_attempt_at"
-        ),
-        "ConditionExpression": (
-            "attribute_not_exists(pk) OR #s IN (:queued, :retrying) "
-            "OR (#s = :running AND lease_until < :now)"
         ),
         "ExpressionAttributeNames": {"#s": "status"},
         "ExpressionAttributeValues": _values(
@@ -218,6 +241,9 @@ def claim_params(
         "ReturnValues": "ALL_NEW",
         "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
     }
+    params["ConditionExpression"] = _claim_condition(max_attempts, require_record=require_record)
+    if max_attempts is not None:
+        params["ExpressionAttributeValues"].update(_values(max_attempts=max_attempts))
     if token is not None:
         params["UpdateExpression"] = params["UpdateExpression"].replace(
             " REMOVE ", ", claim_token = :token REMOVE ", 1
@@ -255,12 +281,16 @@ def claim_refused(
     message_id: str,
     token: str | None = None,
     item: dict[str, Any] | None = None,
+    now: float | None = None,
+    max_attempts: int | None = None,
 ) -> Claim:
     """Classify a refused claim from the record that refused it.
 
     A running record carrying this claim's own ``token`` was claimed by this very
     request, whose first answer was lost before a retry sent it again: the
-    attempt is ours (``item``, the record as stored, is kept for settling).
+    attempt is ours (``item``, the record as stored, is kept for settling). A
+    record that a new attempt could start from, but whose ``max_attempts`` are
+    spent (the last one never reported an outcome), is ``EXHAUSTED``.
     """
     if old.status is Status.RUNNING and token is not None and old.claim_token == token:
         return Claim(ClaimStatus.CLAIMED, old, item=dict(item or {}))
@@ -268,6 +298,10 @@ def claim_refused(
         return Claim(ClaimStatus.DONE, old)
     if old.status is Status.DEAD:
         return Claim(ClaimStatus.DEAD, old)
+    lapsed = old.status is Status.RUNNING and now is not None and (old.lease_until or 0) < now
+    waiting = old.status in (Status.QUEUED, Status.RETRYING) or lapsed
+    if waiting and max_attempts is not None and old.attempts >= max_attempts:
+        return Claim(ClaimStatus.EXHAUSTED, old)
     if old.message_id == message_id:
         return Claim(ClaimStatus.BUSY, old)
     return Claim(ClaimStatus.DUPLICATE, old)
@@ -355,13 +389,14 @@ def retrying_params(
     clause = (
         "#s = :retrying, last_error = :error, last_failure_at = :now, "
         "first_failure_at = if_not_exists(first_failure_at, :now), "
-        "next_attempt_at = :next, updated_at = :now"
+        "next_attempt_at = :next, updated_at = :now, expires_at = :ttl"
     )
     values: dict[str, Any] = {
         "retrying": Status.RETRYING.value,
         "error": error.to_dict(),
         "now": now,
         "next": next_attempt_at,
+        "ttl": record_ttl(now, next_attempt_at),
     }
     if refund_attempt:
         clause += ", attempts = attempts - :one"
@@ -444,6 +479,43 @@ def rejected_params(
     }
 
 
+def exhausted_params(
+    table: str, task_id: str, *, now: float, max_attempts: int, error: ErrorInfo
+) -> dict[str, Any]:
+    """UpdateItem: every attempt was spent and the last one never reported its outcome
+    (its dispatcher stopped mid-attempt, or the handler escaped it): the task is dead,
+    unless a live attempt or a final state got there first."""
+    return {
+        "TableName": table,
+        "Key": task_key(task_id),
+        "UpdateExpression": (
+            "SET #s = :dead, dead_reason = :reason, last_error = :error, "
+            "finished_at = :now, updated_at = :now, expires_at = :ttl REMOVE lease_until"
+        ),
+        "ConditionExpression": (
+            "attempts >= :max_attempts AND (#s IN (:queued, :retrying) "
+            "OR (#s = :running AND lease_until < :now))"
+        ),
+        "ExpressionAttributeNames": {"#s": "status"},
+        "ExpressionAttributeValues": _values(
+            dead=Status.DEAD.value,
+            queued=Status.QUEUED.value,
+            retrying=Status.RETRYING.value,
+            running=Status.RUNNING.value,
+            reason="max_attempts",
+            error=error.to_dict(),
+            now=now,
+            max_attempts=max_attempts,
+            ttl=_ttl(now),
+        ),
+    }
+
+
+def missing_record(envelope: Envelope) -> TaskRecord:
+    """What a claim reports for a record that is not there (``ClaimStatus.NO_RECORD``)."""
+    return TaskRecord(task_id=envelope.id, task=envelope.task, status=Status.QUEUED)
+
+
 def _check_table(description: Mapping[str, Any], table: str) -> None:
     schema = description.get("KeySchema", [])
     expected = [{"AttributeName": c.TABLE_HASH_KEY, "KeyType": "HASH"}]
@@ -479,11 +551,21 @@ class StateStore:
         now: float,
         timeout_s: float,
         token: str | None = None,
+        max_attempts: int | None = None,
+        require_record: bool = False,
     ) -> Claim:
         """Start an attempt for this delivery, or say why not (``token``: :func:`claim_token`
-        of the delivery's receipt handle)."""
+        of the delivery's receipt handle; ``max_attempts`` and ``require_record``:
+        :func:`claim_params`)."""
         params = claim_params(
-            self.table, envelope, message_id=message_id, now=now, timeout_s=timeout_s, token=token
+            self.table,
+            envelope,
+            message_id=message_id,
+            now=now,
+            timeout_s=timeout_s,
+            token=token,
+            max_attempts=max_attempts,
+            require_record=require_record,
         )
         try:
             answer = await self._client.update_item(**params)
@@ -492,12 +574,24 @@ class StateStore:
                 with aws_errors("UpdateItem"):
                     raise
             old = old_item(exc) or await self._get_item(envelope.id)
+            if old is None and require_record:
+                return Claim(ClaimStatus.NO_RECORD, missing_record(envelope))
             if old is None:  # deleted between the two calls; try once more
                 return await self.claim(
-                    envelope, message_id=message_id, now=now, timeout_s=timeout_s, token=token
+                    envelope,
+                    message_id=message_id,
+                    now=now,
+                    timeout_s=timeout_s,
+                    token=token,
+                    max_attempts=max_attempts,
                 )
             return claim_refused(
-                TaskRecord.from_item(old), message_id=message_id, token=token, item=old
+                TaskRecord.from_item(old),
+                message_id=message_id,
+                token=token,
+                item=old,
+                now=now,
+                max_attempts=max_attempts,
             )
         item = dict(answer["Attributes"])
         return Claim(ClaimStatus.CLAIMED, TaskRecord.from_item(item), item=item)

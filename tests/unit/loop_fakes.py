@@ -60,20 +60,32 @@ class MemoryTransitions:
         self.claim_gate: asyncio.Event | None = None  # when set: claims wait for it
 
     async def claim(
-        self, envelope: Envelope, *, message_id: str, now: float, timeout_s: float, token: str
+        self,
+        envelope: Envelope,
+        *,
+        message_id: str,
+        now: float,
+        timeout_s: float,
+        token: str,
+        max_attempts: int,
+        require_record: bool,
     ) -> Claim:
         self.calls.append("claim")
         if self.claim_gate is not None:
             await self.claim_gate.wait()
         old = self.records.get(envelope.id)
+        if old is None and require_record:
+            return Claim(ClaimStatus.NO_RECORD, state.missing_record(envelope))
         claimable = (
             old is None
             or old.status in (Status.QUEUED, Status.RETRYING)
             or (old.status is Status.RUNNING and (old.lease_until or 0) < now)
-        )
+        ) and (old is None or old.attempts < max_attempts)
         if not claimable:
             assert old is not None
-            return state.claim_refused(old, message_id=message_id, token=token, item={})
+            return state.claim_refused(
+                old, message_id=message_id, token=token, item={}, now=now, max_attempts=max_attempts
+            )
         record = TaskRecord(
             task_id=envelope.id,
             task=envelope.task,
@@ -148,6 +160,20 @@ class MemoryTransitions:
             self.records[task_id] = TaskRecord(
                 task_id=task_id, task=task or "", status=Status.DEAD, dead_reason=reason
             )
+
+    async def exhausted(
+        self, task_id: str, *, now: float, max_attempts: int, error: ErrorInfo
+    ) -> None:
+        self.calls.append("exhausted")
+        record = self.records.get(task_id)
+        lapsed = record is not None and record.status is Status.RUNNING
+        lapsed = lapsed and record is not None and (record.lease_until or 0) < now
+        if (
+            record is not None
+            and record.attempts >= max_attempts
+            and (record.status in (Status.QUEUED, Status.RETRYING) or lapsed)
+        ):
+            self._set(record, status=Status.DEAD, last_error=error, dead_reason="max_attempts")
 
     async def flush(self) -> None:
         return None

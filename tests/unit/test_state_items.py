@@ -677,3 +677,74 @@ def test_a_periodic_lean_marker_lives_under_its_own_prefix() -> None:
     assert put["ConditionExpression"] == "attribute_not_exists(pk)"
     assert sent["Key"] == marker
     assert unsent["Key"] == marker
+
+
+# --- attempts that never reported, records that must outlive a long wait --------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "attempts", "lease_until", "starts"),
+    [
+        (Status.QUEUED, 0, None, True),
+        (Status.RETRYING, 2, None, True),
+        (Status.RETRYING, 3, None, False),
+        (Status.RUNNING, 2, NOW - 1, True),  # a lapsed attempt, one left
+        (Status.RUNNING, 3, NOW - 1, False),  # the last attempt lapsed without an outcome
+    ],
+)
+def test_a_claim_never_starts_an_attempt_beyond_max_attempts(
+    status: Status, attempts: int, lease_until: float | None, starts: bool
+) -> None:
+    """Given max_attempts 3, a claim starts an attempt only while fewer than 3 were
+    started, whatever became of them; refused with all spent, it is EXHAUSTED (the
+    task is dead-lettered), never BUSY or a duplicate."""
+    params = state.claim_params(
+        TABLE, envelope(), message_id=MESSAGE_ID, now=NOW, timeout_s=60.0, max_attempts=3
+    )
+    stored = {"status": status.value, "attempts": attempts, "message_id": "earlier"}
+    if lease_until is not None:
+        stored["lease_until"] = lease_until
+
+    assert Condition(params).holds_for(item(**stored)) is starts
+    assert Condition(params).holds_for(None)  # a first sight
+    if not starts:
+        record = TaskRecord(
+            task_id=TASK_ID,
+            task="charge",
+            status=status,
+            attempts=attempts,
+            lease_until=lease_until,
+            message_id="earlier",
+        )
+        refused = state.claim_refused(record, message_id=MESSAGE_ID, now=NOW, max_attempts=3)
+        assert refused.status is ClaimStatus.EXHAUSTED
+
+
+def test_an_old_message_claims_only_an_existing_record() -> None:
+    """A message older than a record lives requires its record: missing, it expired."""
+    params = state.claim_params(
+        TABLE, envelope(), message_id=MESSAGE_ID, now=NOW, timeout_s=60.0, require_record=True
+    )
+
+    assert not Condition(params).holds_for(None)
+    assert Condition(params).holds_for(item(status=Status.QUEUED.value, attempts=0))
+
+
+def test_a_record_lives_a_record_lifetime_past_the_tasks_due_time() -> None:
+    """A task delayed 30 days keeps its record 14 days past its due time; a retry keeps
+    it 14 days past the next attempt; an ordinary task 14 days past its enqueue."""
+    due = NOW + 30 * 86_400
+    delayed = state.queued_item(envelope(eta=due), NOW)
+    plain = state.queued_item(envelope(), NOW)
+    retrying = state.retrying_params(
+        TABLE,
+        TASK_ID,
+        message_id=MESSAGE_ID,
+        now=NOW,
+        error=ErrorInfo(type="E", message="m"),
+        next_attempt_at=due,
+    )
+
+    assert int(delayed[c.TABLE_TTL_ATTRIBUTE]["N"]) == int(due) + c.RECORD_TTL_S
+    assert int(plain[c.TABLE_TTL_ATTRIBUTE]["N"]) == int(NOW) + c.RECORD_TTL_S
+    assert values_of(retrying)[":ttl"] == int(due) + c.RECORD_TTL_S
