@@ -16,7 +16,7 @@ from collections.abc import Callable
 from structlog.typing import FilteringBoundLogger
 
 from dispatch.core import constants as c
-from dispatch.core.deadletter import DeadLetter, Reason
+from dispatch.core.deadletter import Reason
 from dispatch.core.delivery import Delivery
 from dispatch.core.envelope import Envelope, is_lean_task_id
 from dispatch.core.outcome import ErrorInfo
@@ -126,21 +126,14 @@ class Claims:
         await self._transitions.exhausted(
             envelope.id, now=now, max_attempts=spec.retry.max_attempts, error=error
         )
-        bound.warning("task_dead", reason=Reason.MAX_ATTEMPTS.value, attempts=record.attempts)
-        await self._settler.dead_letter(
-            DeadLetter.of(
-                delivery,
-                reason=Reason.MAX_ATTEMPTS,
-                error=error,
-                source_queue=self._settler.queue_url,
-                dead_at=now,
-                task_id=envelope.id,
-                task=envelope.task,
-                attempts=record.attempts,
-                first_failure_at=record.first_failure_at or now,
-                last_failure_at=now,
-            ),
-            delivery.receipt,
+        await self._settler.dead_letter_task(
+            delivery,
+            envelope,
+            reason=Reason.MAX_ATTEMPTS,
+            error=error,
+            record=record,
+            now=now,
+            bound=bound,
         )
 
     async def _record_expired(
@@ -161,20 +154,14 @@ class Claims:
         await self._transitions.rejected(
             envelope.id, envelope.task, now=now, reason=Reason.RECORD_EXPIRED.value
         )
-        bound.warning("task_dead", reason=Reason.RECORD_EXPIRED.value, error=error.summary())
-        await self._settler.dead_letter(
-            DeadLetter.of(
-                delivery,
-                reason=Reason.RECORD_EXPIRED,
-                error=error,
-                source_queue=self._settler.queue_url,
-                dead_at=now,
-                task_id=envelope.id,
-                task=envelope.task,
-                first_failure_at=now,
-                last_failure_at=now,
-            ),
-            delivery.receipt,
+        await self._settler.dead_letter_task(
+            delivery,
+            envelope,
+            reason=Reason.RECORD_EXPIRED,
+            error=error,
+            record=state.missing_record(envelope),
+            now=now,
+            bound=bound,
         )
 
     async def _refused(

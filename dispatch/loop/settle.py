@@ -97,11 +97,6 @@ class Settler:
         self._queue_url = queue_url
         self._clock = clock
 
-    @property
-    def queue_url(self) -> str:
-        """The queue whose messages this settles (dead letters name it as their source)."""
-        return self._queue_url
-
     async def settle(
         self,
         delivery: Delivery,
@@ -193,6 +188,23 @@ class Settler:
                 error=error,
                 reason=reason.value,
             )
+        await self.dead_letter_task(
+            delivery, envelope, reason=reason, error=error, record=record, now=now, bound=bound
+        )
+
+    async def dead_letter_task(
+        self,
+        delivery: Delivery,
+        envelope: Envelope,
+        *,
+        reason: Reason,
+        error: ErrorInfo,
+        record: TaskRecord,
+        now: float,
+        bound: FilteringBoundLogger,
+    ) -> None:
+        """Copy a task's message to the DLQ with ``reason`` and its record's attempts,
+        log it, then delete it (its record already says dead)."""
         letter = DeadLetter.of(
             delivery,
             reason=reason,
