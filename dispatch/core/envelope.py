@@ -5,8 +5,16 @@ A message body is one JSON object (see docs/formats.md)::
     {"v": 1, "id": "9f0c...", "task": "charge", "args": [], "kwargs": {"order_id": "42"},
      "enqueued_at": 1767225600.125, "eta": 1767229200.0, "idempotency_key": "order-42"}
 
-``eta``, ``idempotency_key`` and ``group`` appear only when set. Arguments are
-JSON values; anything else is refused at enqueue time, naming the argument.
+``eta``, ``idempotency_key`` and ``group`` appear only when set.
+
+One set of rules holds on both sides of the queue (docs/bad-input.md): what
+``Message.build`` refuses at enqueue, ``decode`` refuses on arrival (and the
+dispatcher dead-letters it as ``malformed``). The strings that become DynamoDB
+keys and attributes or SQS fields (``id``, ``task``, ``idempotency_key``,
+``group``) must be valid Unicode of bounded length. Arguments must come back as
+they were passed, in any language: JSON values, finite floats, integers within
+64 bits, string keys, no lone surrogates, at most :data:`ARGUMENT_MAX_DEPTH`
+lists and dicts deep.
 """
 
 from __future__ import annotations
@@ -14,6 +22,8 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import re
+import string
 import time
 import uuid
 from collections.abc import Iterable, Mapping
@@ -29,6 +39,7 @@ from dispatch.core.errors import (
 )
 
 __all__ = [
+    "ARGUMENT_MAX_DEPTH",
     "RESERVED_OPTIONS",
     "Envelope",
     "Message",
@@ -42,6 +53,25 @@ _IDEMPOTENCY_NAMESPACE: Final = uuid.UUID("6b3f7a52-8d0e-4c1f-9a57-0d1e2f3a4b5c"
 _KNOWN_FIELDS: Final = frozenset(
     {"v", "id", "task", "args", "kwargs", "enqueued_at", "eta", "idempotency_key", "group"}
 )
+# The envelope's strings and their longest length in characters. Each one is stored or
+# sent (the record key ``task#<id>`` and attributes in DynamoDB, the MessageGroupId in
+# SQS), so it must encode as UTF-8; 128 characters of at most 4 bytes each, with the key
+# prefix, stay far inside DynamoDB's 2,048-byte partition key.
+_TEXT_FIELDS: Final = {"id": 128, "task": 128, "idempotency_key": 256, "group": 128}
+_GROUP_CHARS: Final = frozenset(string.ascii_letters + string.digits + string.punctuation)
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
+# Characters SQS refuses in a message body although JSON may carry them raw.
+_SQS_REFUSED: Final = ("\ufffe", "\uffff")
+
+ARGUMENT_MAX_DEPTH: Final = 100
+"""Lists and dicts nested deeper than this in one argument are refused: deeper than any
+real document, shallow enough for every JSON parser to read back (Rust's serde_json
+stops at 128 levels, and the envelope adds two), and a list that contains itself is
+caught on the way."""
+_INT64_MIN: Final = -(2**63)
+_INT64_MAX: Final = 2**63 - 1
+_CONTAINERS: Final = (list, tuple, dict)
+_Path = tuple[str | int, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,16 +90,11 @@ class MessageOptions:
             and self.delay_s >= 0
         ):
             raise EnqueueError(f"delay_s={self.delay_s!r}: must be a finite number of seconds >= 0")
-        if self.idempotency_key is not None and not (
-            isinstance(self.idempotency_key, str) and 1 <= len(self.idempotency_key) <= 256
-        ):
-            raise EnqueueError(
-                f"idempotency_key={self.idempotency_key!r}: must be a string of 1 to 256 characters"
-            )
-        if self.group is not None and not (
-            isinstance(self.group, str) and 1 <= len(self.group) <= 128
-        ):
-            raise EnqueueError(f"group={self.group!r}: must be a string of 1 to 128 characters")
+        for name in ("idempotency_key", "group"):
+            value = getattr(self, name)
+            problem = None if value is None else _text_problem(name, value)
+            if problem is not None:
+                raise EnqueueError(f"{name}={value!r:.80}: {problem}")
 
     @classmethod
     def from_kwargs(cls, options: Mapping[str, Any]) -> MessageOptions:
@@ -125,7 +150,11 @@ class Envelope:
             body["idempotency_key"] = self.idempotency_key
         if self.group is not None:
             body["group"] = self.group
-        return json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text = json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        for refused in _SQS_REFUSED:
+            if refused in text:  # only ever inside a string, where the escape means the same
+                text = text.replace(refused, f"\\u{ord(refused):04x}")
+        return text
 
     def seconds_until_due(self, now: float) -> float:
         """How long before the task may run (0 when it is due)."""
@@ -162,7 +191,9 @@ class Message:
     ) -> Message:
         """Check the arguments against the handler and the size against SQS; build the body."""
         args = tuple(args)
-        _check_json(spec.name, args, kwargs)
+        problem = _arguments_problem(args, kwargs)
+        if problem is not None:
+            raise InvalidArgumentsError(f"task {spec.name!r}: {problem}", task=spec.name)
         try:
             spec.bind(args, kwargs)
         except TypeError as exc:
@@ -208,19 +239,110 @@ def is_lean_task_id(task_id: str) -> bool:
     return task_id.startswith(c.LEAN_TASK_ID_PREFIX)
 
 
-def _check_json(task: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-    named = [(f"positional argument {i}", value) for i, value in enumerate(args)]
-    named += [(f"argument {key!r}", {key: value}) for key, value in kwargs.items()]
-    for label, value in named:
-        try:
-            # As the body will be written: raw UTF-8, so a lone surrogate is caught here.
-            json.dumps(value, allow_nan=False, ensure_ascii=False).encode("utf-8")
-        except (TypeError, ValueError) as exc:
-            raise InvalidArgumentsError(
-                f"task {task!r}: {label} is not JSON-serialisable ({exc}); pass plain "
-                "str/int/float/bool/None/list/dict values",
-                task=task,
-            ) from exc
+def _text_problem(name: str, value: object) -> str | None:
+    """Why ``value`` cannot be the envelope's string ``name``, or None when it can.
+
+    The one rule for both sides: ``MessageOptions`` refuses such a value at enqueue,
+    ``decode`` refuses a message carrying it.
+    """
+    max_chars = _TEXT_FIELDS[name]
+    if not isinstance(value, str) or not 1 <= len(value) <= max_chars:
+        return f"must be a string of 1 to {max_chars} characters"
+    if not value.isascii() and _SURROGATE.search(value):
+        return _not_unicode(value) + ", so it can be neither stored nor sent"
+    if name == "group" and not _GROUP_CHARS.issuperset(value):
+        return "may hold only ASCII letters, digits and punctuation (an SQS MessageGroupId)"
+    return None
+
+
+def _not_unicode(text: str) -> str:
+    found = _SURROGATE.search(text)
+    where = f"U+{ord(found.group()):04X} at position {found.start()}" if found else "?"
+    return f"is not valid Unicode (a lone surrogate, {where})"
+
+
+def _arguments_problem(args: Iterable[Any], kwargs: Mapping[Any, Any]) -> str | None:
+    """What in the arguments would not reach the handler as passed, naming the argument
+    and the place inside it; None when all is well."""
+    for i, value in enumerate(args):
+        found = _value_problem(value)
+        if found is not None:
+            return _describe(f"positional argument {i}", *found)
+    for key, value in kwargs.items():
+        if not isinstance(key, str) or (not key.isascii() and _SURROGATE.search(key)):
+            return f"keyword argument name {key!r:.80} is not a valid Unicode string"
+        found = _value_problem(value)
+        if found is not None:
+            return _describe(f"argument {key!r}", *found)
+    return None
+
+
+def _value_problem(value: object) -> tuple[_Path, str] | None:
+    """The first thing in ``value`` that cannot travel as JSON and come back equal, with
+    its path; None when there is none.
+
+    Iterative (an explicit stack) and each node is visited once, so a value nested
+    10,000 deep is refused, never a RecursionError, and an ordinary one costs little.
+    """
+    stack: list[tuple[object, _Path]] = [(value, ())]
+    while stack:
+        item, path = stack.pop()
+        if not isinstance(item, _CONTAINERS):
+            problem = _scalar_problem(item)
+        elif len(path) >= ARGUMENT_MAX_DEPTH:
+            problem = f"is nested more than {ARGUMENT_MAX_DEPTH} lists or dicts deep"
+            problem += " (or contains itself)"
+        elif isinstance(item, dict):
+            problem = _keys_problem(item)
+            stack.extend((child, (*path, key)) for key, child in item.items())
+        else:
+            problem = None
+            stack.extend((child, (*path, i)) for i, child in enumerate(item))
+        if problem is not None:
+            return path, problem
+    return None
+
+
+def _scalar_problem(item: object) -> str | None:
+    if isinstance(item, str):
+        unicode = item.isascii() or not _SURROGATE.search(item)
+        return None if unicode else _not_unicode(item) + ": it cannot be encoded as UTF-8"
+    if item is None or isinstance(item, bool):
+        return None
+    if isinstance(item, int):
+        if _INT64_MIN <= item <= _INT64_MAX:
+            return None
+        return (
+            "is an integer outside the signed 64-bit range (-2**63 to 2**63 - 1) that other "
+            "languages read back; pass it as a string"
+        )
+    if isinstance(item, float):
+        return None if math.isfinite(item) else f"is {item!r}: JSON has no NaN or infinity"
+    return (
+        f"is not JSON-serialisable (a {type(item).__qualname__}); pass plain "
+        "str/int/float/bool/None/list/dict values"
+    )
+
+
+def _keys_problem(mapping: dict[Any, Any]) -> str | None:
+    for key in mapping:
+        if not isinstance(key, str):
+            return (
+                f"has the key {key!r:.80}, not a string: JSON would make it one and the "
+                "handler would get another dict than was passed; use string keys"
+            )
+        if not key.isascii() and _SURROGATE.search(key):
+            return f"has a key that {_not_unicode(key)}: it cannot be encoded as UTF-8"
+    return None
+
+
+def _describe(label: str, path: _Path, reason: str) -> str:
+    if not path:
+        return f"{label} {reason}"
+    steps = [f"[{step!r}]" for step in path]
+    if len(steps) > 8:
+        steps = [*steps[:4], f"...({len(steps) - 6} more)...", *steps[-2:]]
+    return f"{label} at {''.join(steps)} {reason}"
 
 
 def decode(body: str) -> Envelope:
@@ -231,8 +353,10 @@ def decode(body: str) -> Envelope:
         raise EnvelopeError(f"body is not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise EnvelopeError(f"body is JSON but not an object (got {type(data).__name__})")
-    task_id = data.get("id") if isinstance(data.get("id"), str) else None
-    task = data.get("task") if isinstance(data.get("task"), str) else None
+    # Carried in the error only when they could be stored: the dispatcher marks the
+    # record under this id, and writes the name into it and into the dead letter.
+    task_id = data.get("id") if _text_problem("id", data.get("id")) is None else None
+    task = data.get("task") if _text_problem("task", data.get("task")) is None else None
     version = data.get("v")
     if isinstance(version, bool) or version != c.ENVELOPE_VERSION:
         raise EnvelopeError(
@@ -242,7 +366,7 @@ def decode(body: str) -> Envelope:
             task_id=task_id,
             task=task,
         )
-    problems = _problems(data, task_id, task)
+    problems = _problems(data)
     if problems or task_id is None or task is None:
         raise EnvelopeError("invalid envelope: " + "; ".join(problems), task_id=task_id, task=task)
     enqueued_at = data.get("enqueued_at", 0.0)
@@ -259,24 +383,30 @@ def decode(body: str) -> Envelope:
     )
 
 
-def _problems(data: dict[str, Any], task_id: str | None, task: str | None) -> list[str]:
+def _problems(data: dict[str, Any]) -> list[str]:
     """Everything wrong with a version-1 envelope's fields, in one list."""
     problems = []
-    if not task_id or len(task_id) > 128:
-        problems.append("'id' must be a non-empty string of at most 128 characters")
-    if not task:
-        problems.append("'task' must be a non-empty string")
-    if not isinstance(data.get("args", []), list):
+    for name in ("id", "task"):
+        problem = _text_problem(name, data.get(name))
+        if problem is not None:
+            problems.append(f"{name!r} {problem}")
+    args, kwargs = data.get("args", []), data.get("kwargs", {})
+    if not isinstance(args, list):
         problems.append("'args' must be a list")
-    if not isinstance(data.get("kwargs", {}), dict):
+    if not isinstance(kwargs, dict):
         problems.append("'kwargs' must be an object")
+    if isinstance(args, list) and isinstance(kwargs, dict):
+        problem = _arguments_problem(args, kwargs)
+        if problem is not None:
+            problems.append(problem)
     if not _is_number(data.get("enqueued_at", 0.0)):
         problems.append("'enqueued_at' must be a number (seconds since the epoch)")
     if data.get("eta") is not None and not _is_number(data["eta"]):
         problems.append("'eta' must be a number (seconds since the epoch)")
-    for key in ("idempotency_key", "group"):
-        if data.get(key) is not None and not isinstance(data[key], str):
-            problems.append(f"{key!r} must be a string")
+    for name in ("idempotency_key", "group"):
+        problem = None if data.get(name) is None else _text_problem(name, data[name])
+        if problem is not None:
+            problems.append(f"{name!r} {problem}")
     unknown = sorted(set(data) - _KNOWN_FIELDS)
     if unknown:
         problems.append(f"unknown field(s) {', '.join(map(repr, unknown))}")
@@ -284,4 +414,9 @@ def _problems(data: dict[str, Any], task_id: str | None, task: str | None) -> li
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large for a float (hundreds of digits)
+        return False

@@ -51,7 +51,8 @@ class Reject:
 
     @property
     def task_id(self) -> str | None:
-        """The task the message names, when it could be read."""
+        """The task the message names, when it could be read and is a storable id (the
+        rejection is recorded under it)."""
         return self.envelope.id if self.envelope else self.error.task_id
 
     @property
@@ -70,7 +71,10 @@ def admit(
 
     Checked in this order: the signature (when keys are configured; nothing in an
     unsigned body is trusted, not even its task id), the envelope, the eta, then
-    the task and its arguments.
+    the task and its arguments. The envelope check (:func:`decode`) is the producer's
+    own rule: every string that becomes a record key or attribute must be storable
+    and every argument must read back as written, so a message no claim could ever
+    write is rejected here, once, as ``malformed``, instead of coming back forever.
     """
     if signing_keys:
         problem = verify(signing_keys, delivery.body, delivery.attributes)

@@ -40,6 +40,29 @@ EXIT_CONFIG = 3
 EXIT_NOT_FOUND = 4
 
 
+class _Seconds(click.ParamType[float]):
+    """A finite number of seconds, at least ``minimum`` (click's FloatRange lets nan and
+    inf through)."""
+
+    name = "seconds"
+
+    def __init__(self, minimum: float = 0.0) -> None:
+        self.minimum = minimum
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not self.minimum <= seconds <= sys.float_info.max:  # False for nan and inf
+            self.fail(
+                f"{value!r} is not a finite number of seconds >= {self.minimum:g}", param, ctx
+            )
+        return seconds
+
+
 def _errors(fn: Callable[P, R]) -> Callable[P, R]:
     """Print Dispatch errors as one clear line and exit with their code."""
 
@@ -143,7 +166,7 @@ def demo(orders: int) -> None:
 @click.option(
     "--for",
     "for_s",
-    type=click.FloatRange(min=0),
+    type=_Seconds(),
     metavar="SECONDS",
     help="Run for this long, then stop.",
 )
@@ -266,7 +289,7 @@ def _argument_set(text: str, *, where: str) -> tuple[tuple[Any, ...], dict[str, 
 )
 @click.option(
     "--delay-s",
-    type=click.FloatRange(min=0),
+    type=_Seconds(),
     help="Run no earlier than this many seconds from now.",
 )
 @click.option("--idempotency-key", help="The same key enqueues the task once (one task only).")
@@ -292,6 +315,10 @@ def enqueue(
 
     if from_file is not None and (args_json is not None or count != 1):
         raise click.UsageError("--from-file gives the argument sets; drop --args and --count")
+    try:
+        options = MessageOptions(delay_s=delay_s, idempotency_key=idempotency_key)
+    except DispatchError as exc:  # only the key can be wrong here: _Seconds checked the delay
+        raise click.BadParameter(str(exc), param_hint="--idempotency-key") from exc
     sets: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
     line_numbers: list[int] = []  # of each argument set in the file (blank lines skipped)
     name = getattr(from_file, "name", "FILE")
@@ -310,7 +337,6 @@ def enqueue(
         )
     _load_tasks(tasks)
     spec = default_registry.get(task_name)
-    options = MessageOptions(delay_s=delay_s, idempotency_key=idempotency_key)
     messages: list[Message] = []
     for index, (args, kwargs) in enumerate(sets):
         try:
@@ -434,7 +460,7 @@ def status(task_id: str | None, max_scan: int, as_json: bool) -> None:
 @cli.command()
 @click.option(
     "--interval-s",
-    type=click.FloatRange(min=0.2),
+    type=_Seconds(minimum=0.2),
     default=2.0,
     show_default=True,
     help="Seconds between refreshes.",

@@ -12,6 +12,7 @@ from dispatch import task
 from dispatch.core import constants as c
 from dispatch.core.config import Settings
 from dispatch.core.errors import (
+    EnqueueError,
     InvalidArgumentsError,
     PartialEnqueueError,
     PayloadTooLargeError,
@@ -21,7 +22,7 @@ from dispatch.producer.enqueue import Queue
 from dispatch.store.aws import RequestCounter, SyncClients
 from dispatch.store.state import Status
 from dispatch.tasks.registry import Registry
-from tests.integration.conftest import queue_counts, receive_all
+from tests.integration.conftest import dispatch_cli, queue_counts, receive_all
 
 
 class FailEntries:
@@ -212,6 +213,60 @@ def test_arguments_that_do_not_fit_the_handler_are_refused_at_enqueue(
     with pytest.raises(InvalidArgumentsError, match="argument 'amount' is not JSON"):
         charge.enqueue(order_id="1", amount=object())  # type: ignore[arg-type]
     assert counter.total() == 0
+
+
+async def test_values_a_handler_would_not_get_back_are_refused_by_every_enqueue(
+    aws_env: Settings,
+    registry: Registry,
+    queue: Queue,
+    clients: SyncClients,
+    counter: RequestCounter,
+) -> None:
+    """Given arguments nested 10,000 deep, an integer beyond 64 bits, a dict with an int
+    key, a lone surrogate, or an idempotency key holding one, when enqueued through
+    enqueue, enqueue_async, enqueue_many or with_options(...), then each is a
+    DispatchError naming the argument or option (never RecursionError or
+    UnicodeEncodeError), no AWS request is made and the queue stays empty."""
+
+    @task(registry=registry)
+    def ship(order: Any) -> None: ...
+
+    deep: Any = None
+    for _ in range(10_000):
+        deep = [deep]
+
+    with pytest.raises(InvalidArgumentsError, match=r"argument 'order' at .* nested more than"):
+        ship.enqueue(order=deep)
+    with pytest.raises(InvalidArgumentsError, match=r"argument 'order' at \['n'\] .*64-bit"):
+        await ship.enqueue_async(order={"n": 2**64})
+    with pytest.raises(InvalidArgumentsError, match="argument 'order' has the key 1"):
+        dispatch.enqueue_many([ship.message(order={"a": 1}), ship.message(order={1: "a"})])
+    with pytest.raises(InvalidArgumentsError, match="argument 'order' is not valid Unicode"):
+        ship.with_options(delay_s=5).enqueue(order="\ud800")
+    with pytest.raises(EnqueueError, match=r"idempotency_key=.*not valid Unicode"):
+        ship.enqueue(order="1", idempotency_key="\ud800")  # type: ignore[call-arg]
+
+    assert counter.total() == 0
+    assert queue_counts(clients, aws_env.queue_url) == {"visible": 0, "in_flight": 0, "delayed": 0}
+
+
+def test_the_cli_takes_a_finite_delay_and_refuses_nan_as_a_usage_error(
+    aws_env: Settings, clients: SyncClients
+) -> None:
+    """Given `dispatch enqueue` with --delay-s 1.5, then nan, then inf, when each runs,
+    then the first enqueues a delayed task and the others exit with the usage status 2
+    naming --delay-s, sending nothing."""
+    common = ["enqueue", "send_receipt", "--tasks", "dispatch.local.example.app"]
+    args = ["--args", '{"order_id": "1", "email": "a@example.com"}']
+
+    delayed = dispatch_cli(*common, *args, "--delay-s", "1.5")
+    refused = [dispatch_cli(*common, *args, "--delay-s", value) for value in ("nan", "inf")]
+
+    assert delayed.returncode == 0, delayed.stderr
+    for result in refused:
+        assert result.returncode == 2
+        assert "Invalid value for '--delay-s'" in result.stderr
+    assert queue_counts(clients, aws_env.queue_url) == {"visible": 0, "in_flight": 0, "delayed": 1}
 
 
 def test_transient_partial_batch_failures_are_sent_again(

@@ -24,9 +24,11 @@ from dispatch.core.errors import (
     InvalidArgumentsError,
     PayloadTooLargeError,
 )
+from dispatch.store import state
 from dispatch.tasks.registry import Registry, TaskSpec, resolve, task
 
 NOW = 1_767_225_600.125
+ID = "0b7c7c1f6f6a4b0f9a52d2c2e1f1c3aa"  # the id of body()
 PROPERTY = settings(max_examples=200, deadline=None)
 
 NO_OPTIONS = MessageOptions()
@@ -305,12 +307,16 @@ def test_group_is_carried_in_the_body() -> None:
         {"group": ""},
         {"group": "g" * 129},
         {"group": 7},
+        {"group": "customer 7"},
+        {"idempotency_key": "order-\ud800"},
+        {"group": "\udfff"},
     ],
     ids=repr,
 )
 def test_message_options_refuse_bad_values_naming_the_option(options: dict[str, Any]) -> None:
-    """Given an out-of-range or wrongly typed option, when MessageOptions is made, then
-    EnqueueError names the option."""
+    """Given an out-of-range or wrongly typed option, or a key or group that could not be
+    stored or sent (a lone surrogate, a space SQS refuses in a MessageGroupId), when
+    MessageOptions is made, then EnqueueError names the option."""
     (name,) = options
     with pytest.raises(EnqueueError, match=name):
         MessageOptions(**options)
@@ -367,7 +373,7 @@ ANYTHING = anything_spec()
 json_scalars = (
     st.none()
     | st.booleans()
-    | st.integers(min_value=-(2**63), max_value=2**63)
+    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=20)
 )
@@ -424,19 +430,25 @@ def test_any_json_arguments_survive_message_build_and_decode(
         (body(v=MISSING), "missing 'v'"),
         (body(v=2), "version 2 is not supported"),
         (body(v="1"), "version '1' is not supported"),
-        (body(id=MISSING), "'id' must be a non-empty string"),
-        (body(id=""), "'id' must be a non-empty string"),
-        (body(id=42), "'id' must be a non-empty string"),
-        (body(id="x" * 129), "at most 128 characters"),
-        (body(task=MISSING), "'task' must be a non-empty string"),
-        (body(task=["charge"]), "'task' must be a non-empty string"),
+        (body(id=MISSING), "'id' must be a string of 1 to 128 characters"),
+        (body(id=""), "'id' must be a string of 1 to 128 characters"),
+        (body(id=42), "'id' must be a string of 1 to 128 characters"),
+        (body(id="x" * 129), "'id' must be a string of 1 to 128 characters"),
+        (body(task=MISSING), "'task' must be a string of 1 to 128 characters"),
+        (body(task=["charge"]), "'task' must be a string of 1 to 128 characters"),
+        (body(task="t" * 129), "'task' must be a string of 1 to 128 characters"),
         (body(args={"order_id": "42"}), "'args' must be a list"),
         (body(kwargs=["42"]), "'kwargs' must be an object"),
         (body(enqueued_at="yesterday"), "'enqueued_at' must be a number"),
         (body(enqueued_at=True), "'enqueued_at' must be a number"),
         (body(eta="later"), "'eta' must be a number"),
-        (body(idempotency_key=42), "'idempotency_key' must be a string"),
-        (body(group=["g"]), "'group' must be a string"),
+        (body(idempotency_key=42), "'idempotency_key' must be a string of 1 to 256"),
+        (body(idempotency_key="k" * 257), "'idempotency_key' must be a string of 1 to 256"),
+        (body(group=["g"]), "'group' must be a string of 1 to 128"),
+        (body(group="customer 7"), "'group' may hold only ASCII letters, digits and punct"),
+        (body(group="kundé"), "'group' may hold only ASCII letters, digits and punct"),
+        (body(enqueued_at=10**400), "'enqueued_at' must be a number"),
+        (body(eta=-(10**400)), "'eta' must be a number"),
         (body(colour="red"), "unknown field(s) 'colour'"),
     ],
     ids=lambda value: value[:40] if isinstance(value, str) else None,
@@ -479,6 +491,106 @@ def test_decode_of_a_wrong_version_still_reports_the_id() -> None:
 
     assert caught.value.task_id == "0b7c7c1f6f6a4b0f9a52d2c2e1f1c3aa"
     assert caught.value.task == "charge"
+
+
+# --- decode: strings that become keys and attributes, and arguments ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "problem", "carried_id", "carried_task"),
+    [
+        (
+            {"id": "\ud800-lone"},
+            "'id' is not valid Unicode (a lone surrogate, U+D800 at position 0)",
+            None,
+            "charge",
+        ),
+        ({"task": "char\udfffge"}, "'task' is not valid Unicode", ID, None),
+        ({"idempotency_key": "k\udbff"}, "'idempotency_key' is not valid Unicode", ID, "charge"),
+        ({"group": "\ud83d"}, "'group' is not valid Unicode", ID, "charge"),
+        ({"id": "x" * 129, "task": "t" * 129}, "'id' must be a string of 1 to 128", None, None),
+        ({"v": 2, "id": "\udc00", "task": "charge"}, "version 2 is not supported", None, "charge"),
+    ],
+    ids=["id", "task", "idempotency_key", "group", "too-long", "wrong-version"],
+)
+def test_decode_refuses_strings_that_could_not_be_stored_and_carries_only_storable_ones(
+    fields: dict[str, Any], problem: str, carried_id: str | None, carried_task: str | None
+) -> None:
+    """Given a foreign body whose id, task name, idempotency key or group holds a lone
+    surrogate (a valid JSON escape, but no DynamoDB key or attribute and no SQS field can
+    hold it) or is too long, when decoded, then EnvelopeError names the field, and it
+    carries the id and task name only where they could be stored: the dispatcher writes
+    the rejection under that id, so an unstorable one must not reach it."""
+    with pytest.raises(EnvelopeError) as caught:
+        decode(body(**fields))
+
+    assert problem in caught.value.reason
+    assert caught.value.task_id == carried_id
+    assert caught.value.task == carried_task
+
+
+def test_the_longest_id_of_the_widest_characters_is_a_valid_dynamodb_key() -> None:
+    """Given an id of 128 four-byte characters (the most the id rule allows), when decoded
+    and made into its record and marker keys, then each is within DynamoDB's 2,048-byte
+    limit for a partition key."""
+    widest = "\U0010fffd" * 128
+
+    envelope = decode(body(id=widest))
+
+    for key in (state.task_key(envelope.id), state.marker_key(envelope.id)):
+        assert len(key[c.TABLE_HASH_KEY]["S"].encode("utf-8")) <= 2048
+
+
+@pytest.mark.parametrize(
+    ("raw", "named"),
+    [
+        (
+            '{"v":1,"id":"a","task":"t","args":["ok","\\ud800"]}',
+            "positional argument 1 is not valid Unicode",
+        ),
+        ('{"v":1,"id":"a","task":"t","kwargs":{"\\udfff":1}}', "keyword argument name '\\udfff'"),
+        (
+            '{"v":1,"id":"a","task":"t","kwargs":{"n":{"a":["\\udbff"]}}}',
+            "argument 'n' at ['a'][0] is not valid Unicode",
+        ),
+        ('{"v":1,"id":"a","task":"t","args":[NaN]}', "positional argument 0 is nan"),
+        ('{"v":1,"id":"a","task":"t","kwargs":{"n":[1,-Infinity]}}', "argument 'n' at [1] is -inf"),
+        (
+            '{"v":1,"id":"a","task":"t","args":[18446744073709551616]}',
+            "outside the signed 64-bit range",
+        ),
+        (
+            '{"v":1,"id":"a","task":"t","args":[' + "[" * 101 + "]" * 101 + "]}",
+            "nested more than 100",
+        ),
+    ],
+    ids=["surrogate", "surrogate-keyword", "surrogate-inside", "nan", "-inf", "uint64", "depth"],
+)
+def test_decode_refuses_arguments_the_producer_would_refuse(raw: str, named: str) -> None:
+    """Given a foreign body whose arguments break a rule enqueue enforces (a lone
+    surrogate, NaN or infinity, an integer beyond 64 bits, nesting over 100 levels), when
+    decoded, then EnvelopeError names the argument and where inside it: one rule on both
+    sides of the queue, and the message is dead-lettered as malformed."""
+    with pytest.raises(EnvelopeError) as caught:
+        decode(raw)
+
+    assert named in caught.value.reason
+    assert caught.value.task_id == "a"
+
+
+def test_to_json_escapes_the_noncharacters_sqs_refuses_in_a_body() -> None:
+    """Given arguments holding U+FFFE and U+FFFF (valid Unicode that JSON may carry raw,
+    but that SQS refuses in a message body), when encoded, then the body carries them as
+    \\u escapes, and decoding gives the same strings back."""
+    envelope = Envelope(
+        id="a", task="t", args=("a\ufffeb",), kwargs={"k\uffff": "\uffff"}, enqueued_at=NOW
+    )
+
+    text = envelope.to_json()
+
+    assert "\ufffe" not in text and "\uffff" not in text
+    assert "\\ufffe" in text and "\\uffff" in text
+    assert decode(text) == envelope
 
 
 # --- resolve ---------------------------------------------------------------------------------
