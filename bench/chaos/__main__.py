@@ -109,6 +109,7 @@ def _table(figures: dict[str, Any]) -> Table:
         "repeated_in_window",
         "unexpected_dead",
         "concurrent_executions",
+        "stuck_sync_runs",
         "executions",
         "wall_s",
         "tasks_per_s",

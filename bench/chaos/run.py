@@ -53,6 +53,10 @@ class ChaosError(Exception):
     """The run could not go on (a dispatcher could not start, the drain timed out)."""
 
 
+RECORD_TIME_RESOLUTION_S: Final = 0.001
+"""Times in task records are kept to the millisecond (docs/formats.md)."""
+
+
 @dataclass(frozen=True, slots=True)
 class ChaosConfig:
     """One chaos scenario."""
@@ -63,6 +67,8 @@ class ChaosConfig:
     kills: int = 10
     transient_share: float = 0.15  # fail one or two attempts, then succeed
     permanent_share: float = 0.02  # raise PermanentError: dead-lettered
+    hostile_share: float = 0.01  # a str() that raises, then a result whose repr() raises
+    stall_share: float = 0.01  # a sync handler stuck past its timeout on its first attempt
     min_work_ms: int = 5
     max_work_ms: int = 60
     visibility_s: int = 6
@@ -102,7 +108,7 @@ class Execution:
 class RunLog:
     """What happened during the run, before any judging."""
 
-    enqueued: dict[str, str]  # task id -> plan ("ok", "transient", "permanent")
+    enqueued: dict[str, str]  # task id -> plan ("ok", "transient", "permanent", ...)
     kills: list[Kill] = field(default_factory=list)
     restarts: int = 0
     started_at: float = 0.0
@@ -227,17 +233,23 @@ class Fleet:
 
 
 def plan_tasks(config: ChaosConfig, rng: random.Random) -> list[tuple[Any, str]]:
-    """The messages to enqueue, each with its plan ("ok", "transient", "permanent")."""
+    """The messages to enqueue, each with its plan ("ok", "transient", "permanent",
+    "hostile" or "stall")."""
     planned = []
     for n in range(config.tasks):
         draw = rng.random()
         work_ms = rng.randint(config.min_work_ms, config.max_work_ms)
+        hostile_until = config.permanent_share + config.transient_share + config.hostile_share
         if draw < config.permanent_share:
             planned.append((tasks.work.message(n, work_ms=work_ms, permanent=True), "permanent"))
         elif draw < config.permanent_share + config.transient_share:
             fail_times = rng.choice((1, 2))
             message = tasks.work.message(n, work_ms=work_ms, fail_times=fail_times)
             planned.append((message, "transient"))
+        elif draw < hostile_until:
+            planned.append((tasks.hostile.message(n), "hostile"))
+        elif draw < hostile_until + config.stall_share:
+            planned.append((tasks.stall.message(n), "stall"))
         else:
             planned.append((tasks.work.message(n, work_ms=work_ms), "ok"))
     return planned
@@ -479,18 +491,37 @@ def score(
     kill_at = {k.pid: k.at for k in run.kills}
 
     succeeded = dead = lost = rerun_after_success = unexpected_dead = concurrent = 0
-    after_return = interrupted = without_crash = 0
+    after_return = interrupted = without_crash = stuck = 0
     lost_ids: list[str] = []
+    reruns: list[dict[str, Any]] = []
     dead_reasons: Counter[str] = Counter()
     for task_id, plan in run.enqueued.items():
         record = records.get(task_id)
         executions = ledger.get(task_id, [])
+        if plan == "stall":
+            # The first attempt is stuck past its timeout by design: its thread runs on
+            # beside the retry (Python cannot stop it) and is judged apart.
+            stuck += sum(1 for e in executions if e.attempt == 1)
+            executions = [e for e in executions if e.attempt != 1]
         ok_runs = [e for e in executions if e.outcome == "ok"]
         if record is not None and record.status is Status.SUCCEEDED and ok_runs:
             succeeded += 1
             finished = record.finished_at or 0.0
-            if any(e.started_at > finished for e in executions):
+            # finished_at is stored to the millisecond: a run of a handler that took
+            # less than that may start after its own rounded finish.
+            if any(e.started_at > finished + RECORD_TIME_RESOLUTION_S for e in executions):
                 rerun_after_success += 1
+                reruns.append(
+                    {
+                        "task_id": task_id,
+                        "plan": plan,
+                        "finished_at": finished,
+                        "executions": [
+                            [e.attempt, e.pid, e.started_at, e.ended_at, e.outcome]
+                            for e in executions
+                        ],
+                    }
+                )
         elif record is not None and record.status is Status.DEAD and task_id in letters:
             dead += 1
             dead_reasons[letters[task_id]] += 1
@@ -522,7 +553,9 @@ def score(
         "dead_reasons": dict(sorted(dead_reasons.items())),
         "unexpected_dead": unexpected_dead,
         "concurrent_executions": concurrent,
+        "stuck_sync_runs": stuck,
         "lost_task_ids": lost_ids[:20],
+        "reruns_after_success": reruns[:20],
     }
 
 

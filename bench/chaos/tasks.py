@@ -21,7 +21,7 @@ from typing import Final
 from dispatch import PermanentError, Retry, current_task, task
 from dispatch.tasks.registry import Registry
 
-__all__ = ["ENV_LEDGER_DIR", "TransientError", "hold", "registry", "work"]
+__all__ = ["ENV_LEDGER_DIR", "TransientError", "hold", "hostile", "registry", "stall", "work"]
 
 ENV_LEDGER_DIR: Final = "CHAOS_LEDGER_DIR"
 
@@ -80,3 +80,61 @@ def hold(release_path: str) -> str:
         time.sleep(0.02)
     _append(f"end {head} {time.time():.6f} ok")
     return release_path
+
+
+class Unprintable(Exception):
+    """An exception whose ``str()`` raises: handler code is hostile input."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("str() of this exception raises")
+
+
+class Unrepresentable:
+    """A return value JSON cannot carry and whose ``repr()`` raises."""
+
+    def __repr__(self) -> str:
+        raise RuntimeError("repr() of this result raises")
+
+
+@task(
+    registry=registry,
+    retry=Retry(max_attempts=8, base_delay_s=1.0, max_delay_s=2.0),
+    timeout_s=5,
+)
+async def hostile(n: int) -> Unrepresentable:
+    """Raise an exception whose ``str()`` raises on the first attempt (a retryable
+    failure), then return a value whose ``repr()`` raises (a success: the runtime keeps
+    a placeholder for the result). Neither may escape the attempt."""
+    context = current_task()
+    head = f"{context.task_id} {context.attempt} {os.getpid()}"
+    _append(f"start {head} {time.time():.6f}")
+    await asyncio.sleep(0.005)
+    if context.attempt == 1:
+        _append(f"end {head} {time.time():.6f} transient")
+        raise Unprintable(n)
+    _append(f"end {head} {time.time():.6f} ok")
+    return Unrepresentable()
+
+
+STALL_TIMEOUT_S: Final = 1.0
+
+
+@task(
+    registry=registry,
+    retry=Retry(max_attempts=8, base_delay_s=1.0, max_delay_s=2.0),
+    timeout_s=STALL_TIMEOUT_S,
+)
+def stall(n: int, *, stuck_s: float = 3.0) -> int:
+    """A sync handler stuck (on a socket, say) far past its timeout on its first
+    attempt: its thread cannot be stopped and runs on while the attempt is reported
+    timed out and retried; later attempts return at once. The stuck run ends in the
+    ledger as ``timed_out`` (its result is discarded)."""
+    context = current_task()
+    head = f"{context.task_id} {context.attempt} {os.getpid()}"
+    _append(f"start {head} {time.time():.6f}")
+    if context.attempt == 1:
+        time.sleep(stuck_s)
+        _append(f"end {head} {time.time():.6f} timed_out")
+        return n
+    _append(f"end {head} {time.time():.6f} ok")
+    return n

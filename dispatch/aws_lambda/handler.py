@@ -591,7 +591,7 @@ class DispatcherHandler:
             watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watch
-            await runner.aclose()
+            await _close_runner(runner, grace_s=plan.deadline - self._clock() - 1.0)
         _record_run(run.summary, stats, runner)
         return stats
 
@@ -685,6 +685,17 @@ def _warn_too_short(run: _Invocation) -> None:
     )
 
 
+async def _close_runner(runner: TaskRunner, *, grace_s: float) -> None:
+    """Close the runner within what is left of the invocation: a stuck sync handler's
+    thread is abandoned at the deadline, never waited for past it."""
+    from dispatch_workers.pool import WorkerPool
+
+    if isinstance(runner, WorkerPool):
+        await runner.aclose(grace_s=max(0.0, grace_s))
+    else:
+        await runner.aclose()
+
+
 def _record_run(summary: dict[str, Any], stats: RunStats, runner: TaskRunner) -> None:
     """Put what the loop did (and the worker invocations it made, if any) in the summary."""
     summary["outcome"] = "ran"
@@ -698,6 +709,8 @@ def _record_run(summary: dict[str, Any], stats: RunStats, runner: TaskRunner) ->
         deferred=stats.deferred,
         throttle_wait_s=round(stats.throttle_wait_s, 3),
     )
+    if runner.stuck_threads:
+        summary["stuck_threads"] = runner.stuck_threads
     invoker_stats = getattr(runner, "stats", None)
     if invoker_stats is not None:
         summary["worker_invocations"] = invoker_stats.invocations

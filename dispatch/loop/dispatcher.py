@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 import structlog
 
@@ -44,6 +44,10 @@ __all__ = ["Dispatcher", "DispatcherOptions", "RunStats"]
 
 log = structlog.get_logger("dispatch.dispatcher")
 
+UNHEALTHY_FINISH_S: Final = 10.0
+"""A dispatcher whose worker pool lost threads to stuck handlers stops; its tasks in
+flight get this long to finish (those waiting for a thread may never get one)."""
+
 
 class Dispatcher:
     """Runs the receive → admit → claim → gate → run → settle loop."""
@@ -68,7 +72,8 @@ class Dispatcher:
         self._stopping = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._releasing = False
-        self._unusable: ConfigurationError | None = None  # a resource gone while running
+        self._fatal: DispatchError | None = None  # why the run must end (a table gone, ...)
+        self._finish_within: float | None = None  # a fatal stop bounds the finish
         self._build_observers(settings, metrics)
         self._build_effects(settings, clients, options)
         self._build_pipeline(settings, options)
@@ -170,6 +175,7 @@ class Dispatcher:
             activity=self._activity,
             metrics=self._metrics,
             clock=clock,
+            stuck_threads=lambda: self.runner.stuck_threads,
         )
         self._periodic = PeriodicEnqueuer(self.registry, settings, clients, clock=clock)
 
@@ -243,8 +249,8 @@ class Dispatcher:
             if not ended:
                 self._stopping.set()  # the receives still out give up at once
             await self._wind_down(finish_by, background)
-        if self._unusable is not None:
-            raise self._unusable
+        if self._fatal is not None:
+            raise self._fatal
         return self.stats
 
     async def _receive_until_done(self, *, until_empty: bool, deadline: float | None) -> None:
@@ -289,6 +295,8 @@ class Dispatcher:
 
     async def _finish(self, finish_by: float | None) -> None:
         """Let the tasks in flight finish; release those still running at ``finish_by``."""
+        if self._finish_within is not None:
+            finish_by = min(finish_by or self._finish_within, self._finish_within)
         if not self._tasks:
             return
         timeout = None if finish_by is None else max(0.0, finish_by - self._clock())
@@ -327,16 +335,34 @@ class Dispatcher:
             # message can be claimed or settled, so the dispatcher stops, naming it
             # (exit status 3 from the CLI), instead of cycling every message through
             # failed claims. The message stays on the queue.
-            if self._unusable is None:
-                log.error("dispatcher_stopping", error=str(exc), message_id=delivery.message_id)
-                self._unusable = exc
-            self._stopping.set()
+            self._stop_for(exc, message_id=delivery.message_id)
         except Exception:
             # Never crash the loop. The message stays on the queue and comes back
             # after its visibility timeout; the claim in DynamoDB keeps it safe.
             log.exception("message_handling_failed", message_id=delivery.message_id)
         finally:
             self._holding.drop(delivery.receipt)
+            if not self.runner.healthy and self._fatal is None:
+                self._stop_for(
+                    DispatchError(
+                        f"{self.runner.stuck_threads} sync handler thread(s) are stuck past "
+                        "their tasks' timeouts, more than the worker pool replaces: stopping "
+                        "so that a supervisor starts a fresh process (docs/reliability.md)"
+                    ),
+                    finish_within_s=UNHEALTHY_FINISH_S,
+                )
+
+    def _stop_for(
+        self, error: DispatchError, *, finish_within_s: float | None = None, **context: Any
+    ) -> None:
+        """End the run because of ``error`` (raised once the run has wound down):
+        receiving stops, tasks in flight finish (within ``finish_within_s``)."""
+        if self._fatal is None:
+            log.error("dispatcher_stopping", error=str(error), **context)
+            self._fatal = error
+            if finish_within_s is not None:
+                self._finish_within = self._clock() + finish_within_s
+        self._stopping.set()
 
     # --- periodic tasks -------------------------------------------------------------
 

@@ -40,8 +40,10 @@ class Publisher:
         activity: TaskActivity,
         metrics: MetricsObserver | None,
         clock: Callable[[], float],
+        stuck_threads: Callable[[], int] = lambda: 0,
     ) -> None:
         self._dynamodb = dynamodb
+        self._stuck_threads = stuck_threads
         self._table = table
         self._owner = owner
         self._snapshots = snapshots
@@ -79,6 +81,12 @@ class Publisher:
             counts = lined_up.get(snapshot.name, {})
             log.info("throttle_state", **_snapshot_fields(snapshot, counts))
         activity = self._activity.snapshot()
+        stuck = self._stuck_threads()
+        if stuck:
+            # Handler threads still running after their attempts ended: an operator
+            # sees them in `dispatch status` and `top` (and in the logs) at once.
+            activity["stuck_threads"] = stuck
+            log.warning("handler_threads_stuck", count=stuck)
         if not _has_news(activity, self._last_published, snapshots, lined_up):
             return  # an idle dispatcher writes nothing: idle costs stay one request a tick
         self._last_published = activity
@@ -101,7 +109,7 @@ def _has_news(
 ) -> bool:
     """Whether a dispatcher has anything to publish: a message received or a task
     counted since it last published, or work in flight, waiting or deferred."""
-    if activity.get("oldest_message_age_s") is not None:
+    if activity.get("oldest_message_age_s") is not None or activity.get("stuck_threads"):
         return True
     if activity.get("tasks") != (last or {}).get("tasks", {}):
         return True  # counted something (a dispatch also moves dispatched_per_s)

@@ -427,7 +427,7 @@ def status(task_id: str | None, max_scan: int, as_json: bool) -> None:
                 click.echo(f"{key:>16}: {json.dumps(value) if isinstance(value, dict) else value}")
         return
     from dispatch.ops.overview import overview
-    from dispatch.ops.top import describe_age, describe_depth, resource_table
+    from dispatch.ops.top import describe_age, describe_depth, describe_stuck, resource_table
     from dispatch.producer.enqueue import default_queue
 
     queue = default_queue()
@@ -450,7 +450,7 @@ def status(task_id: str | None, max_scan: int, as_json: bool) -> None:
                 f"       (the count stopped after {tasks.scanned} table items: "
                 "raise --max-scan to count them all)"
             )
-    click.echo(f"dispatchers: {report.dispatchers} live")
+    click.echo(f"dispatchers: {report.dispatchers} live{describe_stuck(report.stuck_threads)}")
     if not report.resources:
         click.echo("resources: none reported by a live dispatcher")
         return

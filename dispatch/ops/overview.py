@@ -42,6 +42,7 @@ __all__ = [
     "oldest_message",
     "overview",
     "queue_depth",
+    "stuck_threads",
 ]
 
 
@@ -188,6 +189,7 @@ class Overview:
     tasks: TaskCounts | None  # None: not counted (max_scan 0)
     resources: list[ResourceStatus]
     dispatchers: int
+    stuck_threads: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -198,7 +200,14 @@ class Overview:
             "tasks": None if self.tasks is None else self.tasks.to_dict(),
             "resources": [r.to_dict() for r in self.resources],
             "dispatchers": self.dispatchers,
+            "stuck_threads": self.stuck_threads,
         }
+
+
+def stuck_threads(reports: list[DispatcherReport]) -> int:
+    """Sync handler threads still running after their attempts ended, over the live
+    dispatchers (each publishes its own count)."""
+    return sum(int(r.activity.get("stuck_threads", 0)) for r in reports)
 
 
 def overview(
@@ -221,4 +230,5 @@ def overview(
             clients.dynamodb, settings.table, reports, queued=queue.visible + queue.delayed
         ),
         dispatchers=len(reports),
+        stuck_threads=stuck_threads(reports),
     )

@@ -22,7 +22,13 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from dispatch.ops.overview import OldestMessage, QueueDepth, oldest_message, queue_depth
+from dispatch.ops.overview import (
+    OldestMessage,
+    QueueDepth,
+    oldest_message,
+    queue_depth,
+    stuck_threads,
+)
 from dispatch.throttle.status import (
     DispatcherReport,
     ResourceStatus,
@@ -39,6 +45,7 @@ __all__ = [
     "TaskActivityRow",
     "describe_age",
     "describe_depth",
+    "describe_stuck",
     "read_frame",
     "render",
     "resource_table",
@@ -77,6 +84,7 @@ class Frame:
     tasks: list[TaskActivityRow]
     resources: list[ResourceStatus]
     dispatchers: int
+    stuck_threads: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (the shape is documented in docs/operations.md)."""
@@ -88,6 +96,7 @@ class Frame:
             "tasks": [t.to_dict() for t in self.tasks],
             "resources": [r.to_dict() for r in self.resources],
             "dispatchers": self.dispatchers,
+            "stuck_threads": self.stuck_threads,
         }
 
 
@@ -130,6 +139,7 @@ def read_frame(clients: SyncClients, settings: Settings, *, now: float | None = 
             clients.dynamodb, settings.table, reports, queued=queue.visible + queue.delayed
         ),
         dispatchers=len(reports),
+        stuck_threads=stuck_threads(reports),
     )
 
 
@@ -208,13 +218,19 @@ def task_table(rows: list[TaskActivityRow]) -> Table:
     return table
 
 
+def describe_stuck(count: int) -> str:
+    """`` · 2 stuck handler thread(s)`` when sync handlers outlive their timeouts."""
+    return f" · {count} stuck handler thread(s)" if count else ""
+
+
 def render(frame: Frame) -> Group:
     """The frame as rich renderables: a header, the task table, the resource table."""
     stamp = time.strftime("%H:%M:%S", time.gmtime(frame.at))
     header = Text(
         "\n".join(
             (
-                f"dispatch top · {stamp} UTC · {frame.dispatchers} live dispatcher(s)",
+                f"dispatch top · {stamp} UTC · {frame.dispatchers} live dispatcher(s)"
+                + describe_stuck(frame.stuck_threads),
                 describe_depth("queue", frame.queue),
                 describe_depth("dlq", frame.dlq),
                 describe_age(frame.oldest_message),

@@ -132,3 +132,30 @@ def test_overlapping_executions_and_dead_letters_are_counted() -> None:
         {"max_attempts": 1},
         1,
     )
+
+
+def test_a_stuck_first_attempt_of_a_stall_task_is_judged_apart() -> None:
+    """Given a stall task whose first attempt (a sync handler stuck past its timeout)
+    runs on in its thread beside the retry that succeeds, then the task succeeded, the
+    stuck run is counted as such, and it is neither a concurrent execution nor a repeat
+    without a crash; the same overlap in an ordinary task is both."""
+    executions = [
+        Execution("s", 1, LIVE_PID, 1.0, 4.0, "timed_out"),
+        Execution("s", 2, LIVE_PID, 2.5, 2.6, "ok"),
+    ]
+    stalled = score(
+        run("s", plan="stall"),
+        records={"s": record("s", Status.SUCCEEDED, finished_at=2.7)},
+        letters={},
+        ledger={"s": executions},
+    )
+    ordinary = score(
+        run("s"),
+        records={"s": record("s", Status.SUCCEEDED, finished_at=2.7)},
+        letters={},
+        ledger={"s": [*executions[:1], Execution("s", 2, LIVE_PID, 2.5, 2.6, "ok")]},
+    )
+
+    assert (stalled["succeeded"], stalled["stuck_sync_runs"]) == (1, 1)
+    assert (stalled["concurrent_executions"], stalled["repeated_without_crash"]) == (0, 0)
+    assert ordinary["concurrent_executions"] == 1

@@ -22,6 +22,14 @@ failure is an outcome, never an error of the invocation. The worker owns no
 state: it never creates an SQS or DynamoDB client (it needs no AWS permission at
 all); the dispatcher that invoked it records and settles every outcome.
 
+Sync handlers run on :class:`~dispatch_workers.pool.HandlerThreads` shared by
+every invocation of the process (an execution environment lives on between
+invocations), with the in-process pool's policy: a handler's ``timeout_s``
+starts when it starts in its thread, and a thread still running a handler
+whose attempt timed out is counted stuck (``handler_thread_stuck``) and
+replaced, up to ``thread_workers`` extra threads; past that,
+:attr:`WorkerHandler.healthy` is false.
+
 Task modules come from ``DISPATCH_TASKS`` and are imported on the first
 invocation, not at import time, so a broken module is reported as an outcome
 (retryable: a gradual deployment may be half way) rather than an init crash.
@@ -35,7 +43,6 @@ import json
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final
 
 from dispatch.core import constants as c
@@ -45,6 +52,7 @@ from dispatch.core.errors import ConfigurationError, UnknownTaskError
 from dispatch.core.outcome import ErrorInfo, Outcome, OutcomeKind
 from dispatch.tasks.registry import Registry, TaskSpec, default_registry
 from dispatch_workers.runtime import run_attempt, run_batch_attempt
+from dispatch_workers.threads import HandlerThreads
 
 __all__ = [
     "PAYLOAD_VERSION",
@@ -63,7 +71,8 @@ PAYLOAD_VERSION: Final = 1
 TIME_MARGIN_S: Final = 1.0
 """Each attempt's timeout is cut to end this long before the invocation's deadline."""
 THREAD_WORKERS: Final = 32
-"""Threads for sync handlers, shared by every invocation of this process."""
+"""Threads free for sync handlers, shared by every invocation of this process (each
+stuck thread is replaced, up to as many again)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -227,7 +236,7 @@ class WorkerHandler:
         self._thread_workers = thread_workers
         self._lock = threading.Lock()
         self._loaded = False
-        self._executor: ThreadPoolExecutor | None = None
+        self._executor: HandlerThreads | None = None
 
     def __call__(self, event: Any, context: Any) -> dict[str, Any]:
         """Run the batch in ``event``; always returns a response with one outcome per task."""
@@ -317,13 +326,24 @@ class WorkerHandler:
             self._loaded = True
             return None
 
-    def _threads(self) -> ThreadPoolExecutor:
+    @property
+    def stuck_threads(self) -> int:
+        """Threads still running a sync handler whose attempt already timed out."""
+        return 0 if self._executor is None else self._executor.stuck
+
+    @property
+    def healthy(self) -> bool:
+        """False once more threads are stuck than are replaced: sync handlers then run
+        on fewer than ``thread_workers`` threads until the process is replaced."""
+        return self._executor is None or self._executor.healthy
+
+    def _threads(self) -> HandlerThreads:
         # Not the event loop's default executor: asyncio.run() would wait for a
         # timed-out sync handler's thread before the invocation could return.
         with self._lock:
             if self._executor is None:
-                self._executor = ThreadPoolExecutor(
-                    max_workers=self._thread_workers, thread_name_prefix="dispatch-lambda-worker"
+                self._executor = HandlerThreads(
+                    self._thread_workers, name_prefix="dispatch-lambda-worker"
                 )
             return self._executor
 

@@ -219,6 +219,16 @@ class LambdaInvoker:
         self._start([pending])
         return await pending.future
 
+    @property
+    def stuck_threads(self) -> int:
+        """None here: the handlers run in the worker function, not in this process."""
+        return 0
+
+    @property
+    def healthy(self) -> bool:
+        """Always: a stuck handler holds a worker invocation, not this process."""
+        return True
+
     async def aclose(self) -> None:
         """Send what is batched and wait for the invocations someone still waits for.
 
