@@ -172,7 +172,7 @@ class NotDead:
     def why(self) -> str:
         """One line for the operator."""
         if self.removed:
-            return f"the task is {self.status}: a stale dead letter, removed from the DLQ"
+            return f"the task already {self.status}: a stale dead letter, removed from the DLQ"
         return (
             f"the task is {self.status} (revived by another dead letter or still "
             "retrying): left on the DLQ"
@@ -256,7 +256,8 @@ def _redrive_batch(
 ) -> None:
     """Revive the dead among ``batch`` (dry: say which would be) and move them back."""
     if report.dry_run:
-        revivable, not_dead = _would_revive(clients, settings, batch)
+        revived = {e.task_id for e in report.redriven if _tracked(e)}
+        revivable, not_dead = _would_revive(clients, settings, batch, revived=revived)
         kept.extend(batch)
     else:
         # Interrupted here, the whole batch is made visible again by the caller.
@@ -298,9 +299,15 @@ def _revive(
 
 
 def _would_revive(
-    clients: SyncClients, settings: Settings, batch: list[DeadLetterEntry]
+    clients: SyncClients,
+    settings: Settings,
+    batch: list[DeadLetterEntry],
+    *,
+    revived: set[str | None],
 ) -> tuple[list[DeadLetterEntry], list[NotDead]]:
-    """What :func:`_revive` would do, from the records as they are (one BatchGetItem)."""
+    """What :func:`_revive` would do, from the records as they are (one BatchGetItem):
+    a second dead letter of a task another one would revive (``revived``) would find it
+    queued."""
     tracked = [e for e in batch if _tracked(e)]
     items: dict[str, dict[str, Any]] = {}
     if tracked:
@@ -315,8 +322,11 @@ def _would_revive(
     not_dead: list[NotDead] = []
     for entry in batch:
         item = items.get(entry.task_id or "")
-        if not _tracked(entry) or item is None or _revivable(item, entry):
+        if _tracked(entry) and entry.task_id in revived:
+            not_dead.append(NotDead(entry=entry, status=state.Status.QUEUED.value, removed=False))
+        elif not _tracked(entry) or item is None or _revivable(item, entry):
             revivable.append(entry)
+            revived.add(entry.task_id)
         else:
             not_dead.append(_not_dead(entry, item))
     return revivable, not_dead
