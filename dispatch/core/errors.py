@@ -25,8 +25,11 @@ caller can act on them without parsing messages.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from dispatch.core import constants as c
 
 
 class DispatchError(Exception):
@@ -49,7 +52,18 @@ class UnknownTaskError(DispatchError):
     """No task is registered under this name."""
 
     def __init__(self, name: str, known: Sequence[str] = ()) -> None:
-        hint = f"; registered tasks: {', '.join(sorted(known))}" if known else ""
+        if known:
+            close = difflib.get_close_matches(name, list(known), n=1)
+            guess = f" (did you mean {close[0]!r}?)" if close else ""
+            hint = (
+                f"{guess}; registered tasks: {', '.join(sorted(known))} (from the modules "
+                f"{c.ENV_TASKS} or --tasks names)"
+            )
+        else:
+            hint = (
+                f"; no task is registered: name the modules that declare your tasks in "
+                f"{c.ENV_TASKS} (or pass --tasks), e.g. {c.ENV_TASKS}=myapp.tasks"
+            )
         super().__init__(f"unknown task {name!r}{hint}")
         self.name = name
 

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shlex
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -369,6 +370,9 @@ def _tally(endpoint: LocalLambda) -> str:
 
 def _print_exports(console: Console, env: Mapping[str, str]) -> None:
     console.print("In another terminal, to enqueue and look:")
+    # The task modules import from this folder (as with `python -m`): the other
+    # terminal's commands must run from it too.
+    console.print(f"  cd {shlex.quote(os.getcwd())}", highlight=False, soft_wrap=True)
     for name in (
         c.ENV_ENDPOINT_URL,
         c.ENV_REGION,

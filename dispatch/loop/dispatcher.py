@@ -231,6 +231,13 @@ class Dispatcher:
         message visible again at once and its attempt given back, so nothing waits
         for a stale visibility timeout.
         """
+        if not len(self.registry):
+            raise ConfigurationError(
+                f"no task is registered: set {c.ENV_TASKS} to the modules that declare your "
+                "tasks; a dispatcher without them would dead-letter every message as "
+                "unknown_task, so it does not start",
+                setting=c.ENV_TASKS,
+            )
         self._stats.stats = RunStats(started_at=self._clock())
         deadline = None if for_s is None else self._clock() + for_s
         background = [

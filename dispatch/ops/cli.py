@@ -69,7 +69,7 @@ def _errors(fn: Callable[P, R]) -> Callable[P, R]:
     @wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
-            return fn(*args, **kwargs)
+            return _translated(fn, *args, **kwargs)
         except TaskNotFoundError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(EXIT_NOT_FOUND)
@@ -81,6 +81,21 @@ def _errors(fn: Callable[P, R]) -> Callable[P, R]:
             sys.exit(EXIT_PROBLEM)
 
     return wrapper
+
+
+def _translated(fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+    """``fn``, with any AWS error it lets out as a Dispatch error (no credentials, a
+    missing queue: configuration; an endpoint that does not answer: an AWS error),
+    never a botocore traceback."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from dispatch.store.aws import translate_error
+
+    try:
+        return fn(*args, **kwargs)
+    except (BotoCoreError, ClientError) as exc:
+        operation = getattr(exc, "operation_name", None) or "an AWS call"
+        raise translate_error(exc, operation) from exc
 
 
 def _console() -> Console:
@@ -105,10 +120,18 @@ def _progress(*, quiet: bool) -> Progress:
     )
 
 
-def _load_tasks(tasks: str | None) -> tuple[str, ...]:
+def _load_tasks(tasks: str | None, *, why: str) -> tuple[str, ...]:
+    """Import the task modules (``--tasks``, else ``DISPATCH_TASKS``); none is an error
+    that names the setting (``why``: what needs them), never a silent empty registry."""
     from dispatch.tasks.registry import default_registry
 
     modules = parse_task_modules(tasks) if tasks else Settings.from_env().task_modules
+    if not modules:
+        raise ConfigurationError(
+            f"no task modules: {why}; set {c.ENV_TASKS} to the modules that declare your "
+            f"tasks (e.g. {c.ENV_TASKS}=myapp.tasks) or pass --tasks",
+            setting=c.ENV_TASKS,
+        )
     default_registry.import_modules(modules)
     return modules
 
@@ -183,7 +206,7 @@ def run(tasks: str | None, until_empty: bool, for_s: float | None, max_in_flight
     if until_empty and for_s is not None:
         raise click.UsageError("--until-empty and --for are alternatives; pass one")
     settings = Settings.from_env()
-    _load_tasks(tasks)
+    _load_tasks(tasks, why="a dispatcher without them would dead-letter every message")
     stats = asyncio.run(
         _run(settings, until_empty=until_empty, for_s=for_s, max_in_flight=max_in_flight)
     )
@@ -234,10 +257,11 @@ async def _run(
 def init(prefix: str, as_json: bool) -> None:
     """Create the queue, DLQ and table (idempotently) on the endpoint the environment names."""
     from dispatch.local.provision import provision
-    from dispatch.store.aws import sync_clients
+    from dispatch.store.aws import aws_errors, sync_clients
 
     clients = sync_clients(Endpoint.from_env())
-    resources = provision(clients.sqs, clients.dynamodb, prefix=prefix)
+    with aws_errors(f"creating the queue, DLQ and table {prefix}-*"):
+        resources = provision(clients.sqs, clients.dynamodb, prefix=prefix)
     if as_json:
         click.echo(json.dumps(resources.as_json()))
         return
@@ -335,7 +359,7 @@ def enqueue(
         raise click.UsageError(
             "--idempotency-key makes every copy the same task; it enqueues one task only"
         )
-    _load_tasks(tasks)
+    _load_tasks(tasks, why=f"dispatch enqueue needs the module that declares {task_name!r}")
     spec = default_registry.get(task_name)
     messages: list[Message] = []
     for index, (args, kwargs) in enumerate(sets):
@@ -368,6 +392,8 @@ def _enqueue_in_chunks(messages: list[Any], *, label: str, as_json: bool) -> lis
             try:
                 ids = queue.enqueue_many(chunk)
             except DispatchError as exc:
+                if isinstance(exc, ConfigurationError) and not sent:
+                    raise  # nothing went: the cause alone (no credentials, no queue), exit 3
                 refused = list(range(start + 1, len(messages) + 1))
                 if isinstance(exc, PartialEnqueueError):
                     went = [i for i in exc.task_ids if i is not None]

@@ -19,6 +19,8 @@ import collections.abc
 import importlib
 import inspect
 import math
+import os
+import sys
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -312,15 +314,36 @@ class Registry:
         self._tasks.clear()
 
     def import_modules(self, modules: Iterable[str]) -> None:
-        """Import the modules that declare tasks (``DISPATCH_TASKS``), naming any that fails."""
+        """Import the modules that declare tasks (``DISPATCH_TASKS``), naming any that fails.
+
+        The current folder is importable, as with ``python -m`` and ``celery -A``: a
+        console script (``dispatch``) otherwise sees only its own installation, and a
+        project's ``myapp.tasks`` that ``python -c "import myapp.tasks"`` finds would
+        not be found from the same folder.
+        """
+        here = os.getcwd()
+        if here not in sys.path and "" not in sys.path:
+            sys.path.insert(0, here)
         for module in modules:
             try:
                 importlib.import_module(module)
             except ImportError as exc:
                 raise ConfigurationError(
-                    f"cannot import task module {module!r} (from {c.ENV_TASKS} or --tasks): {exc}",
+                    f"cannot import task module {module!r} (from {c.ENV_TASKS} or --tasks): "
+                    f"{exc}{_import_hint(module, exc, here)}",
                     setting=c.ENV_TASKS,
                 ) from exc
+
+
+def _import_hint(module: str, exc: ImportError, here: str) -> str:
+    """What to do when the task module's own package is not found from ``here``."""
+    top = module.split(".", maxsplit=1)[0]
+    if not isinstance(exc, ModuleNotFoundError) or exc.name != top:
+        return ""
+    return (
+        f"; {top!r} is neither in the current folder ({here}) nor installed: run from the "
+        f"folder that holds {top}/, add that folder to PYTHONPATH, or pip install your project"
+    )
 
 
 default_registry = Registry()
