@@ -18,12 +18,23 @@ from typing import Any
 
 import boto3
 import pytest
+import structlog
 
 from dispatch.core.config import Settings
 from dispatch.local.emulator import LocalAWS
 from dispatch.local.provision import provision
 
 STOCK_MOTO_ENV = "DISPATCH_LOCAL_AWS_STOCK_MOTO"
+
+
+@pytest.fixture(autouse=True)
+def _logging_config_kept() -> Iterator[None]:
+    """A test that configures logging (the CLI run in-process does) leaves the next
+    test the configuration it found: a test capturing info logs must not depend on
+    which tests ran before it in the same process."""
+    before = structlog.get_config()
+    yield
+    structlog.configure(**before)
 
 
 @pytest.fixture(scope="session")

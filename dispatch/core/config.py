@@ -56,8 +56,9 @@ class Settings:
         if missing:
             raise ConfigurationError(
                 f"missing environment variable{'s' if len(missing) > 1 else ''}: "
-                f"{', '.join(missing)} (run `dispatch init --json` to create the queue, "
-                "dead-letter queue and table and print the values to export)",
+                f'{", ".join(missing)} (run `eval "$(dispatch init)"` to create the queue, '
+                "dead-letter queue and table and export them; `dispatch init --json` prints "
+                "them as JSON)",
                 setting=missing[0],
             )
         endpoint = Endpoint.from_env(env)

@@ -4,12 +4,15 @@ Boots the emulator, creates the queue, DLQ and table from deploy/template.yaml,
 enqueues the workload from :mod:`dispatch.local.example.workload` (plus a foreign producer's
 malformed messages), drains the queue with one dispatcher and in-process
 workers, and prints what happened, with AWS requests per task counted from the
-requests actually sent.
+requests actually sent. It ends with what to try next; with ``keep`` the local AWS
+stays up (its dead letters to explore from another terminal) until Ctrl-C.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from dispatch.core import constants as c
 from dispatch.core.config import Endpoint, Settings
 from dispatch.local.emulator import LocalAWS, environment
 from dispatch.local.provision import provision
@@ -68,8 +72,32 @@ class DemoResult:
         return not self.problems
 
 
-def run_demo(*, orders: int = 240, console: Console | None = None) -> DemoResult:
-    """Run the demo on a fresh embedded local AWS; print progress and the summary."""
+NEXT_STEPS = (
+    (
+        "dispatch demo --keep",
+        "run it again and keep the local AWS up to explore the dead "
+        "letters (dispatch dlq list, dispatch dlq show ID, dispatch status)",
+    ),
+    (
+        "dispatch dev",
+        "the example app on a local AWS with a running dispatcher: enqueue "
+        "from another terminal and watch each task's outcome",
+    ),
+    ("docs/local.md", "the demo and dispatch dev explained"),
+    ("docs/operations.md", "the CLI in production: status, top, the dead-letter queue"),
+)
+
+
+def run_demo(
+    *,
+    orders: int = 240,
+    console: Console | None = None,
+    keep: bool = False,
+    wait: Callable[[], None] | None = None,
+) -> DemoResult:
+    """Run the demo on a fresh embedded local AWS; print progress, the summary and what
+    to try next. With ``keep``, print the ``export`` lines that reach the local AWS and
+    call ``wait`` (default: until Ctrl-C) before it stops."""
     from dispatch.local.example import app, workload
     from dispatch.local.example.backend import Backend
 
@@ -104,7 +132,47 @@ def run_demo(*, orders: int = 240, console: Console | None = None) -> DemoResult
             problems=tuple(_check(stats, workload.expected(orders), total, reports)),
         )
         _summary(console, result)
+        if keep:
+            _keep_running(console, {**aws.env(), **_resource_env(settings)}, wait)
+        else:
+            _next_steps(console)
         return result
+
+
+def _resource_env(settings: Settings) -> dict[str, str]:
+    from dispatch.local.example import app
+
+    return {
+        c.ENV_QUEUE_URL: settings.queue_url,
+        c.ENV_DLQ_URL: settings.dlq_url,
+        c.ENV_TABLE: settings.table,
+        c.ENV_TASKS: app.__name__,
+    }
+
+
+def _next_steps(console: Console) -> None:
+    console.print("\n[bold]Next steps[/]")
+    for what, why in NEXT_STEPS:
+        console.print(f"  [cyan]{what}[/]: {why}", highlight=False)
+
+
+def _keep_running(console: Console, env: dict[str, str], wait: Callable[[], None] | None) -> None:
+    """Print how to reach the local AWS, then wait (until Ctrl-C) before it stops."""
+    from dispatch.local.dev import print_exports
+
+    console.print("\n[bold]The local AWS stays up[/] until Ctrl-C.")
+    print_exports(console, env, heading="to explore the dead letters")
+    console.print(
+        "then: dispatch dlq list; dispatch dlq show ID; dispatch status; "
+        "dispatch dlq redrive --dry-run",
+        highlight=False,
+    )
+    (wait or _until_interrupted)()
+
+
+def _until_interrupted() -> None:
+    with contextlib.suppress(KeyboardInterrupt):
+        threading.Event().wait()
 
 
 def _provision(aws: LocalAWS, console: Console) -> tuple[Any, Settings]:

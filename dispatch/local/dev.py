@@ -51,7 +51,7 @@ from dispatch.store.aws_retry import INVOKE_RETRY
 from dispatch.tasks.cron import Schedule, parse
 from dispatch.tasks.registry import Registry, default_registry
 
-__all__ = ["DevEnvironment", "DevSummary", "run_dev", "scheduled_event"]
+__all__ = ["DevEnvironment", "DevSummary", "print_exports", "run_dev", "scheduled_event"]
 
 DEFAULT_TASKS: Final = "dispatch.local.example.app"
 SHUTDOWN_GRACE_S: Final = 10.0
@@ -165,7 +165,7 @@ def _serve_in_process(
 ) -> None:
     """Run the dispatcher loop and the in-process workers here until stopped."""
     with environment(env):
-        _print_exports(console, env)
+        print_exports(console, env)
         if on_ready is not None:
             on_ready(DevEnvironment(env, None, None, None))
         console.print("dispatcher and in-process workers running; Ctrl-C stops")
@@ -229,7 +229,7 @@ def _run_lambda_topology(
         target = function_arn(topology.dispatcher_name, qualifier="live", region=endpoint.region)
         env = _lambda_env(env, topology, endpoint_url=endpoint.endpoint_url, target=target)
         with environment(env):
-            _print_exports(console, env)
+            print_exports(console, env)
             console.print(
                 f"Lambda Invoke endpoint on {endpoint.endpoint_url}: {topology.dispatcher_name} "
                 f"(timeout {topology.dispatcher_timeout_s:g} s) on {parsed.expression}, "
@@ -368,8 +368,11 @@ def _tally(endpoint: LocalLambda) -> str:
     return f"invocations so far: {done}; running now: {endpoint.running()}"
 
 
-def _print_exports(console: Console, env: Mapping[str, str]) -> None:
-    console.print("In another terminal, to enqueue and look:")
+def print_exports(
+    console: Console, env: Mapping[str, str], *, heading: str = "to enqueue and look"
+) -> None:
+    """The ``cd`` and ``export`` lines that point another terminal at this local AWS."""
+    console.print(f"In another terminal, {heading}:")
     # The task modules import from this folder (as with `python -m`): the other
     # terminal's commands must run from it too.
     console.print(f"  cd {shlex.quote(os.getcwd())}", highlight=False, soft_wrap=True)

@@ -68,6 +68,7 @@ class LocalAWS:
         startup_timeout_s: float = 30.0,
         patch_moto: bool = True,
         round_trip_ms: Mapping[str, float] | None = None,
+        python: str | None = None,
     ) -> LocalAWS:
         """Start the emulator process and return once it accepts connections.
 
@@ -76,10 +77,13 @@ class LocalAWS:
         ``round_trip_ms`` (e.g. ``{"sqs": 20, "dynamodb": 5}``) holds each request
         to those services that long, standing in for the network to AWS
         (``--round-trip-ms`` in :mod:`dispatch.local.server`).
+        ``python`` is the interpreter that runs the server (default: this one); give
+        the one of a virtual environment where ``dispatch-aws[local]`` is installed
+        to keep its pinned moto out of this environment (docs/testing.md).
         Raises :class:`~dispatch.core.errors.DispatchError` with the child's stderr if
         it does not report ready within ``startup_timeout_s``.
         """
-        command = [sys.executable, "-m", "dispatch.local.server", "--port", str(port)]
+        command = [python or sys.executable, "-m", "dispatch.local.server", "--port", str(port)]
         if not patch_moto:
             command.append("--stock-moto")
         for service, ms in (round_trip_ms or {}).items():
@@ -89,7 +93,7 @@ class LocalAWS:
         # owns the file and closes it in stop().
         stderr = tempfile.TemporaryFile(prefix="dispatch-local-aws-", suffix=".log")  # noqa: SIM115
         try:
-            process = subprocess.Popen(  # noqa: S603 - fixed argv: this interpreter and our module
+            process = subprocess.Popen(  # noqa: S603 - fixed argv: a Python interpreter and our module
                 command,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,

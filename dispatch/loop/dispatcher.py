@@ -294,7 +294,7 @@ class Dispatcher:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self._publisher.publish()
+        await self._publisher.retire()
         await self._publisher.flush_metrics()
         await self._flush()
         await self._coordinator.aclose()

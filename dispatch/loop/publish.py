@@ -1,8 +1,11 @@
 """Publishing: a dispatcher's throttle state and activity, for logs, metrics and status views.
 
-Every few seconds each resource's throttle state is logged and, when anything
+Every few seconds each resource's throttle state is logged (at info when the
+resource had activity since the last line, at debug when idle) and, when anything
 happened, written to the table with the per-task activity (``dispatch status``
-and ``dispatch top`` read it); EMF metrics are flushed on their own period.
+and ``dispatch top`` read it); EMF metrics are flushed on their own period. On a
+clean stop the dispatcher retires: its last report is written marked
+``stopped_at``, so readers stop counting it as live at once.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from dispatch.loop.activity import TaskActivity
 from dispatch.loop.metrics import FLUSH_EVERY_S
 from dispatch.loop.observe import MetricsObserver
 from dispatch.store.aws import aws_errors
+from dispatch.store.codec import number
 from dispatch.throttle.limits import ThrottleSnapshot
 from dispatch.throttle.status import PUBLISH_EVERY_S, publish_params
 
@@ -52,6 +56,7 @@ class Publisher:
         self._metrics = metrics
         self._clock = clock
         self._last_published: dict[str, Any] | None = None
+        self._last_logged: dict[str, dict[str, Any]] = {}  # resource -> its last state line
 
     async def publish_forever(self) -> None:
         """Publish every :data:`PUBLISH_EVERY_S`."""
@@ -75,11 +80,19 @@ class Publisher:
 
     async def publish(self) -> None:
         """Log each resource's throttle state; publish it and the per-task activity."""
+        await self._publish(stopped=False)
+
+    async def retire(self) -> None:
+        """The last publish, on a clean stop: the report is written marked ``stopped_at``
+        (when there is one to mark), so ``dispatch status``/``top`` stop counting this
+        dispatcher as live now rather than when its report goes stale."""
+        await self._publish(stopped=True)
+
+    async def _publish(self, *, stopped: bool) -> None:
         snapshots = self._snapshots()
         lined_up = self._lined_up()
         for snapshot in snapshots:
-            counts = lined_up.get(snapshot.name, {})
-            log.info("throttle_state", **_snapshot_fields(snapshot, counts))
+            self._log_state(snapshot, lined_up.get(snapshot.name, {}))
         activity = self._activity.snapshot()
         stuck = self._stuck_threads()
         if stuck:
@@ -87,18 +100,38 @@ class Publisher:
             # sees them in `dispatch status` and `top` (and in the logs) at once.
             activity["stuck_threads"] = stuck
             log.warning("handler_threads_stuck", count=stuck)
-        if not _has_news(activity, self._last_published, snapshots, lined_up):
+        news = _has_news(activity, self._last_published, snapshots, lined_up)
+        # Retiring marks a report that was written before, even with no news since.
+        if not news and not (stopped and self._last_published is not None):
             return  # an idle dispatcher writes nothing: idle costs stay one request a tick
         self._last_published = activity
+        now = self._clock()
         put, directory = publish_params(
-            self._table, self._owner, snapshots, lined_up, self._clock(), activity=activity
+            self._table, self._owner, snapshots, lined_up, now, activity=activity
         )
+        if stopped:
+            put["Item"]["stopped_at"] = number(now)
         try:
             with aws_errors("PutItem"):
                 await self._dynamodb.put_item(**put)
                 await self._dynamodb.update_item(**directory)
         except DispatchError as exc:
             log.warning("throttle_state_not_published", error=str(exc))
+
+    def _log_state(self, snapshot: ThrottleSnapshot, lined_up: dict[str, int]) -> None:
+        """One ``throttle_state`` line: at info when the resource had activity since its
+        last line (tasks started, waited or in flight, messages lined up), else at debug,
+        so an idle dispatcher stays quiet."""
+        fields = _snapshot_fields(snapshot, lined_up)
+        last = self._last_logged.get(snapshot.name)
+        before = (0, 0) if last is None else (last["started"], last["waits"])
+        moved = before != (fields["started"], fields["waits"])
+        busy = moved or any(fields[k] for k in ("in_flight", "waiting", "deferred"))
+        self._last_logged[snapshot.name] = fields
+        if busy:
+            log.info("throttle_state", **fields)
+        else:
+            log.debug("throttle_state", **fields)
 
 
 def _has_news(
@@ -127,6 +160,7 @@ def _snapshot_fields(snapshot: ThrottleSnapshot, lined_up: dict[str, int]) -> di
         "effective_rate_per_s": snapshot.effective_rate_per_s,
         "in_flight": snapshot.in_flight,
         "max_concurrency": snapshot.max_concurrency,
+        "started": snapshot.started,
         "waiting": lined_up.get("waiting", 0),
         "deferred": lined_up.get("deferred", 0),
         "waits": snapshot.waits,

@@ -38,6 +38,12 @@ _PIPE_WIDTH = 200  # columns for tables written to a pipe or file (rich's defaul
 EXIT_PROBLEM = 1
 EXIT_CONFIG = 3
 EXIT_NOT_FOUND = 4
+DISTRIBUTION = "dispatch-aws"  # the installed distribution whose version --version prints
+
+
+def _examples(*lines: str) -> str:
+    """An epilog of command lines for ``--help`` (``\b``: click keeps them unwrapped)."""
+    return "\b\nExamples:\n" + "\n".join(f"  {line}" for line in lines)
 
 
 class _Seconds(click.ParamType[float]):
@@ -137,6 +143,7 @@ def _load_tasks(tasks: str | None, *, why: str) -> tuple[str, ...]:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name=DISTRIBUTION, prog_name="dispatch")
 @click.option(
     "--log-level",
     default=None,
@@ -153,10 +160,19 @@ def cli(ctx: click.Context, log_level: str | None, log_json: bool | None) -> Non
     default = {"run": "INFO", "dev": "INFO", "demo": "ERROR"}.get(
         ctx.invoked_subcommand or "", "WARNING"
     )
-    configure_logging(level=log_level or default, json=log_json)
+    # dev shows each task's outcome (task_succeeded, one line each) at info; run keeps
+    # them at debug: a line per task would flood production logs.
+    dev = ctx.invoked_subcommand == "dev"
+    configure_logging(level=log_level or default, json=log_json, outcomes=dev)
 
 
-@cli.command()
+@cli.command(
+    epilog=_examples(
+        "dispatch demo",
+        "dispatch demo --orders 1000",
+        "dispatch demo --keep                # then explore the dead letters",
+    )
+)
 @click.option(
     "--orders",
     default=240,
@@ -164,17 +180,29 @@ def cli(ctx: click.Context, log_level: str | None, log_json: bool | None) -> Non
     type=click.IntRange(1, 5000),
     help="Orders in the workload.",
 )
+@click.option(
+    "--keep",
+    is_flag=True,
+    help="Keep the local AWS running after the summary (prints the export lines to "
+    "explore it from another terminal) until Ctrl-C.",
+)
 @_errors
-def demo(orders: int) -> None:
+def demo(orders: int, keep: bool) -> None:
     """Run the example workload end to end on the embedded local AWS."""
     from dispatch.local.demo import run_demo
 
-    result = run_demo(orders=orders, console=Console())
+    result = run_demo(orders=orders, console=Console(), keep=keep)
     if not result.ok:
         sys.exit(EXIT_PROBLEM)
 
 
-@cli.command()
+@cli.command(
+    epilog=_examples(
+        "dispatch run --tasks myapp.tasks",
+        "dispatch run --until-empty          # drain the queue, then exit",
+        "dispatch run --for 300 --max-in-flight 128",
+    )
+)
 @click.option(
     "--tasks",
     "tasks",
@@ -245,7 +273,13 @@ async def _run(
             await dispatcher.runner.aclose()
 
 
-@cli.command()
+@cli.command(
+    epilog=_examples(
+        "dispatch init                       # prints export lines",
+        'eval "$(dispatch init --prefix myapp)"',
+        "dispatch init --json",
+    )
+)
 @click.option(
     "--prefix",
     default="dispatch",
@@ -285,7 +319,15 @@ def _argument_set(text: str, *, where: str) -> tuple[tuple[Any, ...], dict[str, 
     return (tuple(parsed), {}) if isinstance(parsed, list) else ((), dict(parsed))
 
 
-@cli.command()
+@cli.command(
+    epilog=_examples(
+        """dispatch enqueue charge --args '{"order_id": 42}'""",
+        "dispatch enqueue resize --args '[\"a.png\", 64]' --delay-s 30",
+        "dispatch enqueue ping --count 100",
+        "dispatch enqueue charge --from-file orders.jsonl",
+        """dispatch enqueue charge --args '{"order_id": 42}' --group customer-7  # FIFO""",
+    )
+)
 @click.argument("task_name", metavar="TASK")
 @click.option(
     "--args",
@@ -317,6 +359,10 @@ def _argument_set(text: str, *, where: str) -> tuple[tuple[Any, ...], dict[str, 
     help="Run no earlier than this many seconds from now.",
 )
 @click.option("--idempotency-key", help="The same key enqueues the task once (one task only).")
+@click.option(
+    "--group",
+    help="FIFO message group (SQS MessageGroupId); a standard queue ignores it.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of the task ids.")
 @_errors
 def enqueue(
@@ -328,6 +374,7 @@ def enqueue(
     tasks: str | None,
     delay_s: float | None,
     idempotency_key: str | None,
+    group: str | None,
     as_json: bool,
 ) -> None:
     """Enqueue a task (or many: --count N, --from-file FILE); prints the task ids, one a line.
@@ -340,9 +387,9 @@ def enqueue(
     if from_file is not None and (args_json is not None or count != 1):
         raise click.UsageError("--from-file gives the argument sets; drop --args and --count")
     try:
-        options = MessageOptions(delay_s=delay_s, idempotency_key=idempotency_key)
-    except DispatchError as exc:  # only the key can be wrong here: _Seconds checked the delay
-        raise click.BadParameter(str(exc), param_hint="--idempotency-key") from exc
+        options = MessageOptions(delay_s=delay_s, idempotency_key=idempotency_key, group=group)
+    except DispatchError as exc:  # only the key or group can be wrong: _Seconds checked the delay
+        raise click.BadParameter(str(exc), param_hint="--idempotency-key/--group") from exc
     sets: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
     line_numbers: list[int] = []  # of each argument set in the file (blank lines skipped)
     name = getattr(from_file, "name", "FILE")
@@ -426,7 +473,13 @@ def _ranges(numbers: list[int]) -> str:
     return ", ".join(spans)
 
 
-@cli.command()
+@cli.command(
+    epilog=_examples(
+        "dispatch status",
+        "dispatch status --json | jq .queue",
+        'dispatch status "$TASK_ID"          # one task record',
+    )
+)
 @click.argument("task_id", required=False)
 @click.option(
     "--max-scan",
@@ -531,7 +584,13 @@ def top(interval_s: float, once: bool, as_json: bool) -> None:
     run_live(read, interval_s=interval_s, console=Console())
 
 
-@cli.command()
+@cli.command(
+    epilog=_examples(
+        "dispatch dev                        # the example app",
+        "dispatch dev --tasks myapp.tasks",
+        'dispatch dev --lambda --schedule "rate(1 minute)"',
+    )
+)
 @click.option(
     "--lambda",
     "lambda_mode",
@@ -607,7 +666,13 @@ def _dlq_context() -> tuple[Any, Settings]:
 
 
 @dlq.command("list")
-@click.option("--limit", type=click.IntRange(1, 100_000), default=100, show_default=True)
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 100_000),
+    default=100,
+    show_default=True,
+    help="List at most this many dead letters.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines, one per message.")
 @_errors
 def dlq_list(limit: int, as_json: bool) -> None:
@@ -655,7 +720,13 @@ def dlq_show(message_or_task_id: str, as_json: bool) -> None:
     raise TaskNotFoundError(message_or_task_id)
 
 
-@dlq.command("redrive")
+@dlq.command(
+    "redrive",
+    epilog=_examples(
+        "dispatch dlq redrive --dry-run",
+        "dispatch dlq redrive --task charge --limit 10",
+    ),
+)
 @click.option("--task", "task_name", help="Only tasks of this name.")
 @click.option("--limit", type=click.IntRange(1, 1_000_000), help="At most this many.")
 @click.option("--dry-run", is_flag=True, help="Show what would move; move nothing.")
@@ -713,7 +784,14 @@ def cron() -> None:
 
 @cron.command("next")
 @click.argument("expression")
-@click.option("-n", "count", type=click.IntRange(1, 1000), default=5, show_default=True)
+@click.option(
+    "-n",
+    "count",
+    type=click.IntRange(1, 1000),
+    default=5,
+    show_default=True,
+    help="How many fire times to print.",
+)
 @click.option("--after", help="ISO-8601 time to start from (default: now, UTC).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of ISO-8601 UTC times.")
 @_errors

@@ -229,6 +229,6 @@ def overview(
         resources=combine_resources(
             clients.dynamodb, settings.table, reports, queued=queue.visible + queue.delayed
         ),
-        dispatchers=len(reports),
+        dispatchers=sum(1 for r in reports if r.live),
         stuck_threads=stuck_threads(reports),
     )

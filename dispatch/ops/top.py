@@ -138,7 +138,7 @@ def read_frame(clients: SyncClients, settings: Settings, *, now: float | None = 
         resources=combine_resources(
             clients.dynamodb, settings.table, reports, queued=queue.visible + queue.delayed
         ),
-        dispatchers=len(reports),
+        dispatchers=sum(1 for r in reports if r.live),  # a stopped one's figures still count
         stuck_threads=stuck_threads(reports),
     )
 

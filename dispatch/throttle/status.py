@@ -111,6 +111,14 @@ class DispatcherReport:
     published_at: float | None
     resources: dict[str, dict[str, Any]]
     activity: dict[str, Any]  # dispatch.loop.activity.TaskActivity.snapshot(); {} if not published
+    stopped_at: float | None = None
+    """When it retired on a clean stop: its last figures stay readable while the report
+    is fresh, but it no longer counts as a live dispatcher."""
+
+    @property
+    def live(self) -> bool:
+        """False once the dispatcher has stopped (its report may still be fresh)."""
+        return self.stopped_at is None
 
 
 def publish_params(
@@ -157,7 +165,11 @@ def read_status(
 
 
 def read_dispatchers(client: DynamoDBClient, table: str, *, now: float) -> list[DispatcherReport]:
-    """The last report of every live dispatcher; forgets dead ones from the directory."""
+    """The last fresh report of every dispatcher; forgets stale ones from the directory.
+
+    A dispatcher that retired on a clean stop left a last report marked ``stopped_at``:
+    it is returned (its figures are what just ran) with ``live`` False, and forgotten
+    like any other once stale."""
     with aws_errors("GetItem"):
         directory = client.get_item(TableName=table, Key=_DIRECTORY_KEY, ConsistentRead=True)
     members = sorted(directory.get("Item", {}).get("members", {}).get("SS", []))
@@ -181,6 +193,7 @@ def read_dispatchers(client: DynamoDBClient, table: str, *, now: float) -> list[
                     else None,
                     resources=json.loads(item["resources"]["S"]),
                     activity=json.loads(item["activity"]["S"]) if "activity" in item else {},
+                    stopped_at=read_number(item["stopped_at"]) if "stopped_at" in item else None,
                 )
             )
     if dead:

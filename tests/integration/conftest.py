@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -124,3 +126,16 @@ def dispatch_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Co
         cwd=REPO,
         check=False,
     )
+
+
+WAIT_S = 60.0  # the bound on a wait for something a test expects soon; never near it
+
+
+def wait_until(condition: Callable[[], bool], *, what: str, timeout_s: float = WAIT_S) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout_s`` (a
+    bounded wait for a condition, never a sleep that guesses how long it takes)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s:g} s waiting for {what}")
+        threading.Event().wait(0.02)

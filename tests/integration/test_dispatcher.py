@@ -150,11 +150,12 @@ async def test_permanent_error_and_unlisted_exceptions_skip_retries(
         parse_attributes(m["MessageAttributes"])["task"]: parse_attributes(m["MessageAttributes"])
         for m in receive_all(clients, aws_env.dlq_url)
     }
-    assert reasons["refuse"]["error"] == {
-        "type": "PermanentError",
-        "message": "card reported stolen",
-        "traceback": reasons["refuse"]["error"]["traceback"],
-    }
+    refused = reasons["refuse"]["error"]
+    assert (refused["type"], refused["message"]) == ("PermanentError", "card reported stolen")
+    assert set(refused) == {"type", "message", "traceback"}
+    # the traceback is the handler's own: it names the raising line and ends in the error
+    assert 'raise PermanentError("card reported stolen")' in refused["traceback"]
+    assert refused["traceback"].rstrip().endswith("PermanentError: card reported stolen")
     assert reasons["typo"]["reason"] == "not_retryable"
 
 

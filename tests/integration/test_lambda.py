@@ -474,22 +474,30 @@ async def test_short_tasks_share_invocations_and_long_ones_do_not(
         *(invoker.run(double, (), {"n": i}, _context(i)) for i in range(25))
     )
     batched = invoker.stats.invocations
+    # One invoker for the long attempts (timeout 10 s, over its 7 s line; double's 5 s is
+    # under it), with a batch window wide enough to pack them had they been batchable.
+    alone = LambdaInvoker(
+        lambda_client,
+        function_name=worker,
+        options=InvokerOptions(batch_max_timeout_s=7.0, batch_window_s=0.5),
+    )
     long = await asyncio.gather(
-        *(
-            LambdaInvoker(
-                lambda_client,
-                function_name=worker,
-                options=InvokerOptions(batch_max_timeout_s=1.0),
-            ).run(slow, (), {"seconds": 0.01}, _context(i))
-            for i in range(2)
-        )
+        *(alone.run(slow, (), {"seconds": 0.01}, _context(i)) for i in range(4))
+    )
+    short_on_it = await asyncio.gather(
+        *(alone.run(double, (), {"n": i}, _context(i)) for i in range(4))
     )
     await invoker.aclose()
+    await alone.aclose()
 
     assert [o.result for o in short] == [2 * i for i in range(25)]
     assert batched == 3
     assert invoker.stats.attempts_per_invocation == pytest.approx(25 / 3)
     assert all(o.succeeded for o in long)
+    assert [o.result for o in short_on_it] == [0, 2, 4, 6]
+    # 4 long attempts, one invocation each; then the 4 short ones share one
+    assert alone.stats.invocations == 4 + 1
+    assert alone.stats.attempts == 8
 
 
 async def test_payloads_over_the_invoke_limit_are_split_or_refused(
@@ -551,6 +559,8 @@ def test_endpoint_speaks_the_invoke_api_to_the_stock_client(endpoint: LocalLambd
         "lambda",
         endpoint_url=endpoint.endpoint_url,
         region_name="us-east-1",
+        aws_access_key_id="testing",  # its own: the test must not lean on another's env
+        aws_secret_access_key="testing",  # noqa: S106 - the emulator takes any key
         config=Config(retries={"total_max_attempts": 1}),
     )
 

@@ -8,7 +8,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -119,12 +119,13 @@ async def test_one_failing_item_is_retried_alone_and_the_others_not_rerun(
     when the dispatcher drains the queue, then that item alone is retried (a second
     handler call with only it) and succeeds; the others ran once, with attempt 1."""
     calls: list[list[str]] = []
+    contexts: list[type] = []  # checked below: an assert in the handler would only retry
 
     @task(registry=registry, batch_size=10, batch_window_s=1.0, retry=FAST)
     def index_docs(docs: list[str]) -> list[str]:
         calls.append(list(docs))
-        context = current_task()
-        assert isinstance(context, BatchContext)
+        contexts.append(type(current_task()))
+        context = cast(BatchContext, current_task())
         failing = {
             i: ConnectionError(f"search node refused {doc}")
             for i, (doc, item) in enumerate(zip(docs, context.items, strict=True))
@@ -139,6 +140,7 @@ async def test_one_failing_item_is_retried_alone_and_the_others_not_rerun(
 
     stats = await drain(aws_env, registry)
 
+    assert contexts == [BatchContext, BatchContext]
     assert sorted(calls[0]) == sorted(names) and calls[1:] == [["flaky"]]
     assert (stats.succeeded, stats.retried, stats.dead) == (4, 1, 0)
     found = dict(zip(names, records(clients, aws_env, ids), strict=True))
@@ -282,11 +284,12 @@ async def test_a_batch_that_cannot_finish_by_the_deadline_is_released(
     item is released (visible again at once, its attempt given back) and the next run
     completes them all as attempt 1."""
     attempts: list[tuple[int, ...]] = []
+    contexts: list[type] = []  # checked below: an assert in the handler would only retry
 
     @task(registry=registry, batch_size=10, batch_window_s=0.2, timeout_s=60)
     async def slow(docs: list[str]) -> None:
-        context = current_task()
-        assert isinstance(context, BatchContext)
+        contexts.append(type(current_task()))
+        context = cast(BatchContext, current_task())
         attempts.append(tuple(item.attempt for item in context.items))
         if len(attempts) == 1:
             await asyncio.sleep(60)
@@ -308,6 +311,7 @@ async def test_a_batch_that_cannot_finish_by_the_deadline_is_released(
     stats = await drain(aws_env, registry)
 
     assert stats.succeeded == 3
+    assert set(contexts) == {BatchContext}
     assert attempts[0] == (1, 1, 1) and all(set(a) == {1} for a in attempts[1:])
     assert sum(len(a) for a in attempts[1:]) == 3
 
@@ -385,12 +389,13 @@ def test_batch_tasks_run_on_the_worker_function_and_settle_per_item(
     flaky item alone is retried and succeeds, the doomed one alone is dead-lettered
     with its reason, and the others succeed with their results."""
     calls: list[list[str]] = []
+    contexts: list[type] = []  # checked below: an assert in the handler would only retry
 
     @task(registry=topology.registry, batch_size=5, batch_window_s=0.5, retry=FAST, timeout_s=5)
     def index_docs(docs: list[str]) -> list[str]:
         calls.append(list(docs))
-        context = current_task()
-        assert isinstance(context, BatchContext)
+        contexts.append(type(current_task()))
+        context = cast(BatchContext, current_task())
         failures: dict[int | str, BaseException] = {}
         for i, (doc, item) in enumerate(zip(docs, context.items, strict=True)):
             if doc == "flaky" and item.attempt == 1:
@@ -407,6 +412,7 @@ def test_batch_tasks_run_on_the_worker_function_and_settle_per_item(
     summary = topology.invoke_dispatcher()
 
     assert (summary["succeeded"], summary["retried"], summary["dead"]) == (6, 1, 1)
+    assert contexts and set(contexts) == {BatchContext}
     assert sorted(doc for call in calls for doc in call) == sorted([*names, "flaky"])
     assert calls[-1] == ["flaky"]
     worker_calls = [i for i in topology.endpoint.invocations if i.function == topology.worker]

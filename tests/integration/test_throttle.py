@@ -39,16 +39,18 @@ async def test_rate_and_burst_hold_and_waiting_spends_no_attempt(
     (25 - 3) / 10 s, and every task succeeded on its first attempt."""
     api = Resource("partner-api", rate_per_s=10, burst=3)
     starts: list[float] = []
+    attempts: list[int] = []  # checked below: an assert in the handler would only retry
 
     @task(registry=registry, resource=api)
     async def call(n: int) -> None:
         starts.append(time.time())
-        assert current_task().attempt == 1
+        attempts.append(current_task().attempt)
 
     ids = queue.enqueue_many([call.message(n) for n in range(25)])
     stats = await drain(aws_env, registry)
 
     assert stats.succeeded == 25
+    assert attempts == [1] * 25
     assert max_in_any_window(starts, 10) <= 3
     assert max(starts) - min(starts) >= (25 - 3) / 10 - 0.05
     store = SyncStateStore(clients.dynamodb, aws_env.table)
@@ -251,15 +253,14 @@ async def test_a_slot_frees_when_the_handler_returns_not_when_it_is_settled(
     when the handler returned, so the cap limits the resource, not the bookkeeping."""
     pool = Resource("one-connection", max_concurrency=1)
     store = SyncStateStore(clients.dynamodb, aws_env.table)
-    seen: list[Status] = []
+    seen: list[Status | None] = []  # None: no record (checked below, not in the handler)
     previous: list[str] = []
 
     @task(registry=registry, resource=pool)
     def use(n: int) -> None:
         if previous:
             record = store.get(previous[-1])
-            assert record is not None
-            seen.append(record.status)
+            seen.append(None if record is None else record.status)
         previous.append(current_task().task_id)
 
     queue.enqueue_many([use.message(n) for n in range(3)])

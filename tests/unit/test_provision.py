@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -118,9 +119,16 @@ def test_load_template_refuses_what_is_not_a_template(
 
 @pytest.mark.parametrize("prefix", ["dispatch", "a", "my_app-2", "x" * MAX_PREFIX_LENGTH])
 def test_validate_prefix_accepts_sqs_queue_name_characters(prefix: str) -> None:
-    """Letters, digits, '-' and '_' up to the length that leaves room for '-tasks.fifo'."""
+    """Letters, digits, '-' and '_' up to the length that leaves room for '-tasks.fifo':
+    every name the provisioner builds from an accepted prefix (each resource, standard or
+    FIFO) is a valid SQS queue name (letters, digits, '-', '_', '.fifo'; 80 at most)."""
     assert validate_prefix(prefix) == prefix
-    assert len(f"{prefix}-tasks.fifo") <= 80
+    for logical_id in provision_module.NAME_SUFFIXES:
+        for fifo in (False, True):
+            name = provision_module._physical_name(prefix, logical_id, {"FifoQueue": fifo})
+            assert re.fullmatch(r"[A-Za-z0-9_-]+(\.fifo)?", name), name
+            assert len(name) <= 80, name
+            assert name.endswith(".fifo") is fifo
 
 
 @pytest.mark.parametrize(

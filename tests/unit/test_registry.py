@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import math
+import sys
+import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -405,9 +408,21 @@ def test_specs_are_sorted_and_reset_forgets_them() -> None:
     assert "charge" not in registry
 
 
-def test_import_modules_imports_existing_modules() -> None:
-    """Given importable module names, when imported, then no error."""
-    Registry().import_modules(["json", "dispatch.core.constants"])
+def test_import_modules_imports_existing_modules(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given importable module names (one never imported before), when imported, then
+    each is in sys.modules and the new one's code ran."""
+    name = f"tasks_{uuid.uuid4().hex}"
+    (tmp_path / f"{name}.py").write_text("IMPORTED = True\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert name not in sys.modules
+
+    Registry().import_modules(["json", name])
+
+    assert sys.modules[name].IMPORTED is True
+    assert "json" in sys.modules
+    monkeypatch.delitem(sys.modules, name)
 
 
 def test_import_modules_names_a_missing_module() -> None:

@@ -49,10 +49,20 @@ def test_retry_refuses_bad_settings_naming_them(options: dict[str, Any], named: 
 
 
 def test_retry_accepts_the_boundaries() -> None:
-    """Given the extreme allowed values, when a Retry is made, then it is accepted."""
-    Retry(max_attempts=1, base_delay_s=0, max_delay_s=0)
-    Retry(max_attempts=c.MAX_ATTEMPTS_LIMIT, max_delay_s=c.SQS_MAX_VISIBILITY_S)
-    Retry(base_delay_s=5, max_delay_s=5, retry_on=(BaseException,))
+    """Given the extreme allowed values, when a Retry is made, then it is accepted and
+    behaves as its settings say (one attempt, no delay; the attempt and 12 h limits;
+    a fixed delay retrying any exception)."""
+    once = Retry(max_attempts=1, base_delay_s=0, max_delay_s=0)
+    most = Retry(max_attempts=c.MAX_ATTEMPTS_LIMIT, max_delay_s=c.SQS_MAX_VISIBILITY_S)
+    fixed = Retry(base_delay_s=5, max_delay_s=5, retry_on=(BaseException,))
+
+    assert not once.has_attempts_left(1)
+    assert once.delay_s(1) == 0
+    assert most.has_attempts_left(c.MAX_ATTEMPTS_LIMIT - 1)
+    assert not most.has_attempts_left(c.MAX_ATTEMPTS_LIMIT)
+    assert most.delay_s(c.MAX_ATTEMPTS_LIMIT - 1) <= c.SQS_MAX_VISIBILITY_S
+    assert {fixed.delay_s(n) for n in range(1, 6)} == {5}
+    assert fixed.is_retryable(KeyboardInterrupt())
 
 
 def test_retry_accepts_a_bare_exception_class_as_retry_on() -> None:

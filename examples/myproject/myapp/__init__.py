@@ -1,0 +1,1 @@
+"""myproject's application package: its Dispatch tasks live in myapp.tasks."""
