@@ -612,7 +612,12 @@ def dev(lambda_mode: bool, tasks: str | None, schedule: str | None) -> None:
     """Run the embedded local AWS and a dispatcher (local workers, or --lambda) until Ctrl-C."""
     from dispatch.local.dev import run_dev
 
-    run_dev(lambda_mode=lambda_mode, tasks=tasks, schedule=schedule, console=Console())
+    try:
+        run_dev(lambda_mode=lambda_mode, tasks=tasks, schedule=schedule, console=Console())
+    except KeyboardInterrupt:
+        # Ctrl-C before the dispatcher's own handler is installed (the first moment after
+        # "running" is printed): the local AWS was stopped on the way out; a clean exit.
+        click.echo("stopped", err=True)
 
 
 @cli.command("task")
