@@ -223,6 +223,7 @@ def redrive(
     report = RedriveReport(dry_run=dry_run)
     kept: list[DeadLetterEntry] = []
     batch: list[DeadLetterEntry] = []
+    revived: set[str | None] = set()  # dry run: the task ids a dead letter would revive
     try:
         for entry in iter_dead_letters(clients, settings):
             if (task is not None and entry.task != task) or (
@@ -234,11 +235,25 @@ def redrive(
             batch.append(entry)
             if len(batch) == c.SQS_MAX_BATCH_ENTRIES:
                 _redrive_batch(
-                    clients, settings, batch, report=report, kept=kept, progress=progress
+                    clients,
+                    settings,
+                    batch,
+                    report=report,
+                    kept=kept,
+                    revived=revived,
+                    progress=progress,
                 )
                 batch = []
         if batch:
-            _redrive_batch(clients, settings, batch, report=report, kept=kept, progress=progress)
+            _redrive_batch(
+                clients,
+                settings,
+                batch,
+                report=report,
+                kept=kept,
+                revived=revived,
+                progress=progress,
+            )
             batch = []
     finally:
         release(clients, settings, kept + batch)
@@ -252,11 +267,12 @@ def _redrive_batch(
     *,
     report: RedriveReport,
     kept: list[DeadLetterEntry],
+    revived: set[str | None],
     progress: Callable[[int], None] | None,
 ) -> None:
-    """Revive the dead among ``batch`` (dry: say which would be) and move them back."""
+    """Revive the dead among ``batch`` (dry: say which would be, ``revived`` holding the
+    task ids earlier batches would revive) and move them back."""
     if report.dry_run:
-        revived = {e.task_id for e in report.redriven if _tracked(e)}
         revivable, not_dead = _would_revive(clients, settings, batch, revived=revived)
         kept.extend(batch)
     else:

@@ -492,10 +492,8 @@ def exhausted_params(
             "SET #s = :dead, dead_reason = :reason, last_error = :error, "
             "finished_at = :now, updated_at = :now, expires_at = :ttl REMOVE lease_until"
         ),
-        "ConditionExpression": (
-            "attempts >= :max_attempts AND (#s IN (:queued, :retrying) "
-            "OR (#s = :running AND lease_until < :now))"
-        ),
+        # The records a claim could start from, with every attempt spent.
+        "ConditionExpression": f"attempts >= :max_attempts AND ({_CLAIMABLE})",
         "ExpressionAttributeNames": {"#s": "status"},
         "ExpressionAttributeValues": _values(
             dead=Status.DEAD.value,
