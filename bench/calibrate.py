@@ -9,9 +9,10 @@ emulator CPU per request (``/proc``) and median round-trip time. With the reques
 counts per task it predicts the emulator CPU a task needs: the drain ceiling on
 this machine, and the evidence of what limits a throughput figure.
 
-It also measures the emulator's ceiling for the claim: conditional UpdateItems
-sent from several threads at once, as fast as it answers them. A dispatcher that
-claims every task in its own request cannot drain faster than that.
+It also measures the emulator's ceiling for the single claim: conditional
+UpdateItems sent from several threads at once, as fast as it answers them. A
+dispatcher that claims every task in its own request (``batch_claims=False``, or
+an endpoint without PartiQL batches) cannot drain faster than that.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from typing import Any, Final
 from bench import workload
 from bench.cpu import process_cpu_s
 from bench.stage import Stage
-from dispatch.store import state
+from dispatch.core.record import ClaimAsk
+from dispatch.store import state, statements
 
 __all__ = ["CLAIM_CEILING", "DRAIN_LABELS", "ENQUEUE_LABELS", "run_calibration"]
 
@@ -45,7 +47,8 @@ ENQUEUE_LABELS: Final = {
 """Request counted in the enqueue phase -> the calibrated request it stands for."""
 DRAIN_LABELS: Final = {
     "sqs.ReceiveMessage": "sqs.ReceiveMessage (10)",
-    "dynamodb.UpdateItem": "dynamodb.UpdateItem (claim)",
+    "dynamodb.BatchExecuteStatement": "dynamodb.BatchExecuteStatement (10 claims)",
+    "dynamodb.UpdateItem": "dynamodb.UpdateItem (claim, one by one)",
     "dynamodb.BatchWriteItem": "dynamodb.BatchWriteItem (25 succeeded records)",
     "sqs.DeleteMessageBatch": "sqs.DeleteMessageBatch (10)",
     "sqs.DeleteMessage": "sqs.DeleteMessage",
@@ -113,6 +116,13 @@ def run_calibration(stage: Stage, *, rounds: int) -> dict[str, dict[str, float]]
         [_claim(dynamodb, table, e, now) for e in envelopes[:rounds]],
     )
     template = dict(claimed[0]["Attributes"])
+    measure(
+        DRAIN_LABELS["dynamodb.BatchExecuteStatement"],
+        [
+            _claim_batch(dynamodb, table, chunk, now)
+            for chunk in _chunks(envelopes[-_BATCH * rounds :], _BATCH)
+        ],
+    )
     measure(
         DRAIN_LABELS["dynamodb.BatchWriteItem"],
         [
@@ -182,6 +192,25 @@ def _claim(client: Any, table: str, envelope: Any, now: float) -> Callable[[], A
         table, envelope, message_id=uuid.uuid4().hex, now=now, timeout_s=60.0
     )
     return lambda: client.update_item(**params)
+
+
+def _claim_batch(client: Any, table: str, envelopes: list[Any], now: float) -> Callable[[], Any]:
+    entries = [
+        statements.claim_statement(
+            table,
+            ClaimAsk(
+                e,
+                message_id=uuid.uuid4().hex,
+                now=now,
+                timeout_s=60.0,
+                token=state.claim_token(e.id),
+            ),
+            old=None,
+        ).entry()
+        for e in envelopes
+    ]
+    sent = [{k: v for k, v in e.items() if k != statements.KEY_FIELD} for e in entries]
+    return lambda: client.batch_execute_statement(Statements=sent)
 
 
 def _succeeded_copy(claimed: dict[str, Any], now: float) -> dict[str, Any]:

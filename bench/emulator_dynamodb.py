@@ -52,9 +52,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
-from botocore.config import Config
-
 from bench.cpu import process_cpu_s
 from dispatch.core.envelope import Envelope
 from dispatch.local.emulator import LocalAWS
@@ -103,7 +100,7 @@ def main() -> int:
     results: dict[str, dict[str, dict[str, float]]] = {}
     for emulator in emulators:
         with LocalAWS.start(patch_moto=emulator == "patched") as aws:
-            client = _client(aws)
+            client = aws.client("dynamodb")
             results[emulator] = {}
             for shape in shapes:
                 aws.reset()
@@ -347,17 +344,6 @@ def _transact_ten(client: Any, envelopes: list[Envelope], now: float) -> None:
 
 
 # --- plumbing ---------------------------------------------------------------------------------
-def _client(aws: LocalAWS) -> Any:
-    return boto3.client(
-        "dynamodb",
-        endpoint_url=aws.endpoint_url,
-        region_name=aws.region,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",  # noqa: S106 - moto ignores credentials
-        config=Config(retries={"max_attempts": 1}),
-    )
-
-
 def _create_table(client: Any) -> None:
     client.create_table(
         TableName=TABLE,

@@ -41,6 +41,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -295,7 +296,9 @@ DISPATCHER_GRANTS: Final[tuple[Grant, ...]] = (
         "dynamodb",
         STATE_TABLE,
         "task records (claims, transitions, periodic tasks' idempotent records), shared "
-        "throttle buckets and slots, throttle status, dispatcher leases",
+        "throttle buckets and slots, throttle status, dispatcher leases; claims and "
+        "successes in batches of PartiQL UPDATEs, and the probe that checks them first",
+        "BatchExecuteStatement",
         "UpdateItem",
         "GetItem",
         "PutItem",
@@ -317,6 +320,8 @@ _IAM_ACTIONS: Final = {
     ("sqs", "ChangeMessageVisibilityBatch"): "sqs:ChangeMessageVisibility",
     ("sqs", "SendMessageBatch"): "sqs:SendMessage",
     ("lambda", "Invoke"): "lambda:InvokeFunction",
+    # PartiQL is authorized by statement kind; Dispatch's batches are UPDATEs only.
+    ("dynamodb", "BatchExecuteStatement"): "dynamodb:PartiQLUpdate",
 }
 
 
@@ -364,7 +369,13 @@ def _resources_named(params: Mapping[str, Any]) -> list[str]:
             return [str(params[key])]
     if "RequestItems" in params:  # BatchWriteItem, BatchGetItem
         return [str(name) for name in params["RequestItems"]]
+    if "Statements" in params:  # BatchExecuteStatement: each statement names its table
+        named = [_STATEMENT_TABLE.match(str(s.get("Statement", ""))) for s in params["Statements"]]
+        return [m.group(1) if m else "<no resource>" for m in named] or ["<no resource>"]
     return ["<no resource>"]
+
+
+_STATEMENT_TABLE: Final = re.compile(r'\s*(?:UPDATE|SELECT\s.*?\sFROM)\s+"([^"]+)"', re.I | re.S)
 
 
 # --- scaling out -------------------------------------------------------------------------

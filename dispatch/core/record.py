@@ -16,9 +16,10 @@ from typing import Any, Final
 from boto3.dynamodb.types import TypeDeserializer
 
 from dispatch.core import constants as c
+from dispatch.core.envelope import Envelope
 from dispatch.core.outcome import ErrorInfo
 
-__all__ = ["Claim", "ClaimStatus", "Status", "TaskRecord", "iso"]
+__all__ = ["Claim", "ClaimAsk", "ClaimStatus", "Status", "TaskRecord", "iso"]
 
 _DESERIALIZER: Final = TypeDeserializer()
 
@@ -146,6 +147,24 @@ class Claim:
     status: ClaimStatus
     record: TaskRecord
     item: dict[str, Any] = field(default_factory=dict)  # the record as stored (claimed only)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimAsk:
+    """What a claim asks: start an attempt of ``envelope``'s task for this delivery.
+
+    ``token`` is a hash of this receive's receipt handle (a repeat of the same claim
+    knows the attempt as its own); no attempt beyond ``max_attempts`` starts; with
+    ``require_record`` a missing record is not a first sight (it expired).
+    """
+
+    envelope: Envelope
+    message_id: str
+    now: float
+    timeout_s: float
+    token: str | None = None
+    max_attempts: int | None = None
+    require_record: bool = False
 
 
 def iso(epoch_s: float) -> str:

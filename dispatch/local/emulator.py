@@ -30,7 +30,7 @@ import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Final, Self
+from typing import IO, Any, Final, Self
 
 import dispatch
 from dispatch.core import constants as c
@@ -142,6 +142,23 @@ class LocalAWS:
             "AWS_ACCESS_KEY_ID": _DUMMY_ACCESS_KEY_ID,
             "AWS_SECRET_ACCESS_KEY": _DUMMY_SECRET_ACCESS_KEY,
         }
+
+    def client(self, service: str, **config: Any) -> Any:
+        """A boto3 client on the emulator that makes one attempt per call (an emulator
+        error is seen, not retried away); ``config``: more ``botocore.config.Config``
+        options (``max_pool_connections``, ``parameter_validation``)."""
+        import boto3
+        from botocore.config import Config
+
+        make: Any = boto3.client  # typed per service name; ours is any
+        return make(
+            service,
+            endpoint_url=self._endpoint_url,
+            region_name=self.region,
+            aws_access_key_id=_DUMMY_ACCESS_KEY_ID,
+            aws_secret_access_key=_DUMMY_SECRET_ACCESS_KEY,
+            config=Config(retries={"total_max_attempts": 1}, **config),
+        )
 
     def reset(self, *, timeout_s: float = 10.0) -> None:
         """Forget every resource and message (moto's ``POST /moto-api/reset``)."""

@@ -85,10 +85,14 @@ What moto 5.2.5 gets wrong, and what is done about it:
    walk unchanged, and only DynamoDB answers are touched (the check is on the
    serializer's service).
 
-Observable DynamoDB behaviour is moto's: the same results, the same errors with
-the same messages, from the same checks in the same order, except that concurrent
-requests no longer interleave. tests/integration/test_local_aws_dynamodb.py checks
-that over HTTP, case by case and side by side with a stock moto emulator.
+4. **BatchExecuteStatement** (PartiQL) is replaced whole, with AWS's answers for
+   the statements Dispatch sends: see :mod:`dispatch.local.partiql`.
+
+Apart from BatchExecuteStatement, observable DynamoDB behaviour is moto's: the same
+results, the same errors with the same messages, from the same checks in the same
+order, except that concurrent requests no longer interleave.
+tests/integration/test_local_aws_dynamodb.py checks that over HTTP, case by case and
+side by side with a stock moto emulator.
 
 Effect (``bench/emulator_dynamodb.py``: emulator CPU per UpdateItem, HTTP included,
 medians of three runs): Dispatch's claim of a queued task 8 -> 3.4 ms (2.1 to 2.4x),
@@ -109,6 +113,8 @@ import importlib
 import threading
 from collections.abc import Callable, Hashable, Mapping
 from typing import Any, Final, NamedTuple
+
+from dispatch.local import partiql
 
 MOTO_VERSION: Final = "5.2.5"
 CACHE_ENTRIES: Final = 1_024
@@ -262,6 +268,8 @@ def _install() -> None:
         original_structure(self, serialized, value, shape, key)
 
     serializer_cls._serialize_type_structure = serialize_structure
+
+    partiql.install()
 
 
 # --- answers ---------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from dispatch.core.deadletter import Reason
 from dispatch.core.delivery import Delivery
 from dispatch.core.envelope import Envelope, is_lean_task_id
 from dispatch.core.outcome import ErrorInfo
-from dispatch.core.record import Claim, ClaimStatus
+from dispatch.core.record import Claim, ClaimAsk, ClaimStatus
 from dispatch.loop.observe import Observer, Skip
 from dispatch.loop.settle import Settler
 from dispatch.loop.sqs import SqsActions
@@ -78,13 +78,15 @@ class Claims:
             )
         now = self._clock()
         claim = await self._transitions.claim(
-            envelope,
-            message_id=delivery.message_id,
-            now=now,
-            timeout_s=spec.timeout_s,
-            token=state.claim_token(delivery.receipt),
-            max_attempts=spec.retry.max_attempts,
-            require_record=outlived_its_record(envelope, now),
+            ClaimAsk(
+                envelope,
+                message_id=delivery.message_id,
+                now=now,
+                timeout_s=spec.timeout_s,
+                token=state.claim_token(delivery.receipt),
+                max_attempts=spec.retry.max_attempts,
+                require_record=outlived_its_record(envelope, now),
+            )
         )
         if claim.status is ClaimStatus.CLAIMED:
             self._claimed[delivery.receipt] = (

@@ -103,7 +103,10 @@ class Dispatcher:
             flush_s=options.flush_s,
         )
         self._transitions = RecordTransitions(
-            clients.dynamodb, settings.table, flush_s=options.flush_s
+            clients.dynamodb,
+            settings.table,
+            flush_s=options.flush_s,
+            batch_claims=options.batch_claims,
         )
         # Receive whole batches: while the dispatcher holds work, a receive waits for
         # room for ten (or half of max_in_flight) instead of asking for one or two.

@@ -26,6 +26,7 @@ class DispatcherOptions:
     flush_s: float = 0.2  # how long a batch (deletes, visibility changes, records) may wait to fill
     throttle_horizon_s: float = 5.0  # a task that cannot start within this is deferred
     receive_concurrency: int = 3  # receives out at once while each brings a whole batch
+    batch_claims: bool = True  # claims and successes in batches of conditional PartiQL UPDATEs
 
     def __post_init__(self) -> None:
         if self.max_in_flight < 1:

@@ -2,43 +2,50 @@
 
 :class:`Transitions` is the seam between the loop and the state store (the
 pipeline's unit tests use an in-memory one); :class:`RecordTransitions` writes
-them to the DynamoDB table through :class:`~dispatch.store.state.StateStore`,
-successes batched with BatchWriteItem (the claim was conditional, and only the
-claiming dispatcher settles).
+them to the DynamoDB table. Claims and successes are batched: the claims made at
+one moment (a receive's, a micro-batch's) go in one BatchExecuteStatement of
+conditional PartiQL UPDATEs per 25 (:mod:`dispatch.store.statements`), successes
+likewise within ``flush_s``. Where the endpoint does not answer such batches as
+DynamoDB does (checked once, before the first), or batching is switched off,
+a claim is one conditional UpdateItem and successes go by BatchWriteItem.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+import asyncio
+from typing import Any, Final, Protocol
 
 import structlog
 
 from dispatch.core import constants as c
-from dispatch.core.envelope import Envelope
 from dispatch.core.outcome import ErrorInfo
-from dispatch.core.record import Claim
-from dispatch.store import state
-from dispatch.store.batcher import Batcher
+from dispatch.core.record import Claim, ClaimAsk, ClaimStatus, Status, TaskRecord
+from dispatch.store import state, statements
+from dispatch.store.batcher import Batcher, EntryResult
 
-__all__ = ["RecordTransitions", "Transitions"]
+__all__ = ["REPROBE_S", "RecordTransitions", "Transitions"]
 
 log = structlog.get_logger("dispatch.loop.transitions")
+
+REPROBE_S: Final = 300.0
+"""After a probe that met a passing fault, claims go one by one for this long."""
+
+
+def _no_key(_entry: dict[str, Any]) -> None:
+    return None  # every statement is answered: none replaces another
+
+
+def _claimable(record: TaskRecord, now: float) -> bool:
+    """Whether a new attempt may start from ``record`` (the claim's condition)."""
+    if record.status in (Status.QUEUED, Status.RETRYING):
+        return True
+    return record.status is Status.RUNNING and (record.lease_until or 0) < now
 
 
 class Transitions(Protocol):
     """The writes the loop makes to task records; each is conditional on owning the task."""
 
-    async def claim(
-        self,
-        envelope: Envelope,
-        *,
-        message_id: str,
-        now: float,
-        timeout_s: float,
-        token: str,
-        max_attempts: int,
-        require_record: bool,
-    ) -> Claim:
+    async def claim(self, ask: ClaimAsk) -> Claim:
         """Start an attempt for this delivery, or say why not: never beyond
         ``max_attempts``, and (``require_record``) never from a missing record."""
 
@@ -82,12 +89,23 @@ class Transitions(Protocol):
 class RecordTransitions:
     """:class:`Transitions` on the DynamoDB table."""
 
-    def __init__(self, dynamodb: Any, table: str, *, flush_s: float) -> None:
+    def __init__(
+        self,
+        dynamodb: Any,
+        table: str,
+        *,
+        flush_s: float,
+        batch_claims: bool = True,
+    ) -> None:
         self.store = state.StateStore(dynamodb, table)
+        self._dynamodb = dynamodb
         self._table = table
 
         async def write(entries: list[dict[str, Any]]) -> Any:
             return await state.batch_write(dynamodb, table, entries)
+
+        async def execute(entries: list[dict[str, Any]]) -> Any:
+            return await statements.execute(dynamodb, entries)
 
         self._records = Batcher(
             "BatchWriteItem",
@@ -96,27 +114,94 @@ class RecordTransitions:
             max_entries=c.DDB_MAX_BATCH_WRITE,
             key_of=lambda entry: str(entry["PutRequest"]["Item"][c.TABLE_HASH_KEY]["S"]),
         )
-
-    async def claim(
-        self,
-        envelope: Envelope,
-        *,
-        message_id: str,
-        now: float,
-        timeout_s: float,
-        token: str,
-        max_attempts: int,
-        require_record: bool,
-    ) -> Claim:
-        return await self.store.claim(
-            envelope,
-            message_id=message_id,
-            now=now,
-            timeout_s=timeout_s,
-            token=token,
-            max_attempts=max_attempts,
-            require_record=require_record,
+        # Claims wait for nothing but the other claims of the same moment.
+        self.claim_batches = Batcher(
+            "BatchExecuteStatement",
+            execute,
+            flush_s=0.0,
+            max_entries=statements.STATEMENTS_PER_REQUEST,
+            key_of=_no_key,
         )
+        self.success_batches = Batcher(
+            "BatchExecuteStatement",
+            execute,
+            flush_s=flush_s,
+            max_entries=statements.STATEMENTS_PER_REQUEST,
+            key_of=_no_key,
+        )
+        self._batching: bool | None = None if batch_claims else False
+        self._probing: asyncio.Task[bool] | None = None
+        self._reprobe_at = 0.0
+        self._warned = False
+
+    @property
+    def batching(self) -> bool | None:
+        """Whether claims and successes go in batches (None: not known until the first claim)."""
+        return self._batching
+
+    async def _batched(self, now: float) -> bool:
+        if self._batching is None or (self._batching is False and 0 < self._reprobe_at <= now):
+            probing = self._probing
+            if probing is None:
+                probing = self._probing = asyncio.ensure_future(self._probe(now))
+            try:
+                return await asyncio.shield(probing)
+            finally:
+                if self._probing is probing and probing.done():
+                    self._probing = None
+        return self._batching
+
+    async def _probe(self, now: float) -> bool:
+        found = await statements.probe(self._dynamodb, self._table, now=now)
+        self._batching = found.problem is None
+        self._reprobe_at = 0.0 if found.final else now + REPROBE_S
+        if found.problem is not None and not self._warned:
+            self._warned = True
+            log.warning(
+                "batch_claims_unavailable",
+                endpoint=statements.endpoint_of(self._dynamodb),
+                reason=found.problem,
+                fallback="one conditional UpdateItem per claim",
+                again_in_s=None if found.final else REPROBE_S,
+            )
+        elif found.problem is None:
+            log.debug("batch_claims_on", endpoint=statements.endpoint_of(self._dynamodb))
+        return self._batching
+
+    async def claim(self, ask: ClaimAsk) -> Claim:
+        if await self._batched(ask.now):
+            claim = await self._claim_batched(ask)
+            if claim is not None:
+                return claim
+        return await self.store.claim(ask)
+
+    async def _claim_batched(self, ask: ClaimAsk) -> Claim | None:
+        """The claim as compare-and-set rounds in batches; None when the single
+        conditional UpdateItem must decide (no record to create, a record still
+        changing after the rounds, or a batch that failed)."""
+        old: dict[str, Any] | None = None  # first, the guess: waiting for its first attempt
+        for _ in range(statements.CLAIM_ROUNDS):
+            statement = statements.claim_statement(self._table, ask, old=old)
+            answer = await self.claim_batches.submit(statement.entry())
+            if answer.ok:
+                item = statement.applied_to(old or statements.guessed_item(ask.envelope))
+                # The guess never read the record: its other attributes are unknown,
+                # so the claim carries no item to write back whole.
+                record = TaskRecord.from_item(item)
+                return Claim(ClaimStatus.CLAIMED, record, item=item if old else {})
+            if answer.code != statements.CONDITION_FAILED:
+                return None
+            if answer.item is None:  # no record
+                if ask.require_record:
+                    return Claim(ClaimStatus.NO_RECORD, state.missing_record(ask.envelope))
+                return None  # the UpdateItem creates it (a message from elsewhere)
+            record = TaskRecord.from_item(answer.item)
+            own = record.status is Status.RUNNING and record.claim_token == ask.token
+            spent = ask.max_attempts is not None and record.attempts >= ask.max_attempts
+            if own or spent or not _claimable(record, ask.now):
+                return state.refused(ask, answer.item)
+            old = answer.item
+        return None
 
     async def give_back(
         self, task_id: str, *, message_id: str, now: float, first_attempt: bool
@@ -128,18 +213,33 @@ class RecordTransitions:
         )
 
     async def succeeded(self, claim: Claim, *, message_id: str, now: float, result: Any) -> None:
-        item = state.succeeded_item(claim.item, now=now, result=result)
-        written = await self._records.submit({"PutRequest": {"Item": item}})
-        if written.ok:
-            return
+        task_id = claim.record.task_id
+        if self._batching:
+            answer = await self.success_batches.submit(
+                statements.succeeded_statement(
+                    self._table,
+                    task_id,
+                    message_id=message_id,
+                    now=now,
+                    result_json=state.stored_result(result),
+                ).entry()
+            )
+            if answer.ok or _settled_already(answer, message_id):
+                return
+            if answer.code == statements.CONDITION_FAILED:
+                log.warning("settled_after_losing_claim", task_id=task_id, outcome="succeeded")
+                return
+        elif claim.item:
+            item = state.succeeded_item(claim.item, now=now, result=result)
+            written = await self._records.submit({"PutRequest": {"Item": item}})
+            if written.ok:
+                return
         # The batch did not go through: write this one record on its own.
         params = state.succeeded_params(
-            self._table, claim.record.task_id, message_id=message_id, now=now, result=result
+            self._table, task_id, message_id=message_id, now=now, result=result
         )
         if not await self.store.update(params):
-            log.warning(
-                "settled_after_losing_claim", task_id=claim.record.task_id, outcome="succeeded"
-            )
+            log.warning("settled_after_losing_claim", task_id=task_id, outcome="succeeded")
 
     async def retrying(
         self,
@@ -187,4 +287,13 @@ class RecordTransitions:
         )
 
     async def flush(self) -> None:
-        await self._records.flush()
+        await asyncio.gather(
+            self._records.flush(), self.claim_batches.flush(), self.success_batches.flush()
+        )
+
+
+def _settled_already(answer: EntryResult, message_id: str) -> bool:
+    """A success refused because it is already written: the request was sent again
+    after its first answer was lost."""
+    old = TaskRecord.from_item(answer.item) if answer.item else None
+    return old is not None and old.status is Status.SUCCEEDED and old.message_id == message_id

@@ -43,6 +43,7 @@ class EntryResult:
     ok: bool
     code: str = ""
     message: str = ""
+    item: dict[str, Any] | None = None  # the item a refused conditional write returned
 
 
 @dataclass(slots=True)
@@ -177,10 +178,12 @@ class Batcher:
             if problem is None:
                 p.future.set_result(EntryResult(ok=True))
             else:
+                item = problem.get("Item")
                 p.future.set_result(
                     EntryResult(
                         ok=False,
                         code=str(problem.get("Code", "")),
                         message=str(problem.get("Message", "")),
+                        item=dict(item) if item else None,
                     )
                 )

@@ -36,7 +36,7 @@ from dispatch.core import constants as c
 from dispatch.core.envelope import Envelope
 from dispatch.core.errors import ConfigurationError
 from dispatch.core.outcome import ErrorInfo
-from dispatch.core.record import Claim, ClaimStatus, Status, TaskRecord
+from dispatch.core.record import Claim, ClaimAsk, ClaimStatus, Status, TaskRecord
 from dispatch.store.aws import aws_errors
 from dispatch.store.aws_retry import Backoff
 from dispatch.store.codec import decimal, number
@@ -307,6 +307,18 @@ def claim_refused(
     return Claim(ClaimStatus.DUPLICATE, old)
 
 
+def refused(ask: ClaimAsk, old: dict[str, Any]) -> Claim:
+    """:func:`claim_refused` for a claim refused by the stored item ``old``."""
+    return claim_refused(
+        TaskRecord.from_item(old),
+        message_id=ask.message_id,
+        token=ask.token,
+        item=old,
+        now=ask.now,
+        max_attempts=ask.max_attempts,
+    )
+
+
 def _owned_update(
     table: str,
     task_id: str,
@@ -328,12 +340,21 @@ def _owned_update(
     }
 
 
+def stored_result(result: Any) -> str | None:
+    """A task's result as its record keeps it: JSON, when it fits in
+    ``MAX_RESULT_BYTES`` (None: nothing is kept)."""
+    encoded = json.dumps(result, separators=(",", ":")) if result is not None else None
+    if encoded is not None and len(encoded.encode()) <= c.MAX_RESULT_BYTES:
+        return encoded
+    return None
+
+
 def succeeded_params(
     table: str, task_id: str, *, message_id: str, now: float, result: Any
 ) -> dict[str, Any]:
     """UpdateItem: the owning attempt succeeded (the result kept when small)."""
-    encoded = json.dumps(result, separators=(",", ":")) if result is not None else None
-    if encoded is not None and len(encoded.encode()) <= c.MAX_RESULT_BYTES:
+    encoded = stored_result(result)
+    if encoded is not None:
         return _owned_update(
             table,
             task_id,
@@ -366,8 +387,8 @@ def succeeded_item(claimed: dict[str, Any], *, now: float, result: Any) -> dict[
     item["updated_at"] = item["finished_at"]
     item[c.TABLE_TTL_ATTRIBUTE] = number(_ttl(now))
     item.pop("result", None)
-    encoded = json.dumps(result, separators=(",", ":")) if result is not None else None
-    if encoded is not None and len(encoded.encode()) <= c.MAX_RESULT_BYTES:
+    encoded = stored_result(result)
+    if encoded is not None:
         item["result"] = {"S": encoded}
     return item
 
@@ -541,29 +562,18 @@ class StateStore:
             answer = await self._client.describe_table(TableName=self.table)
         _check_table(answer["Table"], self.table)
 
-    async def claim(
-        self,
-        envelope: Envelope,
-        *,
-        message_id: str,
-        now: float,
-        timeout_s: float,
-        token: str | None = None,
-        max_attempts: int | None = None,
-        require_record: bool = False,
-    ) -> Claim:
-        """Start an attempt for this delivery, or say why not (``token``: :func:`claim_token`
-        of the delivery's receipt handle; ``max_attempts`` and ``require_record``:
-        :func:`claim_params`)."""
+    async def claim(self, ask: ClaimAsk) -> Claim:
+        """Start an attempt for this delivery with one conditional UpdateItem, or say
+        why not (:func:`claim_params`)."""
         params = claim_params(
             self.table,
-            envelope,
-            message_id=message_id,
-            now=now,
-            timeout_s=timeout_s,
-            token=token,
-            max_attempts=max_attempts,
-            require_record=require_record,
+            ask.envelope,
+            message_id=ask.message_id,
+            now=ask.now,
+            timeout_s=ask.timeout_s,
+            token=ask.token,
+            max_attempts=ask.max_attempts,
+            require_record=ask.require_record,
         )
         try:
             answer = await self._client.update_item(**params)
@@ -571,26 +581,12 @@ class StateStore:
             if not is_condition_failure(exc):
                 with aws_errors("UpdateItem"):
                     raise
-            old = old_item(exc) or await self._get_item(envelope.id)
-            if old is None and require_record:
-                return Claim(ClaimStatus.NO_RECORD, missing_record(envelope))
+            old = old_item(exc) or await self._get_item(ask.envelope.id)
+            if old is None and ask.require_record:
+                return Claim(ClaimStatus.NO_RECORD, missing_record(ask.envelope))
             if old is None:  # deleted between the two calls; try once more
-                return await self.claim(
-                    envelope,
-                    message_id=message_id,
-                    now=now,
-                    timeout_s=timeout_s,
-                    token=token,
-                    max_attempts=max_attempts,
-                )
-            return claim_refused(
-                TaskRecord.from_item(old),
-                message_id=message_id,
-                token=token,
-                item=old,
-                now=now,
-                max_attempts=max_attempts,
-            )
+                return await self.claim(ask)
+            return refused(ask, old)
         item = dict(answer["Attributes"])
         return Claim(ClaimStatus.CLAIMED, TaskRecord.from_item(item), item=item)
 

@@ -142,13 +142,21 @@ async def test_a_send_repeated_after_a_lost_answer_runs_the_task_once(
     assert record is not None and (record.status, record.attempts) == (Status.SUCCEEDED, 1)
 
 
+CLAIM_REQUESTS = {  # batch_claims -> (operation, what its body says when it claims)
+    True: ("BatchExecuteStatement", b'\\"claim_token\\"=?'),
+    False: ("UpdateItem", b"claim_token = :token"),
+}
+
+
+@pytest.mark.parametrize("batch_claims", [True, False], ids=["batched", "single"])
 async def test_a_claim_repeated_after_a_lost_answer_is_recognised_as_its_own(
-    aws_env: Settings, registry: Registry, queue: Queue, clients
+    aws_env: Settings, registry: Registry, queue: Queue, clients, batch_claims: bool
 ) -> None:
-    """Given a dispatcher whose claim UpdateItem is carried out but whose answer is lost
-    (so the call retry sends the same claim again and its condition fails), when it
-    drains the queue, then the repeat knows the running record as its own claim: the
-    task runs at once, once, with one attempt counted, instead of waiting out a lease."""
+    """Given a dispatcher whose claim (a batch of statements, or one UpdateItem) is
+    carried out but whose answer is lost (so the call retry sends the same claim
+    again and its condition fails), when it drains the queue, then the repeat knows
+    the running record as its own claim: each task runs at once, once, with one
+    attempt counted, instead of waiting out a lease."""
     runs: list[str] = []
 
     @task(registry=registry, timeout_s=60)
@@ -156,22 +164,25 @@ async def test_a_claim_repeated_after_a_lost_answer_is_recognised_as_its_own(
         runs.append(name)
         return name
 
-    task_id = queue.enqueue(work.message("a"))
+    ids = queue.enqueue_many([work.message(name) for name in "abc"])
+    operation, claim_text = CLAIM_REQUESTS[batch_claims]
     injector = FaultInjector(
         rate=1.0,
         kinds=(FaultKind.LOST_RESPONSE,),
         limit=1,
-        operations=frozenset({"UpdateItem"}),
-        match=lambda _operation, body: b"claim_token = :token" in body,
+        operations=frozenset({operation}),
+        match=lambda _operation, body: claim_text in body,
     )
     with injector.installed():
-        stats = await drain(aws_env, registry)
+        stats = await drain(aws_env, registry, batch_claims=batch_claims)
 
     assert injector.counts == {FaultKind.LOST_RESPONSE: 1}
-    assert runs == ["a"]
-    assert (stats.succeeded, stats.deferred, stats.duplicates) == (1, 0, 0)
-    record = SyncStateStore(clients.dynamodb, aws_env.table).get(task_id)
-    assert record is not None and (record.status, record.attempts) == (Status.SUCCEEDED, 1)
+    assert sorted(runs) == ["a", "b", "c"]
+    assert (stats.succeeded, stats.deferred, stats.duplicates) == (3, 0, 0)
+    store = SyncStateStore(clients.dynamodb, aws_env.table)
+    for task_id in ids:
+        record = store.get(task_id)
+        assert record is not None and (record.status, record.attempts) == (Status.SUCCEEDED, 1)
 
 
 def test_the_environment_variable_installs_an_injector_on_new_clients(

@@ -201,7 +201,8 @@ def test_schedule_event_runs_tasks_on_the_worker_and_settles_them(
     schedule's event invokes the dispatcher function, then each task ran on the worker
     function through Invoke, in micro-batches, and is settled: records succeeded or
     dead, the dead letter carries the reason, the queue is empty. Every request the
-    dispatcher sent is one DISPATCHER_GRANTS declares."""
+    dispatcher sent is one DISPATCHER_GRANTS declares, and the claims went in batches
+    (the probe and at least one batch of claims passed the permission guard)."""
     tasks = declare(topology.registry)
     ids = queue.enqueue_many(
         [tasks["double"].message(n=i) for i in range(20)]
@@ -225,6 +226,7 @@ def test_schedule_event_runs_tasks_on_the_worker_and_settles_them(
     worker_calls = [i for i in topology.endpoint.invocations if i.function == topology.worker]
     assert worker_calls and all(i.status == 200 and i.qualifier == "live" for i in worker_calls)
     assert set(summary["requests"]) <= DECLARED_OPERATIONS
+    assert summary["requests"]["dynamodb.BatchExecuteStatement"] >= 2
 
 
 def test_example_app_runs_through_the_lambda_topology(
@@ -651,6 +653,29 @@ def test_guard_refuses_an_operation_outside_the_grants_before_sending(
         clients.sqs.receive_message(QueueUrl=aws_env.dlq_url)
 
     assert counter.snapshot() == {("sqs", "GetQueueAttributes"): 1}
+
+
+def test_guard_reads_the_table_each_statement_of_a_batch_names(aws_env: Settings) -> None:
+    """A batch of PartiQL statements is allowed on the state table and refused, before
+    it is sent, when any statement names another table."""
+    from dispatch.store.aws import sync_clients
+
+    clients = sync_clients(aws_env)
+    guard = PermissionGuard(DISPATCHER_GRANTS, {aws_env.table: "StateTable"})
+    guard.attach(clients.dynamodb)
+
+    def update(table: str) -> dict[str, Any]:
+        return {
+            "Statement": 'UPDATE "' + table + '" SET "n"=? WHERE "pk"=?',  # noqa: S608
+            "Parameters": [{"N": "1"}, {"S": "guard#1"}],
+        }
+
+    answer = clients.dynamodb.batch_execute_statement(Statements=[update(aws_env.table)])
+    assert answer["Responses"][0]["Error"]["Code"] == "ConditionalCheckFailed"  # no such item
+    with pytest.raises(ConfigurationError, match="BatchExecuteStatement on someone-elses-table"):
+        clients.dynamodb.batch_execute_statement(
+            Statements=[update(aws_env.table), update("someone-elses-table")]
+        )
 
 
 def _run_python(code: str, env: dict[str, str]) -> str:

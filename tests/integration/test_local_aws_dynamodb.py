@@ -26,10 +26,8 @@ from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
 
-import boto3
 import moto
 import pytest
-from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from dispatch.core.envelope import Envelope
@@ -42,22 +40,10 @@ Outcome = tuple[Any, ...]
 NOW = 1_800_000_000.0  # a fixed clock: both emulators must receive identical requests
 
 
-def _client(aws: LocalAWS) -> Any:
-    # No retries: an emulator error must fail the test, not be hidden.
-    return boto3.client(
-        "dynamodb",
-        endpoint_url=aws.endpoint_url,
-        region_name=aws.region,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",  # noqa: S106 - moto ignores credentials
-        config=Config(retries={"total_max_attempts": 1}, max_pool_connections=32),
-    )
-
-
 @pytest.fixture(scope="module")
 def dynamodb(local_aws: LocalAWS) -> Any:
     """A boto3 DynamoDB client on the session's (patched) emulator."""
-    return _client(local_aws)
+    return local_aws.client("dynamodb", max_pool_connections=32)
 
 
 def _create_table(client: Any, name: str, key: str = "pk") -> str:
@@ -679,7 +665,7 @@ def test_same_answers_and_items_as_stock_moto(
     conditions, invalid expressions), when it runs on the patched emulator and on
     stock moto 5.2.5, then every answer (attributes, error code, message, old item)
     and every item left in the table are the same."""
-    stock = _client(stock_aws)
+    stock = stock_aws.client("dynamodb", max_pool_connections=32)
     _create_table(stock, table)
     try:
         patched_outcomes = [_outcome(dynamodb, **params) for params in _script(table)]
@@ -775,7 +761,7 @@ def test_conditions_and_filters_of_other_calls_match_stock_moto(
     """Given PutItem and DeleteItem conditions and Scan filters (the other users of
     the condition parser), each text sent with other values, when they run on the
     patched emulator and on stock moto 5.2.5, then every answer and the table agree."""
-    stock = _client(stock_aws)
+    stock = stock_aws.client("dynamodb", max_pool_connections=32)
     _create_table(stock, table)
     try:
         patched = [_call(dynamodb, op, params) for op, params in _other_calls(table)]

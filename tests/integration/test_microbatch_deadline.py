@@ -1,7 +1,8 @@
 """A micro-batch stopped at a deadline while its claims are on the way (over real HTTP).
 
-The dispatcher's DynamoDB client gets each UpdateItem answer seconds late (the
-request is carried out at once; the answer waits), so the batch's claim has
+The dispatcher's DynamoDB client gets each claim's answer seconds late (the
+request, a batch of statements or one UpdateItem, is carried out at once; the
+answer waits), so the batch's claim has
 landed but not answered when the run's ``finish_by`` releases the item and the
 dispatcher stops the batch. The claim must be given back (record ``queued``,
 attempt refunded), not left ``running`` with its attempt spent until its lease
@@ -16,6 +17,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import pytest
+
 from dispatch.core.config import Settings
 from dispatch.loop.dispatcher import Dispatcher, DispatcherOptions
 from dispatch.producer.enqueue import Queue
@@ -27,21 +30,23 @@ LATE_S = 2.0
 
 
 @contextmanager
-def late_update_answers(late_s: float) -> Iterator[None]:
-    """Every aiobotocore DynamoDB client made inside the block sends UpdateItem at once
-    and hands its answer back ``late_s`` later."""
+def late_claim_answers(late_s: float, operation: str) -> Iterator[None]:
+    """Every aiobotocore DynamoDB client made inside the block sends ``operation`` at
+    once and, when the request claims, hands its answer back ``late_s`` later."""
 
     def attach(client: Any) -> None:
         if client.meta.service_model.service_name != "dynamodb":
             return
 
         async def send_then_wait(request: Any, **_: Any) -> Any:
+            if b"claim_token" not in bytes(request.body or b""):
+                return None  # not a claim: sent as usual
             answer = await client._endpoint._send(request)
             await answer.content
             await asyncio.sleep(late_s)
             return answer
 
-        client.meta.events.register("before-send.dynamodb.UpdateItem", send_then_wait)
+        client.meta.events.register(f"before-send.dynamodb.{operation}", send_then_wait)
 
     hook: Callable[[Any], None] = attach
     CLIENT_HOOKS.append(hook)
@@ -51,8 +56,13 @@ def late_update_answers(late_s: float) -> Iterator[None]:
         CLIENT_HOOKS.remove(hook)
 
 
+@pytest.mark.parametrize(
+    ("batch_claims", "operation"),
+    [(True, "BatchExecuteStatement"), (False, "UpdateItem")],
+    ids=["batched", "single"],
+)
 async def test_a_batch_claim_in_flight_at_the_deadline_is_given_back(
-    aws_env: Settings, queue: Queue, clients: SyncClients
+    aws_env: Settings, queue: Queue, clients: SyncClients, batch_claims: bool, operation: str
 ) -> None:
     """Given claims whose answers come 2 s late and a run that must finish 1 s after it
     starts, when a batch item's claim is still unanswered at that deadline, then the claim
@@ -65,10 +75,13 @@ async def test_a_batch_claim_in_flight_at_the_deadline_is_given_back(
         ran.append(items)
 
     task_id = queue.enqueue(index.message("doc-1"))
-    with late_update_answers(LATE_S):
+    with late_claim_answers(LATE_S, operation):
         async with async_clients(aws_env) as aio:
             dispatcher = Dispatcher(
-                aws_env, clients=aio, registry=registry, options=DispatcherOptions(wait_time_s=1)
+                aws_env,
+                clients=aio,
+                registry=registry,
+                options=DispatcherOptions(wait_time_s=1, batch_claims=batch_claims),
             )
             stats = await dispatcher.run(for_s=0.5, finish_by=time.time() + 1.0)
             await dispatcher.runner.aclose()

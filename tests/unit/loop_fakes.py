@@ -18,9 +18,8 @@ from typing import Any
 from dispatch.core import constants as c
 from dispatch.core.deadletter import DeadLetter
 from dispatch.core.delivery import Delivery
-from dispatch.core.envelope import Envelope
 from dispatch.core.outcome import ErrorInfo
-from dispatch.core.record import Claim, ClaimStatus, Status, TaskRecord
+from dispatch.core.record import Claim, ClaimAsk, ClaimStatus, Status, TaskRecord
 from dispatch.loop.activity import TaskActivity
 from dispatch.loop.claims import Claims
 from dispatch.loop.gate import ThrottleGate
@@ -59,22 +58,14 @@ class MemoryTransitions:
         self.calls: list[str] = []
         self.claim_gate: asyncio.Event | None = None  # when set: claims wait for it
 
-    async def claim(
-        self,
-        envelope: Envelope,
-        *,
-        message_id: str,
-        now: float,
-        timeout_s: float,
-        token: str,
-        max_attempts: int,
-        require_record: bool,
-    ) -> Claim:
+    async def claim(self, ask: ClaimAsk) -> Claim:
+        envelope, message_id, now, token = ask.envelope, ask.message_id, ask.now, ask.token
+        max_attempts = ask.max_attempts or 1_000_000
         self.calls.append("claim")
         if self.claim_gate is not None:
             await self.claim_gate.wait()
         old = self.records.get(envelope.id)
-        if old is None and require_record:
+        if old is None and ask.require_record:
             return Claim(ClaimStatus.NO_RECORD, state.missing_record(envelope))
         claimable = (
             old is None
@@ -92,7 +83,7 @@ class MemoryTransitions:
             status=Status.RUNNING,
             attempts=(old.attempts if old else 0) + 1,
             started_at=now,
-            lease_until=now + timeout_s + self.lease_s,
+            lease_until=now + ask.timeout_s + self.lease_s,
             message_id=message_id,
             claim_token=token,
             first_failure_at=old.first_failure_at if old else None,
