@@ -10,7 +10,10 @@ events) and applies the billing rules:
 * DynamoDB on-demand: a write costs one write unit per started 1 KB of the larger
   of the item before and after it (a delete: the item deleted; a write whose
   condition failed: the existing item, at least one unit); BatchWriteItem bills
-  each item it wrote; a transactional write or read costs twice. A strongly
+  each item it wrote; a BatchExecuteStatement bills each statement as the single
+  write it is (an applied UPDATE: the larger of the item before and after; one
+  refused for its condition: the item it returned, at least one unit); a
+  transactional write or read costs twice. A strongly
   consistent read costs one read unit per started 4 KB of what it returned (at
   least one), an eventually consistent read half of that. Control-plane calls
   (DescribeTable...) are free.
@@ -267,8 +270,39 @@ class BillingMeter:
                 self._writes[name] += _write_units(size)
             elif not error:
                 self._writes[name] += self._write(action, params, answer)
+        elif action == "BatchExecuteStatement":
+            self._writes[name] += self._statements(params, answer)
         elif action in _READ_ACTIONS and not error:
             self._reads[name] += self._read(action, params, answer)
+
+    def _statements(self, params: Mapping[str, Any], answer: Mapping[str, Any]) -> float:
+        """PartiQL UPDATEs, each billed as its own write (Dispatch sends no SELECT in a batch)."""
+        units = 0.0
+        for request, response in zip(
+            params.get("Statements", []), answer.get("Responses", []), strict=False
+        ):
+            text, values = str(request.get("Statement", "")), list(request.get("Parameters", []))
+            table = text.split('"')[1] if text.count('"') >= 2 else ""
+            before_key = text.split('"pk"=?', 1)[0]
+            if '"pk"=?' not in text or before_key.count("?") >= len(values):
+                continue
+            key = _key(table, {"pk": values[before_key.count("?")]})
+            error = response.get("Error")
+            if error:
+                if error.get("Code") == "ConditionalCheckFailed":
+                    old = error.get("Item")
+                    units += _write_units(item_size(old) if old else self._sizes.get(key, 0))
+                continue
+            # An UPDATE replaces what it sets: the item after it is at most the item
+            # before plus the values set under their names (an upper bound, so a cost
+            # estimate never comes out low).
+            names = [part.split('"')[1] for part in text.split("SET ")[1:]]
+            grown = sum(
+                len(n.encode()) + _value_size(v) for n, v in zip(names, values, strict=False)
+            )
+            old_size = self._sizes.get(key, 0)
+            units += _write_units(old_size + grown)
+        return units
 
     def _write(self, action: str, params: Mapping[str, Any], answer: Mapping[str, Any]) -> float:
         table = str(params.get("TableName", ""))

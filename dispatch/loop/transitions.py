@@ -23,10 +23,15 @@ from dispatch.core.record import Claim, ClaimAsk, ClaimStatus, Status, TaskRecor
 from dispatch.store import state, statements
 from dispatch.store.batcher import Batcher, EntryResult
 
-__all__ = ["REPROBE_S", "RecordTransitions", "Transitions"]
+__all__ = ["RECORD_FLUSH_S", "REPROBE_S", "RecordTransitions", "Transitions"]
 
 log = structlog.get_logger("dispatch.loop.transitions")
 
+RECORD_FLUSH_S: Final = 0.05
+"""The most a success waits for others to fill its batch (less when ``flush_s`` is).
+Between a handler's return and its recorded success is the at-least-once window (a
+dispatcher that dies in it leaves the task to run again), and DynamoDB bills the
+writes, not the requests: a short window costs no unit more."""
 REPROBE_S: Final = 300.0
 """After a probe that met a passing fault, claims go one by one for this long."""
 
@@ -107,10 +112,11 @@ class RecordTransitions:
         async def execute(entries: list[dict[str, Any]]) -> Any:
             return await statements.execute(dynamodb, entries)
 
+        record_flush_s = min(flush_s, RECORD_FLUSH_S)
         self._records = Batcher(
             "BatchWriteItem",
             write,
-            flush_s=flush_s,
+            flush_s=record_flush_s,
             max_entries=c.DDB_MAX_BATCH_WRITE,
             key_of=lambda entry: str(entry["PutRequest"]["Item"][c.TABLE_HASH_KEY]["S"]),
         )
@@ -125,7 +131,7 @@ class RecordTransitions:
         self.success_batches = Batcher(
             "BatchExecuteStatement",
             execute,
-            flush_s=flush_s,
+            flush_s=record_flush_s,
             max_entries=statements.STATEMENTS_PER_REQUEST,
             key_of=_no_key,
         )

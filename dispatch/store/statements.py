@@ -56,7 +56,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import structlog
 import tenacity
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -67,6 +66,7 @@ from dispatch.core.record import ClaimAsk, Status
 from dispatch.store.aws import error_code, translate_error
 from dispatch.store.aws_retry import Backoff
 from dispatch.store.codec import number, read_number
+from dispatch.store.state import LEASE_GRACE_S, record_ttl
 
 __all__ = [
     "CLAIM_ROUNDS",
@@ -78,8 +78,6 @@ __all__ = [
     "probe",
     "succeeded_statement",
 ]
-
-log = structlog.get_logger("dispatch.store.statements")
 
 STATEMENTS_PER_REQUEST: Final = 25
 """The most statements one BatchExecuteStatement takes."""
@@ -104,7 +102,6 @@ _RETRYABLE: Final = frozenset(
 _STATEMENT_ATTEMPTS: Final = 5
 _STATEMENT_BACKOFF: Final = Backoff(tenacity.wait_exponential(multiplier=0.05, max=1.0))
 _TABLE_NAME: Final = re.compile(r"[A-Za-z0-9_.-]{3,255}")
-_LEASE_GRACE_S: Final = 30.0  # as dispatch.store.state.LEASE_GRACE_S
 
 
 def _s(value: str) -> dict[str, str]:
@@ -209,8 +206,8 @@ def claim_statement(table: str, ask: ClaimAsk, *, old: Mapping[str, Any] | None)
     update.set("message_id", _s(ask.message_id))
     update.set("started_at", number(now))
     update.set("updated_at", number(now))
-    update.set("lease_until", number(now + ask.timeout_s + _LEASE_GRACE_S))
-    update.set(c.TABLE_TTL_ATTRIBUTE, number(int(now) + c.RECORD_TTL_S))
+    update.set("lease_until", number(now + ask.timeout_s + LEASE_GRACE_S))
+    update.set(c.TABLE_TTL_ATTRIBUTE, number(record_ttl(now)))
     if ask.token is not None:
         update.set("claim_token", _s(ask.token))
     update.remove("next_attempt_at")
@@ -251,7 +248,7 @@ def succeeded_statement(
     update.set("status", _s(Status.SUCCEEDED.value))
     update.set("finished_at", number(now))
     update.set("updated_at", number(now))
-    update.set(c.TABLE_TTL_ATTRIBUTE, number(int(now) + c.RECORD_TTL_S))
+    update.set(c.TABLE_TTL_ATTRIBUTE, number(record_ttl(now)))
     if result_json is not None:
         update.set("result", _s(result_json))
     update.remove("lease_until")
