@@ -40,7 +40,9 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Final
@@ -57,6 +59,7 @@ from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
 __all__ = [
+    "attempts_at_most",
     "INVOKE_RETRY",
     "THROTTLING_CODES",
     "TRANSIENT_CODES",
@@ -240,6 +243,9 @@ class CallRetry:
         failure = classify(response, caught_exception)
         if failure is None:
             return None
+        limit = _ATTEMPT_LIMIT.get()
+        if limit is not None and attempts >= limit:
+            return None  # the caller asked for no more attempts (see attempts_at_most)
         now = self.clock()
         context = (request_dict or {}).get("context") or {}
         started = float(context.get(_STARTED_KEY, now))
@@ -256,6 +262,21 @@ class CallRetry:
             sleep_s=round(sleep, 3),
         )
         return sleep
+
+
+_ATTEMPT_LIMIT: ContextVar[int | None] = ContextVar("dispatch_attempt_limit", default=None)
+
+
+@contextmanager
+def attempts_at_most(attempts: int) -> Iterator[None]:
+    """Calls made inside the block (in this task or thread) make at most ``attempts``
+    attempts, whatever the client's policy: for a call whose failure is itself the
+    answer (a probe of what an endpoint can do), not something to wait out."""
+    token = _ATTEMPT_LIMIT.set(attempts)
+    try:
+        yield
+    finally:
+        _ATTEMPT_LIMIT.reset(token)
 
 
 @dataclass(frozen=True, slots=True)

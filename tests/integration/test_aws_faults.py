@@ -18,7 +18,7 @@ from dispatch.core.config import Settings
 from dispatch.local.faults import FaultInjector, FaultKind, install_from_env
 from dispatch.producer.enqueue import Queue
 from dispatch.store.aws import async_clients, sync_client, sync_clients
-from dispatch.store.aws_retry import CallRetry
+from dispatch.store.aws_retry import CallRetry, attempts_at_most
 from dispatch.store.state import Status, SyncStateStore
 from dispatch.tasks.registry import Registry
 from tests.integration.conftest import drain, queue_counts
@@ -104,6 +104,26 @@ def test_a_failing_call_stops_at_its_total_time_bound(aws_env: Settings) -> None
 
     assert caught.value.response["Error"]["Code"] == "ProvisionedThroughputExceededException"
     assert injector.total == 4
+
+
+def test_a_call_limited_to_two_attempts_answers_after_two(aws_env: Settings) -> None:
+    """Given every request failing with a server error, when a call is made inside
+    attempts_at_most(2) (the batched-claims probe's limit), then it fails after two
+    attempts, where the same client's policy makes eight outside it."""
+    policy = CallRetry(max_attempts=8, base_delay_s=0.001, max_delay_s=0.001)
+    injector = FaultInjector(rate=1.0, kinds=(FaultKind.SERVER_ERROR,))
+    dynamodb = sync_client("dynamodb", aws_env, retry=policy)
+    injector.attach(dynamodb)
+    try:
+        with attempts_at_most(2), pytest.raises(ClientError):
+            dynamodb.describe_table(TableName=aws_env.table)
+        limited = injector.total
+        with pytest.raises(ClientError):
+            dynamodb.describe_table(TableName=aws_env.table)
+    finally:
+        dynamodb.close()
+
+    assert (limited, injector.total - limited) == (2, 8)
 
 
 async def test_a_send_repeated_after_a_lost_answer_runs_the_task_once(
