@@ -26,9 +26,7 @@ from dispatch.aws_lambda import handler as lambda_handler
 from dispatch.aws_lambda.handler import (
     DISPATCHER_GRANTS,
     WORKER_GRANTS,
-    LambdaOptions,
     iam_grants,
-    plan_invocation,
 )
 from dispatch.local.provision import load_template
 from dispatch.tasks.cron import parse
@@ -68,13 +66,6 @@ def _resources(template: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]
     return {k: v for k, v in template["Resources"].items() if v["Type"] == kind}
 
 
-def _default(template: dict[str, Any], value: Any) -> Any:
-    """A literal, or the default of the parameter it refers to."""
-    if isinstance(value, dict) and set(value) == {"Ref"}:
-        return template["Parameters"][value["Ref"]]["Default"]
-    return value
-
-
 def test_template_passes_cfn_lint() -> None:
     """cfn-lint (with the SAM transform) reports no error or warning."""
     from cfnlint.api import ManualArgs, lint_file
@@ -97,6 +88,15 @@ def test_sam_translator_transforms_the_template(transformed: dict[str, Any]) -> 
     assert rule["Properties"]["Targets"][0]["Arn"] == {"Ref": "DispatcherFunctionAliaslive"}
     invoke_config = transformed["Resources"]["DispatcherFunctionEventInvokeConfig"]["Properties"]
     assert invoke_config["MaximumRetryAttempts"] == 0
+
+
+def test_sam_transform_keeps_the_rules_and_mappings(
+    template: dict[str, Any], transformed: dict[str, Any]
+) -> None:
+    """The SAM transform passes the Rules (the deploy-time refusal of a dispatcher timeout
+    too short for LongestTaskSeconds) and the Mappings through to CloudFormation."""
+    assert transformed["Rules"] == template["Rules"]
+    assert transformed["Mappings"] == template["Mappings"]
 
 
 @pytest.mark.parametrize("function", FUNCTIONS)
@@ -225,29 +225,6 @@ def test_every_declared_operation_is_one_the_dispatcher_code_calls() -> None:
     assert declared - called == set()
 
 
-def test_queue_visibility_timeout_is_at_least_six_worker_timeouts(
-    template: dict[str, Any],
-) -> None:
-    """AWS's rule for a queue in front of a function: visibility >= 6 x its timeout."""
-    visibility = template["Resources"]["TaskQueue"]["Properties"]["VisibilityTimeout"]
-    worker_timeout = _default(
-        template, template["Resources"]["WorkerFunction"]["Properties"]["Timeout"]
-    )
-
-    assert visibility >= 6 * worker_timeout
-
-
-def test_dispatcher_is_told_the_worker_timeout(template: dict[str, Any]) -> None:
-    """DISPATCH_WORKER_TIMEOUT_S repeats the worker's Timeout, so the dispatcher stops
-    receiving early enough for the longest attempt the worker can run."""
-    env = template["Resources"]["DispatcherFunction"]["Properties"]["Environment"]["Variables"]
-    worker_timeout = _default(
-        template, template["Resources"]["WorkerFunction"]["Properties"]["Timeout"]
-    )
-
-    assert float(env[lambda_handler.ENV_WORKER_TIMEOUT_S]) == worker_timeout
-
-
 def test_dispatcher_environment_names_only_settings_the_code_reads(
     template: dict[str, Any],
 ) -> None:
@@ -264,25 +241,6 @@ def test_dispatcher_environment_names_only_settings_the_code_reads(
     for function in FUNCTIONS:
         variables = template["Resources"][function]["Properties"]["Environment"]["Variables"]
         assert set(variables) - known == set(), function
-
-
-def test_default_dispatcher_timeout_leaves_most_of_each_run_for_receiving(
-    template: dict[str, Any],
-) -> None:
-    """With the default timeout, and even the smallest one allowed, a run receives for
-    a positive time after keeping room for the longest attempt and the margins."""
-    parameter = template["Parameters"]["DispatcherTimeout"]
-    options = LambdaOptions(worker_timeout_s=60.0)
-    for timeout_s, at_least in ((parameter["Default"], 0.5), (parameter["MinValue"], 0.05)):
-        plan = plan_invocation(
-            now=0.0,
-            remaining_s=float(timeout_s),
-            longest_task_s=60.0,
-            throttle_horizon_s=5.0,
-            options=options,
-        )
-        assert plan.receive_for_s >= at_least * timeout_s
-        assert plan.finish_by < plan.deadline
 
 
 def test_schedule_default_is_a_valid_eventbridge_expression(template: dict[str, Any]) -> None:
