@@ -22,6 +22,7 @@ class Delivery:
     receive_count: int | None = None
     sent_at_s: float | None = None
     attributes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    group: str | None = None  # the MessageGroupId (FIFO queues; fair standard queues)
 
     @classmethod
     def from_sqs(cls, message: Mapping[str, Any]) -> Delivery:
@@ -36,6 +37,7 @@ class Delivery:
             receive_count=int(count) if count is not None else None,
             sent_at_s=int(sent) / 1000 if sent is not None else None,
             attributes=message.get("MessageAttributes", {}),
+            group=system.get("MessageGroupId"),
         )
 
     @property

@@ -23,6 +23,7 @@ from dispatch.core.errors import ConfigurationError, DispatchError
 from dispatch.loop.activity import TaskActivity
 from dispatch.loop.claims import Claims
 from dispatch.loop.gate import ThrottleGate
+from dispatch.loop.groups import GroupLines
 from dispatch.loop.holding import Holding
 from dispatch.loop.metrics import Metrics, metrics_from_env
 from dispatch.loop.observe import ActivityObserver, MetricsObserver, Observers, StatsObserver
@@ -96,11 +97,15 @@ class Dispatcher:
         self._coordinator = Coordinator(
             clients.dynamodb, settings.table, lease_horizon_s=options.throttle_horizon_s / 2
         )
-        self._sqs = SqsBatchers(
-            clients.sqs,
-            queue_url=settings.queue_url,
-            dlq_url=settings.dlq_url,
-            flush_s=options.flush_s,
+        # Every stage acts on SQS through the group lines, which see each delete.
+        self._sqs = self._groups = GroupLines(
+            SqsBatchers(
+                clients.sqs,
+                queue_url=settings.queue_url,
+                dlq_url=settings.dlq_url,
+                flush_s=options.flush_s,
+            ),
+            fifo=settings.is_fifo,
         )
         self._transitions = RecordTransitions(
             clients.dynamodb,
@@ -328,6 +333,7 @@ class Dispatcher:
 
     def _spawn(self, delivery: Delivery) -> None:
         self._holding.hold(delivery)
+        self._groups.line_up(delivery)
         self._observers.held(len(self._holding))
         task = asyncio.create_task(self._handle(delivery))
         self._tasks.add(task)
@@ -335,7 +341,11 @@ class Dispatcher:
 
     async def _handle(self, delivery: Delivery) -> None:
         try:
-            await self._pipeline.process(delivery)
+            async with self._groups.turn(delivery) as may_run:
+                if may_run:
+                    await self._pipeline.process(delivery)
+                else:  # an earlier message of its FIFO group went back: so does this one
+                    await self._pipeline.release(delivery)
         except asyncio.CancelledError:
             if self._releasing:
                 await self._pipeline.release(delivery)

@@ -181,7 +181,11 @@ class Receiver:
                 MaxNumberOfMessages=room,
                 WaitTimeSeconds=wait_s,
                 VisibilityTimeout=self._options.visibility_timeout_s,
-                MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
+                MessageSystemAttributeNames=[
+                    "ApproximateReceiveCount",
+                    "SentTimestamp",
+                    "MessageGroupId",
+                ],
                 MessageAttributeNames=[ATTR_SIGNATURE],
             )
         )

@@ -423,12 +423,6 @@ async def test_fifo_groups_keep_their_order_through_the_dispatcher(
     assert queue_counts(clients, fifo_env.queue_url) == {"visible": 0, "in_flight": 0, "delayed": 0}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding (issue #19 item 8): with more than one message in flight the dispatcher "
-    "runs the messages of one FIFO group that one receive brought side by side, so a "
-    "group's tasks can finish out of order (seen: a2, a0, a3, a4, a1)",
-)
 async def test_fifo_group_order_holds_with_many_in_flight(
     fifo_env: Settings, registry: Registry
 ) -> None:
