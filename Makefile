@@ -21,7 +21,7 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check dispatch workers tests bench
 	$(BIN)/ruff format --check dispatch workers tests bench
 	$(BIN)/lint-imports  # the layers in .importlinter; cycles and sizes: tests/unit/test_architecture.py
-	$(BIN)/cfn-lint deploy/template.yaml
+	$(BIN)/cfn-lint deploy/template.yaml deploy/service.yaml
 
 typecheck: $(BIN)/.installed
 	$(BIN)/mypy

@@ -194,8 +194,16 @@ class Dispatcher:
         """What the current (or last) run did; updated while it runs."""
         return self._stats.stats
 
-    def stop(self) -> None:
-        """Ask the loop to stop receiving; in-flight tasks finish and are settled."""
+    def stop(self, *, finish_within_s: float | None = None) -> None:
+        """Ask the loop to stop receiving; in-flight tasks finish and are settled.
+
+        ``finish_within_s``: what still runs that long from now is released (visible
+        again at once, its attempt given back) instead of waited for, as at a deadline.
+        """
+        if finish_within_s is not None:
+            finish_by = self._clock() + max(0.0, finish_within_s)
+            if self._finish_within is None or finish_by < self._finish_within:
+                self._finish_within = finish_by
         self._stopping.set()
 
     def throttle_snapshots(self) -> tuple[ThrottleSnapshot, ...]:

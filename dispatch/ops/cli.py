@@ -13,6 +13,7 @@ and ``--json`` is off, so a script's stdout stays clean.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import signal
@@ -201,6 +202,7 @@ def demo(orders: int, keep: bool) -> None:
         "dispatch run --tasks myapp.tasks",
         "dispatch run --until-empty          # drain the queue, then exit",
         "dispatch run --for 300 --max-in-flight 128",
+        "dispatch run --finish-within 100    # in a container stopped within 120 s",
     )
 )
 @click.option(
@@ -228,15 +230,38 @@ def demo(orders: int, keep: bool) -> None:
     type=click.IntRange(1, 10_000),
     help="Messages held at once.",
 )
+@click.option(
+    "--finish-within",
+    "finish_within_s",
+    type=_Seconds(),
+    metavar="SECONDS",
+    help=(
+        "On SIGTERM or SIGINT, let tasks in flight run this long, then release the rest "
+        "to the queue (attempt not spent) and exit. Default: wait for them. Set it "
+        "below a supervisor's stop timeout (ECS stopTimeout, systemd TimeoutStopSec)."
+    ),
+)
 @_errors
-def run(tasks: str | None, until_empty: bool, for_s: float | None, max_in_flight: int) -> None:
+def run(
+    tasks: str | None,
+    until_empty: bool,
+    for_s: float | None,
+    max_in_flight: int,
+    finish_within_s: float | None,
+) -> None:
     """Run the dispatcher loop against the queue and table the environment names."""
     if until_empty and for_s is not None:
         raise click.UsageError("--until-empty and --for are alternatives; pass one")
     settings = Settings.from_env()
     _load_tasks(tasks, why="a dispatcher without them would dead-letter every message")
     stats = asyncio.run(
-        _run(settings, until_empty=until_empty, for_s=for_s, max_in_flight=max_in_flight)
+        _run(
+            settings,
+            until_empty=until_empty,
+            for_s=for_s,
+            max_in_flight=max_in_flight,
+            finish_within_s=finish_within_s,
+        )
     )
     click.echo(
         json.dumps(
@@ -254,7 +279,12 @@ def run(tasks: str | None, until_empty: bool, for_s: float | None, max_in_flight
 
 
 async def _run(
-    settings: Settings, *, until_empty: bool, for_s: float | None, max_in_flight: int
+    settings: Settings,
+    *,
+    until_empty: bool,
+    for_s: float | None,
+    max_in_flight: int,
+    finish_within_s: float | None = None,
 ) -> Any:
     from dispatch.loop.dispatcher import Dispatcher, DispatcherOptions
     from dispatch.store.aws import async_clients
@@ -266,7 +296,9 @@ async def _run(
         await dispatcher.check()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, dispatcher.stop)
+            loop.add_signal_handler(
+                sig, functools.partial(dispatcher.stop, finish_within_s=finish_within_s)
+            )
         try:
             return await dispatcher.run(until_empty=until_empty, for_s=for_s)
         finally:

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +113,48 @@ def test_a_signal_lets_tasks_in_flight_finish_settles_them_and_exits_0(
     assert store.get(later).status is Status.QUEUED
     assert queue_counts(clients, aws_env.queue_url) == {"visible": 1, "in_flight": 0, "delayed": 0}
     assert queue_counts(clients, aws_env.dlq_url)["visible"] == 0
+
+
+def test_finish_within_releases_what_still_runs_and_spends_no_attempt(
+    registry: Registry, queue: Queue, clients: SyncClients, tmp_path: Path
+) -> None:
+    """Given `dispatch run --finish-within 1` running a held handler (as a container
+    whose supervisor kills it at its stop timeout), when the process gets SIGTERM and
+    the handler is still running a second later, then the task is released: it exits
+    0 soon after, the message is back on the queue and the record is back to wait
+    with no attempt spent (the next delivery runs it as attempt 1 again)."""
+    aws_env = queue.settings
+    hold, _ = declare_twins(registry)
+    (held,) = queue.enqueue_many([hold.message(str(tmp_path), 1)])
+    run = start_run("--finish-within", "1")
+    try:
+        wait_until(
+            lambda: (tmp_path / "started-1").exists() or run.poll() is not None,
+            what="the held handler to start",
+        )
+        assert run.poll() is None, run.communicate()
+        started = time.monotonic()
+        run.send_signal(signal.SIGTERM)
+        stdout, stderr = run.communicate(timeout=WAIT_S)
+        stopped_s = time.monotonic() - started
+    finally:
+        (tmp_path / "release").touch()
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+
+    assert run.returncode == 0, stderr
+    assert stopped_s < 15, stopped_s  # the release, not the handler's 60 s
+    assert not (tmp_path / "finished-1").exists()  # released while it still ran
+    report = json.loads(stdout.strip().splitlines()[-1])
+    assert (report["received"], report["succeeded"]) == (1, 0)
+    record = SyncStateStore(clients.dynamodb, aws_env.table).get(held)
+    assert record is not None and record.attempts == 0
+    assert record.status in (Status.QUEUED, Status.RETRYING)
+    # Back on the queue: visible, or handed to the long poll that was out when the
+    # process stopped (it comes back after that receive's visibility timeout).
+    counts = queue_counts(clients, aws_env.queue_url)
+    assert counts["visible"] + counts["in_flight"] == 1, counts
 
 
 async def test_dispatcher_stop_lets_the_task_in_flight_finish_and_settles_it(
