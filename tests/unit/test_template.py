@@ -90,6 +90,21 @@ def test_sam_translator_transforms_the_template(transformed: dict[str, Any]) -> 
     assert invoke_config["MaximumRetryAttempts"] == 0
 
 
+def test_the_schedule_runs_only_in_the_scheduled_mode(
+    template: dict[str, Any], transformed: dict[str, Any]
+) -> None:
+    """DispatchMode picks who dispatches: by default the tick's rule is enabled; with
+    `service` (dispatch run on ECS beside the stack) it is disabled, nothing else."""
+    parameter = template["Parameters"]["DispatchMode"]
+    assert parameter["Default"] == "scheduled"
+    assert set(parameter["AllowedValues"]) == {"scheduled", "service"}
+    assert template["Conditions"]["Scheduled"] == {
+        "Fn::Equals": [{"Ref": "DispatchMode"}, "scheduled"]
+    }
+    state = transformed["Resources"]["DispatcherFunctionTick"]["Properties"]["State"]
+    assert state == {"Fn::If": ["Scheduled", "ENABLED", "DISABLED"]}
+
+
 def test_sam_transform_keeps_the_rules_and_mappings(
     template: dict[str, Any], transformed: dict[str, Any]
 ) -> None:
