@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any, Final
 import structlog
 
 from dispatch.aws_lambda.slots import DEFAULT_LEASE_CAP, Leases, queue_name
+from dispatch.core import constants as c
 from dispatch.core.config import Settings
 from dispatch.core.errors import ConfigurationError, DispatchError
 from dispatch.loop.dispatcher import Dispatcher, DispatcherOptions, RunStats
@@ -80,6 +81,7 @@ __all__ = [
     "PermissionGuard",
     "Plan",
     "apply_resource_limits",
+    "parse_resource_limits",
     "emf_record",
     "handler",
     "iam_action",
@@ -100,7 +102,7 @@ ENV_MAX_IN_FLIGHT: Final = "DISPATCH_MAX_IN_FLIGHT"
 ENV_SCALE_OUT_FUNCTION: Final = "DISPATCH_SCALE_OUT_FUNCTION"
 ENV_EMIT_METRICS: Final = "DISPATCH_EMIT_METRICS"
 ENV_LOG_LEVEL: Final = "DISPATCH_LOG_LEVEL"
-ENV_RESOURCE_LIMITS: Final = "DISPATCH_RESOURCE_LIMITS"
+ENV_RESOURCE_LIMITS: Final = c.ENV_RESOURCE_LIMITS
 ENV_LAMBDA_ENDPOINT_URL: Final = "AWS_ENDPOINT_URL_LAMBDA"  # the AWS SDKs' own variable
 ENV_IN_LAMBDA: Final = "AWS_LAMBDA_FUNCTION_NAME"  # set by the Lambda runtime
 METRICS_NAMESPACE: Final = "Dispatch"
@@ -154,11 +156,12 @@ class LambdaOptions:
             lambda_endpoint_url=env.get(ENV_LAMBDA_ENDPOINT_URL) or None,
             emit_metrics=(env.get(ENV_EMIT_METRICS) or ("1" if env.get(ENV_IN_LAMBDA) else "0"))
             in ("1", "true", "yes"),
-            resource_limits=_resource_limits(env.get(ENV_RESOURCE_LIMITS) or "{}"),
+            resource_limits=parse_resource_limits(env.get(ENV_RESOURCE_LIMITS) or "{}"),
         )
 
 
-def _resource_limits(raw: str) -> dict[str, dict[str, Any]]:
+def parse_resource_limits(raw: str) -> dict[str, dict[str, Any]]:
+    """``DISPATCH_RESOURCE_LIMITS``: a JSON object of resource name -> limit fields."""
     try:
         limits = json.loads(raw)
     except ValueError:

@@ -286,12 +286,24 @@ async def _run(
     max_in_flight: int,
     finish_within_s: float | None = None,
 ) -> Any:
+    from dispatch.aws_lambda.handler import (
+        ENV_RESOURCE_LIMITS,
+        apply_resource_limits,
+        parse_resource_limits,
+    )
     from dispatch.loop.dispatcher import Dispatcher, DispatcherOptions
     from dispatch.store.aws import async_clients
+    from dispatch.tasks.registry import default_registry
 
+    # Per-deployment limits, as the Lambda dispatcher reads them (docs/deploy.md).
+    limits = parse_resource_limits(os.environ.get(ENV_RESOURCE_LIMITS) or "{}")
+    registry = apply_resource_limits(default_registry, limits)
     async with async_clients(settings) as clients:
         dispatcher = Dispatcher(
-            settings, clients=clients, options=DispatcherOptions(max_in_flight=max_in_flight)
+            settings,
+            clients=clients,
+            registry=registry,
+            options=DispatcherOptions(max_in_flight=max_in_flight),
         )
         await dispatcher.check()
         loop = asyncio.get_running_loop()

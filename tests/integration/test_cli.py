@@ -94,6 +94,23 @@ def test_errors_are_one_clear_line_with_a_reliable_exit_code(aws_env: Settings) 
     assert "no_such_module" in no_module.stderr
 
 
+def test_run_applies_the_deployment_resource_limits(aws_env: Settings) -> None:
+    """`dispatch run` reads DISPATCH_RESOURCE_LIMITS as the Lambda dispatcher does (the
+    service mode sets it): a limit for a resource no task uses is refused before
+    anything is received, naming the variable and the resources the tasks use; a
+    valid one runs."""
+    typo = {**os.environ, "DISPATCH_RESOURCE_LIMITS": '{"warehouse": {"rate_per_s": 5}}'}
+    refused = dispatch_cli(
+        "run", "--tasks", "dispatch.local.example.app", "--until-empty", env=typo
+    )
+    limited = {**os.environ, "DISPATCH_RESOURCE_LIMITS": '{"warehouse-api": {"rate_per_s": 5}}'}
+    ran = dispatch_cli("run", "--tasks", "dispatch.local.example.app", "--until-empty", env=limited)
+
+    assert refused.returncode == 3, refused.stderr
+    assert "DISPATCH_RESOURCE_LIMITS" in refused.stderr and "warehouse-api" in refused.stderr
+    assert ran.returncode == 0, ran.stderr
+
+
 def test_demo_runs_end_to_end_and_accounts_for_every_task() -> None:
     """Given a bare environment, when `dispatch demo --orders 20` runs, then it starts its
     own local AWS, exits 0, and its summary shows successes, retries, dead letters with
