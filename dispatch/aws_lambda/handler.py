@@ -50,12 +50,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 import structlog
+from botocore.exceptions import BotoCoreError, ClientError
 
 from dispatch.aws_lambda.slots import DEFAULT_LEASE_CAP, Leases, queue_name
 from dispatch.core import constants as c
 from dispatch.core.config import Settings
 from dispatch.core.errors import ConfigurationError, DispatchError
 from dispatch.loop.dispatcher import Dispatcher, DispatcherOptions, RunStats
+from dispatch.store import awake
 from dispatch.store.aws import (
     RequestCounter,
     aio_client_config,
@@ -64,6 +66,7 @@ from dispatch.store.aws import (
     aws_errors,
 )
 from dispatch.store.aws_retry import INVOKE_RETRY
+from dispatch.store.conditional import is_condition_failure
 from dispatch.tasks.registry import DEFAULT_TIMEOUT_S, Registry, default_registry
 from dispatch.throttle.limits import ThrottleSnapshot
 
@@ -100,6 +103,7 @@ ENV_BATCH_SIZE: Final = "DISPATCH_BATCH_SIZE"
 ENV_INVOKE_CONCURRENCY: Final = "DISPATCH_INVOKE_CONCURRENCY"
 ENV_MAX_IN_FLIGHT: Final = "DISPATCH_MAX_IN_FLIGHT"
 ENV_SCALE_OUT_FUNCTION: Final = "DISPATCH_SCALE_OUT_FUNCTION"
+ENV_LINGER_S: Final = "DISPATCH_LINGER_S"  # responsive mode: receive this long after the last task
 ENV_EMIT_METRICS: Final = "DISPATCH_EMIT_METRICS"
 ENV_LOG_LEVEL: Final = "DISPATCH_LOG_LEVEL"
 ENV_RESOURCE_LIMITS: Final = c.ENV_RESOURCE_LIMITS
@@ -130,6 +134,7 @@ class LambdaOptions:
     release_margin_s: float = 2.0  # kept at the very end, to release what did not finish
     drain_wait_s: int = 2  # long-poll length once the queue looks drained
     scale_out_after_s: float = 3.0  # run this long before deciding to scale out
+    linger_s: float = 0.0  # responsive mode: keep receiving this long after the last task
 
     def __post_init__(self) -> None:
         if self.worker_timeout_s <= 0:
@@ -157,6 +162,7 @@ class LambdaOptions:
             emit_metrics=(env.get(ENV_EMIT_METRICS) or ("1" if env.get(ENV_IN_LAMBDA) else "0"))
             in ("1", "true", "yes"),
             resource_limits=parse_resource_limits(env.get(ENV_RESOURCE_LIMITS) or "{}"),
+            linger_s=_env_number(env, ENV_LINGER_S, defaults.linger_s),
         )
 
 
@@ -451,6 +457,7 @@ class _Invocation:
     remaining_s: float  # the time the invocation had when it started
     request_id: str
     scale_out_target: str | None  # the function to invoke to start another dispatcher
+    woken: bool  # a producer woke it (responsive mode): a task was just enqueued
     counter: RequestCounter
     guard: PermissionGuard
     summary: dict[str, Any]
@@ -515,6 +522,9 @@ class DispatcherHandler:
         summary: dict[str, Any] = {"queue": queue_name(settings.queue_url), "outcome": "idle"}
         if _is_scale_out(event):
             summary["scaled_out_by"] = event["dispatch"]["scale_out"]
+        woken = _is_wake(event)
+        if woken:
+            summary["woken"] = True
         return _Invocation(
             settings=settings,
             options=options,
@@ -524,6 +534,7 @@ class DispatcherHandler:
             remaining_s=context.get_remaining_time_in_millis() / 1000.0,
             request_id=str(getattr(context, "aws_request_id", "") or uuid.uuid4().hex),
             scale_out_target=scale_out_target,
+            woken=woken,
             counter=RequestCounter(),
             guard=PermissionGuard(
                 self._grants,
@@ -541,7 +552,9 @@ class DispatcherHandler:
             )
             run.guard.attach(clients.sqs)
             run.guard.attach(clients.dynamodb)
-            if await _visible_messages(clients.sqs, run.settings.queue_url) == 0:
+            # A woken dispatcher skips the idle check: the task that woke it was just
+            # sent, and the queue's counters lag behind a send.
+            if not run.woken and await _visible_messages(clients.sqs, run.settings.queue_url) == 0:
                 return None
             leases = Leases(
                 clients.dynamodb,
@@ -575,7 +588,9 @@ class DispatcherHandler:
     ) -> RunStats | None:
         """Run the dispatcher until the queue is drained or the time budget ends."""
         dispatcher_options = DispatcherOptions(
-            max_in_flight=run.options.max_in_flight, drain_wait_time_s=run.options.drain_wait_s
+            max_in_flight=run.options.max_in_flight,
+            drain_wait_time_s=run.options.drain_wait_s,
+            linger_s=run.options.linger_s,
         )
         runner = self._runner(run.options, lambda_client)
         plan = _plan(run, dispatcher_options)
@@ -592,19 +607,28 @@ class DispatcherHandler:
             options=dispatcher_options,
             clock=self._clock,
         )
-        watch = asyncio.create_task(
-            self._watch(
-                dispatcher, run=run, plan=plan, clients=clients, lambda_client=lambda_client
+        watches = [
+            asyncio.create_task(
+                self._watch(
+                    dispatcher, run=run, plan=plan, clients=clients, lambda_client=lambda_client
+                )
             )
-        )
+        ]
+        if run.options.linger_s > 0:
+            watches.append(
+                asyncio.create_task(
+                    self._keep_promise(dispatcher, run=run, plan=plan, clients=clients)
+                )
+            )
         try:
             stats = await dispatcher.run(
                 until_empty=True, for_s=plan.receive_for_s, finish_by=plan.finish_by
             )
         finally:
-            watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watch
+            for watch in watches:
+                watch.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watch
             await _close_runner(runner, grace_s=plan.deadline - self._clock() - 1.0)
         _record_run(run.summary, stats, runner)
         return stats
@@ -623,6 +647,31 @@ class DispatcherHandler:
         from dispatch_workers.pool import WorkerPool
 
         return WorkerPool(max_workers=options.max_in_flight)
+
+    async def _keep_promise(
+        self, dispatcher: Dispatcher, *, run: _Invocation, plan: Plan, clients: Any
+    ) -> None:
+        """Responsive mode: tell producers until when this dispatcher surely receives
+        (its last task + the linger, within its receiving time), so that they wake no
+        other (dispatch.store.awake). The run ends no earlier than any promise made."""
+        settings, written = run.settings, 0.0
+        receive_end = run.started + plan.receive_for_s
+        while True:
+            until = min(dispatcher.last_work_at + run.options.linger_s, receive_end)
+            if until > written + 1.0:
+                params = awake.promise_params(
+                    settings.table, settings.queue_url, until=until, holder=run.request_id
+                )
+                try:
+                    await clients.dynamodb.put_item(**params)
+                    written = until
+                except ClientError as exc:
+                    if not is_condition_failure(exc):  # refused: a later promise stands
+                        log.warning("awake_promise_failed", error=str(exc))
+                    written = until
+                except BotoCoreError as exc:
+                    log.warning("awake_promise_failed", error=str(exc))
+            await asyncio.sleep(1.0)
 
     async def _watch(
         self,
@@ -785,7 +834,20 @@ def _longest_task_s(registry: Registry, options: LambdaOptions) -> float:
 
 
 def _is_scale_out(event: Any) -> bool:
-    return isinstance(event, dict) and isinstance(event.get("dispatch"), dict)
+    return _dispatch_event(event, "scale_out")
+
+
+def _is_wake(event: Any) -> bool:
+    return _dispatch_event(event, "wake")
+
+
+def _dispatch_event(event: Any, kind: str) -> bool:
+    """Whether ``event`` is one Dispatch sends itself: ``{"dispatch": {kind: ...}}``."""
+    return (
+        isinstance(event, dict)
+        and isinstance(event.get("dispatch"), dict)
+        and kind in event["dispatch"]
+    )
 
 
 async def _visible_messages(sqs: Any, queue_url: str) -> int:

@@ -45,6 +45,7 @@ class Settings:
     endpoint_url: str | None = None
     task_modules: tuple[str, ...] = field(default_factory=tuple)
     signing_keys: tuple[str, ...] = field(default_factory=tuple, repr=False)
+    wake_function: str | None = None  # responsive mode: the dispatcher a producer wakes
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -72,6 +73,7 @@ class Settings:
             signing_keys=tuple(
                 k.strip() for k in env.get(c.ENV_SIGNING_KEY, "").split(",") if k.strip()
             ),
+            wake_function=env.get(c.ENV_WAKE_FUNCTION) or None,
         )
         settings.validate()
         return settings

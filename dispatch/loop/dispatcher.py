@@ -75,6 +75,7 @@ class Dispatcher:
         self._releasing = False
         self._fatal: DispatchError | None = None  # why the run must end (a table gone, ...)
         self._finish_within: float | None = None  # a fatal stop bounds the finish
+        self.last_work_at = clock()  # the last moment this dispatcher held a task
         self._build_observers(settings, metrics)
         self._build_effects(settings, clients, options)
         self._build_pipeline(settings, options)
@@ -255,6 +256,7 @@ class Dispatcher:
                 setting=c.ENV_TASKS,
             )
         self._stats.stats = RunStats(started_at=self._clock())
+        self.last_work_at = self._clock()
         deadline = None if for_s is None else self._clock() + for_s
         background = [
             asyncio.create_task(self._holding.heartbeat(self._sqs)),
@@ -284,9 +286,12 @@ class Dispatcher:
             room = min(c.SQS_MAX_BATCH_ENTRIES, self._holding.room() - sum(receiver.out.values()))
             if room >= self._receive_at_least and receiver.may_receive_more():
                 idle = not receiver.out and not len(self._holding)
-                if until_empty and idle and await self._queue_is_empty():
+                linger_s = self._linger_left_s()
+                if until_empty and idle and linger_s <= 0 and await self._queue_is_empty():
                     return
-                wait_s = receiver.wait_s(until_empty=until_empty, deadline=deadline)
+                wait_s = receiver.wait_s(
+                    until_empty=until_empty, deadline=deadline, linger_s=linger_s
+                )
                 await receiver.start(room, wait_s, deadline=deadline)
             elif receiver.out:
                 for delivery in await receiver.take():
@@ -339,7 +344,17 @@ class Dispatcher:
         await self._flush()
         return await self._receiver.queue_is_empty()
 
+    def _linger_left_s(self) -> float:
+        """How much longer an until-empty run keeps receiving after its last task
+        (``DispatcherOptions.linger_s``; 0 once it has waited that long)."""
+        if self.options.linger_s <= 0:
+            return 0.0
+        if len(self._holding):  # tasks still held: the last task is not over yet
+            self.last_work_at = self._clock()
+        return max(0.0, self.last_work_at + self.options.linger_s - self._clock())
+
     def _spawn(self, delivery: Delivery) -> None:
+        self.last_work_at = self._clock()
         self._holding.hold(delivery)
         self._groups.line_up(delivery)
         self._observers.held(len(self._holding))

@@ -27,6 +27,7 @@ class DispatcherOptions:
     throttle_horizon_s: float = 5.0  # a task that cannot start within this is deferred
     receive_concurrency: int = 3  # receives out at once while each brings a whole batch
     batch_claims: bool = True  # claims and successes in batches of conditional PartiQL UPDATEs
+    linger_s: float = 0.0  # until_empty: the queue is empty only once nothing came for this long
 
     def __post_init__(self) -> None:
         if self.max_in_flight < 1:
@@ -37,6 +38,8 @@ class DispatcherOptions:
             raise ConfigurationError(
                 f"visibility_timeout_s={self.visibility_timeout_s}: must be 2 to 43200"
             )
+        if not 0 <= self.linger_s <= c.MAX_LINGER_S:
+            raise ConfigurationError(f"linger_s={self.linger_s}: must be 0 to {c.MAX_LINGER_S}")
         if not 1 <= self.receive_concurrency <= MAX_RECEIVE_CONCURRENCY:
             raise ConfigurationError(
                 f"receive_concurrency={self.receive_concurrency}: "

@@ -84,8 +84,9 @@ class Receiver:
             and self._pace_s == 0.0
         )
 
-    def wait_s(self, *, until_empty: bool, deadline: float | None) -> int:
-        """The long poll of the next receive: never past ``deadline``.
+    def wait_s(self, *, until_empty: bool, deadline: float | None, linger_s: float = 0.0) -> int:
+        """The long poll of the next receive: never past ``deadline``; ``linger_s``: how
+        much longer an until-empty run keeps receiving after its last task.
 
         Draining (``until_empty``), the poll is short to notice the end, and doubles
         with each receive in a row that came back empty while the queue was not
@@ -93,7 +94,11 @@ class Receiver:
         :data:`DRAIN_WAIT_MAX_S`: a long poll returns as soon as a message is
         visible, so waiting longer costs no latency, only a later exit."""
         options = self._options
-        if until_empty:
+        if until_empty and linger_s > 0:
+            # Lingering: long polls for what is left of it (a poll returns at once
+            # when a message comes, so a long one costs no latency).
+            wait_s = max(options.drain_wait_time_s, min(options.wait_time_s, math.ceil(linger_s)))
+        elif until_empty:
             drain_s: int = options.drain_wait_time_s << min(self._empty_in_a_row, 8)
             wait_s = min(max(options.drain_wait_time_s, DRAIN_WAIT_MAX_S), drain_s)
         else:

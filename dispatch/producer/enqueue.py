@@ -18,6 +18,7 @@ on aiobotocore.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from dispatch.core.config import Settings
 from dispatch.core.envelope import Message, is_lean_task_id
 from dispatch.core.errors import EnqueueError, PartialEnqueueError
 from dispatch.core.signing import signature_attribute
+from dispatch.producer.wake import ENV_LAMBDA_ENDPOINT_URL, Waker
 from dispatch.store import state
 from dispatch.store.aws import RequestCounter, async_clients, sync_clients, translate_error
 from dispatch.store.aws_retry import Backoff
@@ -380,6 +382,15 @@ class Queue:
     def __init__(self, settings: Settings, *, counter: RequestCounter | None = None) -> None:
         self.settings = settings
         self._counter = counter
+        self.waker = (
+            Waker(
+                settings,
+                settings.wake_function,
+                lambda_endpoint_url=os.environ.get(ENV_LAMBDA_ENDPOINT_URL) or None,
+            )
+            if settings.wake_function
+            else None
+        )
         self._sync: SyncClients | None = None
         self._async: AsyncClients | None = None
         self._async_cm: AbstractAsyncContextManager[AsyncClients] | None = None
@@ -413,7 +424,10 @@ class Queue:
         batch = list(messages)
         if not batch:
             return []
-        return run_sync(enqueue_plan(self.settings, batch, time.time()), self.sync_clients())
+        ids = run_sync(enqueue_plan(self.settings, batch, time.time()), self.sync_clients())
+        if self.waker is not None:
+            self.waker.after_send(self.sync_clients().dynamodb)
+        return ids
 
     async def enqueue_async(self, message: Message) -> str:
         """Send one message (aiobotocore); returns its task id."""
@@ -424,9 +438,12 @@ class Queue:
         batch = list(messages)
         if not batch:
             return []
-        return await run_async(
+        ids = await run_async(
             enqueue_plan(self.settings, batch, time.time()), await self._aclients()
         )
+        if self.waker is not None and self.waker.due():
+            await asyncio.to_thread(self.waker.after_send, self.sync_clients().dynamodb)
+        return ids
 
     def close(self) -> None:
         """Close the boto3 clients, if any were made."""
@@ -434,6 +451,8 @@ class Queue:
             sync, self._sync = self._sync, None
             sync.sqs.close()
             sync.dynamodb.close()
+        if self.waker is not None:
+            self.waker.close()
 
     async def aclose(self) -> None:
         """Close the aiobotocore clients, if any were opened."""

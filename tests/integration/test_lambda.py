@@ -57,7 +57,7 @@ from dispatch_workers.lambda_invoker import (
     LambdaInvoker,
     outcome_for_function_error,
 )
-from tests.integration.conftest import queue_counts, receive_all
+from tests.integration.conftest import queue_counts, receive_all, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 EVENTS = ROOT / "tests" / "events"
@@ -227,6 +227,47 @@ def test_schedule_event_runs_tasks_on_the_worker_and_settles_them(
     assert worker_calls and all(i.status == 200 and i.qualifier == "live" for i in worker_calls)
     assert set(summary["requests"]) <= DECLARED_OPERATIONS
     assert summary["requests"]["dynamodb.BatchExecuteStatement"] >= 2
+
+
+def test_responsive_mode_wakes_a_dispatcher_and_its_promise_spares_the_next_wake(
+    topology: Topology, clients: SyncClients
+) -> None:
+    """Given the responsive mode (a dispatcher that lingers 8 s after its last task, and
+    a producer with DISPATCH_WAKE_FUNCTION), when a task is enqueued on an idle queue
+    with no tick at all, then the producer wakes the dispatcher function and the task
+    runs within seconds; a second task enqueued while the woken dispatcher lingers is
+    picked up by it: the producer reads its promise and wakes nothing (one wake, one
+    dispatcher invocation in all)."""
+    tasks = declare(topology.registry)
+    topology.serve_dispatcher(topology.options(linger_s=8.0))
+    wake = function_arn(topology.dispatcher, qualifier="live")
+    queue = Queue(replace(topology.settings, wake_function=wake))
+    store = SyncStateStore(clients.dynamodb, topology.settings.table)
+
+    def succeeded(task_id: str) -> bool:
+        found = store.get(task_id)
+        return found is not None and found.status is Status.SUCCEEDED
+
+    try:
+        started = time.monotonic()
+        first = queue.enqueue(tasks["double"].message(n=1))
+        wait_until(lambda: succeeded(first), what="the woken dispatcher to run the first task")
+        first_pickup_s = time.monotonic() - started
+        assert queue.waker is not None
+        waker = queue.waker
+        wait_until(waker.due, what="the producer's quiet period after its wake to pass")
+        second = queue.enqueue(tasks["double"].message(n=2))
+        wait_until(lambda: succeeded(second), what="the lingering dispatcher to run the second")
+    finally:
+        queue.close()
+        assert topology.endpoint.wait_idle(timeout_s=60)
+
+    assert waker.wakes == 1
+    dispatchers = [i for i in topology.endpoint.invocations if i.function == topology.dispatcher]
+    assert len(dispatchers) == 1 and dispatchers[0].invocation_type == "Event"
+    (summary,) = topology.summaries
+    assert summary["woken"] is True and summary["succeeded"] == 2
+    assert first_pickup_s < 10, first_pickup_s
 
 
 def test_example_app_runs_through_the_lambda_topology(

@@ -34,8 +34,11 @@ from dispatch.tasks.cron import parse
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 TEMPLATE_PATH = DEPLOY / "template.yaml"
+EXAMPLE_TEMPLATE_PATH = ROOT / "examples" / "myproject" / "template.yaml"  # has ProducerPolicy
 FUNCTIONS = ("DispatcherFunction", "WorkerFunction")
 LOG_ACTIONS = {"logs:CreateLogStream", "logs:PutLogEvents"}
+MODES = ("scheduled", "responsive", "service")
+NO_VALUE = {"Ref": "AWS::NoValue"}
 
 
 @pytest.fixture(scope="module")
@@ -90,19 +93,113 @@ def test_sam_translator_transforms_the_template(transformed: dict[str, Any]) -> 
     assert invoke_config["MaximumRetryAttempts"] == 0
 
 
-def test_the_schedule_runs_only_in_the_scheduled_mode(
+def _holds(template: dict[str, Any], condition: dict[str, Any], mode: str) -> bool:
+    """Whether a condition (Fn::Equals, Fn::Not, Condition) holds with DispatchMode=mode."""
+    ((function, args),) = condition.items()
+    if function == "Condition":
+        return _holds(template, template["Conditions"][args], mode)
+    if function == "Fn::Not":
+        return not _holds(template, args[0], mode)
+    assert function == "Fn::Equals", condition
+    parameters = {"DispatchMode": mode}
+    left, right = (parameters[a["Ref"]] if isinstance(a, dict) else a for a in args)
+    return bool(left == right)
+
+
+def _resolve(template: dict[str, Any], value: Any, mode: str) -> Any:
+    """``value`` with every Fn::If decided for DispatchMode=mode and AWS::NoValue dropped."""
+    if isinstance(value, list):
+        items = [_resolve(template, item, mode) for item in value]
+        return [item for item in items if item != NO_VALUE]
+    if isinstance(value, dict):
+        if set(value) == {"Fn::If"}:
+            name, then, otherwise = value["Fn::If"]
+            held = _holds(template, template["Conditions"][name], mode)
+            return _resolve(template, then if held else otherwise, mode)
+        items = {key: _resolve(template, item, mode) for key, item in value.items()}
+        return {key: item for key, item in items.items() if item != NO_VALUE}
+    return value
+
+
+def _dispatcher_alias_arn(template: dict[str, Any]) -> dict[str, str]:
+    """The ARN of the dispatcher's live alias, built from its FunctionName and alias."""
+    function = template["Resources"]["DispatcherFunction"]["Properties"]
+    name = function["FunctionName"]["Fn::Sub"]
+    alias = function["AutoPublishAlias"]
+    prefix = "arn:${AWS::Partition}:lambda:${AWS::Region}:${AWS::AccountId}:function"
+    return {"Fn::Sub": f"{prefix}:{name}:{alias}"}
+
+
+def test_dispatch_mode_is_scheduled_responsive_or_service(template: dict[str, Any]) -> None:
+    """DispatchMode picks who dispatches: scheduled (the default), responsive or service."""
+    parameter = template["Parameters"]["DispatchMode"]
+
+    assert parameter["Default"] == "scheduled"
+    assert sorted(parameter["AllowedValues"]) == sorted(MODES)
+    assert len(parameter["AllowedValues"]) == len(MODES)
+
+
+def test_the_schedule_is_off_only_in_the_service_mode(
     template: dict[str, Any], transformed: dict[str, Any]
 ) -> None:
-    """DispatchMode picks who dispatches: by default the tick's rule is enabled; with
-    `service` (dispatch run on ECS beside the stack) it is disabled, nothing else."""
-    parameter = template["Parameters"]["DispatchMode"]
-    assert parameter["Default"] == "scheduled"
-    assert set(parameter["AllowedValues"]) == {"scheduled", "service"}
-    assert template["Conditions"]["Scheduled"] == {
-        "Fn::Equals": [{"Ref": "DispatchMode"}, "scheduled"]
+    """Given the transformed tick rule, its state is DISABLED only with `service` (dispatch
+    run on ECS beside the stack); scheduled and responsive (its safety net) keep it."""
+    assert template["Conditions"]["ServiceMode"] == {
+        "Fn::Equals": [{"Ref": "DispatchMode"}, "service"]
     }
     state = transformed["Resources"]["DispatcherFunctionTick"]["Properties"]["State"]
-    assert state == {"Fn::If": ["Scheduled", "ENABLED", "DISABLED"]}
+
+    assert state == {"Fn::If": ["ServiceMode", "DISABLED", "ENABLED"]}
+    assert {mode: _resolve(transformed, state, mode) for mode in MODES} == {
+        "scheduled": "ENABLED",
+        "responsive": "ENABLED",
+        "service": "DISABLED",
+    }
+
+
+def test_the_dispatcher_lingers_only_in_the_responsive_mode(template: dict[str, Any]) -> None:
+    """DISPATCH_LINGER_S is "0" (return as soon as the queue is empty) unless the mode is
+    responsive, where a woken dispatcher long-polls a positive number of seconds."""
+    assert template["Conditions"]["Responsive"] == {
+        "Fn::Equals": [{"Ref": "DispatchMode"}, "responsive"]
+    }
+    variables = template["Resources"]["DispatcherFunction"]["Properties"]["Environment"]
+    linger = variables["Variables"]["DISPATCH_LINGER_S"]
+
+    by_mode = {mode: _resolve(template, linger, mode) for mode in MODES}
+
+    assert all(isinstance(value, str) for value in by_mode.values()), by_mode
+    assert by_mode["scheduled"] == by_mode["service"] == "0"
+    assert int(by_mode["responsive"]) > 0
+
+
+def test_producers_may_wake_the_dispatcher_only_in_the_responsive_mode() -> None:
+    """Given the example's ProducerPolicy (deploy/template.yaml has none), when the modes
+    are compared, then responsive adds exactly one statement: lambda:InvokeFunction on
+    the dispatcher's live alias, the function DISPATCH_SCALE_OUT_FUNCTION also names."""
+    example = load_template(EXAMPLE_TEMPLATE_PATH)
+    document = example["Resources"]["ProducerPolicy"]["Properties"]["PolicyDocument"]
+    statements = {mode: _resolve(example, document["Statement"], mode) for mode in MODES}
+    alias_arn = _dispatcher_alias_arn(example)
+    variables = example["Resources"]["DispatcherFunction"]["Properties"]["Environment"]
+
+    assert statements["scheduled"] == statements["service"]
+    added = [s for s in statements["responsive"] if s not in statements["scheduled"]]
+    assert len(statements["responsive"]) == len(statements["scheduled"]) + 1
+    assert added == [{"Effect": "Allow", "Action": "lambda:InvokeFunction", "Resource": alias_arn}]
+    assert variables["Variables"]["DISPATCH_SCALE_OUT_FUNCTION"] == alias_arn
+
+
+def test_the_wake_function_output_exists_only_in_the_responsive_mode(
+    template: dict[str, Any],
+) -> None:
+    """The WakeFunction output, what producers set as DISPATCH_WAKE_FUNCTION, is the
+    dispatcher's live alias and exists only under the Responsive condition."""
+    output = template["Outputs"]["WakeFunction"]
+
+    assert output["Condition"] == "Responsive"
+    assert output["Value"] == _dispatcher_alias_arn(template)
+    assert "DISPATCH_WAKE_FUNCTION" in output["Description"]
 
 
 def test_sam_transform_keeps_the_rules_and_mappings(
