@@ -232,14 +232,14 @@ def test_schedule_event_runs_tasks_on_the_worker_and_settles_them(
 def test_responsive_mode_wakes_a_dispatcher_and_its_promise_spares_the_next_wake(
     topology: Topology, clients: SyncClients
 ) -> None:
-    """Given the responsive mode (a dispatcher that lingers 8 s after its last task, and
+    """Given the responsive mode (a dispatcher that lingers 15 s after its last task, and
     a producer with DISPATCH_WAKE_FUNCTION), when a task is enqueued on an idle queue
     with no tick at all, then the producer wakes the dispatcher function and the task
     runs within seconds; a second task enqueued while the woken dispatcher lingers is
     picked up by it: the producer reads its promise and wakes nothing (one wake, one
     dispatcher invocation in all)."""
     tasks = declare(topology.registry)
-    topology.serve_dispatcher(topology.options(linger_s=8.0))
+    topology.serve_dispatcher(topology.options(linger_s=15.0))
     wake = function_arn(topology.dispatcher, qualifier="live")
     queue = Queue(replace(topology.settings, wake_function=wake))
     store = SyncStateStore(clients.dynamodb, topology.settings.table)
