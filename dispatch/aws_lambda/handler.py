@@ -52,9 +52,9 @@ from typing import TYPE_CHECKING, Any, Final
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
-from dispatch.aws_lambda.slots import DEFAULT_LEASE_CAP, Leases, queue_name
+from dispatch.aws_lambda.slots import DEFAULT_LEASE_CAP, Leases
 from dispatch.core import constants as c
-from dispatch.core.config import Settings
+from dispatch.core.config import Settings, queue_name
 from dispatch.core.errors import ConfigurationError, DispatchError
 from dispatch.loop.dispatcher import Dispatcher, DispatcherOptions, RunStats
 from dispatch.store import awake

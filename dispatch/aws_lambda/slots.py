@@ -31,6 +31,7 @@ import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
 from dispatch.core import constants as c
+from dispatch.core.config import queue_name
 from dispatch.core.errors import ConfigurationError
 from dispatch.store.aws import translate_error
 from dispatch.store.codec import number, read_number
@@ -69,11 +70,6 @@ class Lease:
     def key(self) -> str:
         """The slot's ``pk``."""
         return lease_key(self.queue, self.slot)
-
-
-def queue_name(queue_url: str) -> str:
-    """The queue's name: the last segment of its URL."""
-    return queue_url.rstrip("/").rsplit("/", 1)[-1]
 
 
 def lease_key(queue: str, slot: int) -> str:

@@ -10,7 +10,13 @@ from dataclasses import dataclass, field, replace
 from dispatch.core import constants as c
 from dispatch.core.errors import ConfigurationError
 
-_TABLE_NAME = re.compile(r"[A-Za-z0-9_.-]{3,255}")
+TABLE_NAME = re.compile(r"[A-Za-z0-9_.-]{3,255}")
+"""What DynamoDB accepts as a table name."""
+
+
+def queue_name(queue_url: str) -> str:
+    """The queue's name: the last segment of its URL."""
+    return queue_url.rstrip("/").rsplit("/", 1)[-1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +98,7 @@ class Settings:
                 f"{c.ENV_DLQ_URL} must name a different queue than {c.ENV_QUEUE_URL}",
                 setting=c.ENV_DLQ_URL,
             )
-        if not _TABLE_NAME.fullmatch(self.table):
+        if not TABLE_NAME.fullmatch(self.table):
             raise ConfigurationError(
                 f"{c.ENV_TABLE}={self.table!r} is not a DynamoDB table name (3 to 255 of "
                 "a-z A-Z 0-9 _ - .)",

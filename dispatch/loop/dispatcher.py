@@ -17,7 +17,7 @@ from typing import Any, Final
 import structlog
 
 from dispatch.core import constants as c
-from dispatch.core.config import Settings
+from dispatch.core.config import Settings, queue_name
 from dispatch.core.delivery import Delivery
 from dispatch.core.errors import ConfigurationError, DispatchError
 from dispatch.loop.activity import TaskActivity
@@ -82,8 +82,8 @@ class Dispatcher:
         self._build_around(settings, clients, options)
 
     def _build_observers(self, settings: Settings, metrics: Metrics | None) -> None:
-        queue_name = settings.queue_url.rsplit("/", 1)[-1]
-        metrics = metrics if metrics is not None else metrics_from_env(queue_name)
+        name = queue_name(settings.queue_url)
+        metrics = metrics if metrics is not None else metrics_from_env(name)
         self._stats = StatsObserver(RunStats())
         self._activity = TaskActivity(clock=self._clock)
         self._metrics = MetricsObserver(metrics) if metrics is not None else None

@@ -39,7 +39,6 @@ class GroupLines:
         self._lines: dict[str, deque[str]] = {}  # group -> receipts, in receive order
         self._group_of: dict[str, str] = {}  # receipt -> group, while lined up
         self._head: dict[str, asyncio.Event] = {}  # receipt -> set once it is first
-        self._gone: set[str] = set()  # lined-up receipts whose delete was sent
         self._back: set[str] = set()  # lined-up receipts that must go back unrun
 
     def __len__(self) -> int:
@@ -68,14 +67,14 @@ class GroupLines:
             await self._head[receipt].wait()
             yield receipt not in self._back
         finally:
-            self._leave(receipt, gone=receipt in self._gone)
+            # A message whose delete was sent has left its line already (see delete).
+            self._leave(receipt, gone=False)
 
     def _leave(self, receipt: str, *, gone: bool) -> None:
         group = self._group_of.pop(receipt, None)
         if group is None:
             return
         self._head.pop(receipt, None)
-        self._gone.discard(receipt)
         self._back.discard(receipt)
         line = self._lines[group]
         line.remove(receipt)
@@ -93,7 +92,6 @@ class GroupLines:
         if receipt in self._group_of:
             # The next of the group may start now: this one is settled, its delete on
             # the way (a delete that fails is safe: the redelivery finds it settled).
-            self._gone.add(receipt)
             self._leave(receipt, gone=True)
         await self._sqs.delete(receipt)
 

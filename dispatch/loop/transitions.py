@@ -40,13 +40,6 @@ def _no_key(_entry: dict[str, Any]) -> None:
     return None  # every statement is answered: none replaces another
 
 
-def _claimable(record: TaskRecord, now: float) -> bool:
-    """Whether a new attempt may start from ``record`` (the claim's condition)."""
-    if record.status in (Status.QUEUED, Status.RETRYING):
-        return True
-    return record.status is Status.RUNNING and (record.lease_until or 0) < now
-
-
 class Transitions(Protocol):
     """The writes the loop makes to task records; each is conditional on owning the task."""
 
@@ -204,7 +197,7 @@ class RecordTransitions:
             record = TaskRecord.from_item(answer.item)
             own = record.status is Status.RUNNING and record.claim_token == ask.token
             spent = ask.max_attempts is not None and record.attempts >= ask.max_attempts
-            if own or spent or not _claimable(record, ask.now):
+            if own or spent or not state.attempt_may_start(record, ask.now):
                 return state.refused(ask, answer.item)
             old = answer.item
         return None

@@ -224,6 +224,18 @@ def redrive(
     kept: list[DeadLetterEntry] = []
     batch: list[DeadLetterEntry] = []
     revived: set[str | None] = set()  # dry run: the task ids a dead letter would revive
+
+    def send(entries: list[DeadLetterEntry]) -> None:
+        _redrive_batch(
+            clients,
+            settings,
+            entries,
+            report=report,
+            kept=kept,
+            revived=revived,
+            progress=progress,
+        )
+
     try:
         for entry in iter_dead_letters(clients, settings):
             if (task is not None and entry.task != task) or (
@@ -234,26 +246,10 @@ def redrive(
                 continue
             batch.append(entry)
             if len(batch) == c.SQS_MAX_BATCH_ENTRIES:
-                _redrive_batch(
-                    clients,
-                    settings,
-                    batch,
-                    report=report,
-                    kept=kept,
-                    revived=revived,
-                    progress=progress,
-                )
+                send(batch)
                 batch = []
         if batch:
-            _redrive_batch(
-                clients,
-                settings,
-                batch,
-                report=report,
-                kept=kept,
-                revived=revived,
-                progress=progress,
-            )
+            send(batch)
             batch = []
     finally:
         release(clients, settings, kept + batch)

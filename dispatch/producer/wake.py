@@ -27,7 +27,7 @@ from typing import Any, Final
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
-from dispatch.core.config import Settings
+from dispatch.core.config import Settings, queue_name
 from dispatch.store import awake
 from dispatch.store.aws import sync_client
 from dispatch.store.aws_retry import INVOKE_RETRY
@@ -79,7 +79,7 @@ class Waker:
 
     def payload(self) -> bytes:
         """The event the woken dispatcher gets."""
-        name = self._settings.queue_url.rstrip("/").rsplit("/", 1)[-1]
+        name = queue_name(self._settings.queue_url)
         return json.dumps({"dispatch": {"wake": {"queue": name}}}).encode()
 
     def after_send(self, dynamodb: Any) -> None:

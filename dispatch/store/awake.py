@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from dispatch.core import constants as c
+from dispatch.core.config import queue_name
 from dispatch.store.codec import number, read_number
 
 __all__ = ["awake_key", "promise_params", "promised_until"]
@@ -23,8 +24,7 @@ _ITEM_TTL_S: Final = 3600
 
 def awake_key(queue_url: str) -> dict[str, Any]:
     """The key of a queue's awake promise."""
-    name = queue_url.rstrip("/").rsplit("/", 1)[-1]
-    return {c.TABLE_HASH_KEY: {"S": f"{c.AWAKE_KEY_PREFIX}{name}"}}
+    return {c.TABLE_HASH_KEY: {"S": f"{c.AWAKE_KEY_PREFIX}{queue_name(queue_url)}"}}
 
 
 def promise_params(table: str, queue_url: str, *, until: float, holder: str) -> dict[str, Any]:

@@ -187,6 +187,15 @@ _CLAIMABLE: Final = (
 """A record a new attempt may start from: none yet, waiting, or a lapsed attempt's."""
 
 
+def attempt_may_start(record: TaskRecord, now: float | None) -> bool:
+    """Whether a new attempt may start from ``record`` (``_CLAIMABLE``, in Python):
+    waiting for one, or running under a lease past ``now``."""
+    if record.status in (Status.QUEUED, Status.RETRYING):
+        return True
+    lapsed = now is not None and (record.lease_until or 0) < now
+    return record.status is Status.RUNNING and lapsed
+
+
 def _claim_condition(max_attempts: int | None, *, require_record: bool) -> str:
     condition = f"attribute_exists(pk) AND ({_CLAIMABLE})" if require_record else _CLAIMABLE
     if max_attempts is None:
@@ -298,9 +307,7 @@ def claim_refused(
         return Claim(ClaimStatus.DONE, old)
     if old.status is Status.DEAD:
         return Claim(ClaimStatus.DEAD, old)
-    lapsed = old.status is Status.RUNNING and now is not None and (old.lease_until or 0) < now
-    waiting = old.status in (Status.QUEUED, Status.RETRYING) or lapsed
-    if waiting and max_attempts is not None and old.attempts >= max_attempts:
+    if attempt_may_start(old, now) and max_attempts is not None and old.attempts >= max_attempts:
         return Claim(ClaimStatus.EXHAUSTED, old)
     if old.message_id == message_id:
         return Claim(ClaimStatus.BUSY, old)

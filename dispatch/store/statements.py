@@ -50,7 +50,6 @@ log line saying why.
 from __future__ import annotations
 
 import asyncio
-import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -60,11 +59,17 @@ import tenacity
 from botocore.exceptions import BotoCoreError, ClientError
 
 from dispatch.core import constants as c
+from dispatch.core.config import TABLE_NAME
 from dispatch.core.envelope import Envelope
 from dispatch.core.errors import ConfigurationError
 from dispatch.core.record import ClaimAsk, Status
 from dispatch.store.aws import error_code, translate_error
-from dispatch.store.aws_retry import Backoff, attempts_at_most
+from dispatch.store.aws_retry import (
+    THROTTLING_CODES,
+    TRANSIENT_CODES,
+    Backoff,
+    attempts_at_most,
+)
 from dispatch.store.codec import number, read_number
 from dispatch.store.state import LEASE_GRACE_S, record_ttl
 
@@ -101,7 +106,6 @@ _RETRYABLE: Final = frozenset(
 )
 _STATEMENT_ATTEMPTS: Final = 5
 _STATEMENT_BACKOFF: Final = Backoff(tenacity.wait_exponential(multiplier=0.05, max=1.0))
-_TABLE_NAME: Final = re.compile(r"[A-Za-z0-9_.-]{3,255}")
 
 
 def _s(value: str) -> dict[str, str]:
@@ -138,7 +142,7 @@ class _Update:
     """Builds ``UPDATE "table" SET "a"=? ... REMOVE "b" ... WHERE "pk"=? AND ...``."""
 
     def __init__(self, table: str, key: str) -> None:
-        if not _TABLE_NAME.fullmatch(table):
+        if not TABLE_NAME.fullmatch(table):
             raise ConfigurationError(
                 f"table name {table!r}: DynamoDB table names are 3 to 255 of a-z, A-Z, "
                 "0-9, '_', '-' and '.'",
@@ -330,19 +334,10 @@ _probed: dict[tuple[str, str], str | None] = {}
 # does) or what went wrong. Only answers that will not change are kept: a throttled
 # or failed probe is made again later.
 
-_PASSING_CODES: Final = frozenset(
-    {
-        "ThrottlingException",
-        "ProvisionedThroughputExceededException",
-        "RequestLimitExceeded",
-        "InternalServerError",
-        "InternalFailure",
-        "ServiceUnavailable",
-    }
-)
-"""AWS's own answers for load or a passing fault. A 500 without an AWS error code
-(stock moto's HTML page for a statement it cannot run) is an endpoint that does
-not speak PartiQL batches, and that answer is final."""
+_PASSING_CODES: Final = THROTTLING_CODES | TRANSIENT_CODES
+"""AWS's own answers for load or a passing fault (the retry policy's). A 500 without
+an AWS error code (stock moto's HTML page for a statement it cannot run) is an
+endpoint that does not speak PartiQL batches, and that answer is final."""
 
 
 @dataclass(frozen=True, slots=True)

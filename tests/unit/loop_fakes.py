@@ -67,11 +67,9 @@ class MemoryTransitions:
         old = self.records.get(envelope.id)
         if old is None and ask.require_record:
             return Claim(ClaimStatus.NO_RECORD, state.missing_record(envelope))
-        claimable = (
-            old is None
-            or old.status in (Status.QUEUED, Status.RETRYING)
-            or (old.status is Status.RUNNING and (old.lease_until or 0) < now)
-        ) and (old is None or old.attempts < max_attempts)
+        claimable = old is None or (
+            state.attempt_may_start(old, now) and old.attempts < max_attempts
+        )
         if not claimable:
             assert old is not None
             return state.claim_refused(
