@@ -33,11 +33,13 @@ $(BIN)/.bench-installed: $(BIN)/.installed
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	touch $@
 
-bench: $(BIN)/.bench-installed        # full benchmark, ~10-15 min; not part of `make test`
+bench: $(BIN)/.bench-installed        # full benchmark, ~20 min; not part of `make test`
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench.listing
 
-bench-quick: $(BIN)/.bench-installed  # the same measurements on small sizes, under a minute
+bench-quick: $(BIN)/.bench-installed  # the same measurements on small sizes, a few minutes
 	$(BIN)/python -m bench --quick
+	$(BIN)/python -m bench.listing --records 5000 --repeats 2 --out bench/results/listing-quick.json
 
 bench-throttle: $(BIN)/.bench-installed  # throttle accuracy, coordination cost, adaptive rate
 	$(BIN)/python -m bench.throttle

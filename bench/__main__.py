@@ -16,7 +16,10 @@ by side on the same machine:
 6. drain throughput with 1, 2 and 4 dispatcher processes;
 7. requests per task and drain throughput by workload size, and the local AWS's
    per-call cost with the queue empty and full;
-8. the drain comparison of 1. and 2. again on a second emulator that holds each
+8. pickup latency (idle and under load) and idle cost per deployment mode
+   (scheduled, responsive, service) on the loopback Lambda topology
+   (bench/pickup.py);
+9. the drain comparison of 1. and 2. again on a second emulator that holds each
    request for about the network's round trip to AWS (SQS 20 ms, DynamoDB 5 ms:
    bench/round_trips.py), where waiting for answers costs what it costs on AWS;
 
@@ -52,6 +55,7 @@ from bench.fleet import REPO_ROOT
 from bench.idle import run_idle
 from bench.latency import run_latency
 from bench.output import to_json, write_atomically
+from bench.pickup import PickupPlan, run_pickup
 from bench.plan import Plan
 from bench.round_trips import run_round_trips
 from bench.scaling import run_scaling
@@ -169,6 +173,8 @@ def _run(plan: Plan, out: Path, suffix: str) -> tuple[dict[str, Any], list[str]]
         measure("latency", lambda: run_latency(stage, plan.latency_probes))
         measure("scaling", lambda: _scaling(stage, plan))
         measure("growth", lambda: _growth(stage, plan, dispatch if pairs is not None else []))
+        pickup_plan = PickupPlan.quick() if plan.mode == "quick" else PickupPlan.full()
+        measure("pickup", lambda: run_pickup(stage, pickup_plan))
         if plan.sensitivity_tasks:
             tasks = plan.sensitivity_tasks
             measure(

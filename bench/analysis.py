@@ -68,6 +68,12 @@ TARGETS: Final = (
     Target(
         "emulator_depth_ratio", "local AWS per-call cost, deepest / empty", FLAT_RATIO_MAX, True
     ),
+    Target(
+        "pickup_responsive_idle_p99_ms", "responsive mode: idle-queue pickup p99, ms", 2000, True
+    ),
+    Target(
+        "pickup_responsive_idle_ratio_vs_esm", "responsive mode: idle cost / idle ESM", 0.5, True
+    ),
 )
 
 

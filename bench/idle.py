@@ -23,8 +23,8 @@ import os
 import statistics
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, Final
 
 from bench import prices, workload
@@ -35,7 +35,14 @@ from dispatch.core.config import Settings
 from dispatch.loop.dispatcher import Dispatcher
 from dispatch.store.aws import AsyncClients, RequestCounter, async_clients
 
-__all__ = ["FakeLambdaContext", "run_idle"]
+__all__ = [
+    "FakeLambdaContext",
+    "counted_handler_clients",
+    "handler_tick",
+    "monthly_figures",
+    "run_idle",
+    "scheduled_event",
+]
 
 _FUNCTION_TIMEOUT_S: Final = 60.0
 _TICK_TIMEOUT_S: Final = 30.0
@@ -108,20 +115,47 @@ def run_idle(stage: Stage, ticks: int, *, budget_s: float) -> dict[str, Any]:
         durations.append(time.perf_counter() - started)
     if counter.total() == 0:
         raise RuntimeError(f"{method}: no request was counted (are its clients instrumented?)")
-    return _figures(method, note, durations, counter, meter)
+    return monthly_figures(method, note, durations, counter, meter)
 
 
 def _handler_tick(settings: Settings, requests: RequestCounter, meter: BillingMeter) -> Tick:
-    """One invocation of the real dispatcher handler, its clients counted and billed.
+    return handler_tick(settings, requests, meter)
+
+
+def handler_tick(
+    settings: Settings,
+    requests: RequestCounter,
+    meter: BillingMeter,
+    *,
+    extra_env: dict[str, str] | None = None,
+) -> Tick:
+    """One invocation of the real dispatcher handler (with ``extra_env`` beside the
+    settings), its clients counted and billed; it must end ``idle``."""
+    from dispatch.aws_lambda import handler as lambda_handler
+
+    environ = {**os.environ, **settings_env(settings), **(extra_env or {})}
+    handler = lambda_handler.make_handler(registry=workload.registry, environ=environ)
+
+    def tick() -> None:
+        context = FakeLambdaContext(timeout_s=_FUNCTION_TIMEOUT_S, memory_mb=256)
+        with counted_handler_clients(requests, meter):
+            summary = handler(scheduled_event(), context)
+        if summary.get("outcome") != "idle":
+            raise RuntimeError(f"an idle tick ended {summary.get('outcome')!r}, not 'idle'")
+
+    return tick
+
+
+@contextmanager
+def counted_handler_clients(requests: RequestCounter, meter: BillingMeter) -> Iterator[None]:
+    """While open, every client the dispatcher handler makes is counted and billed.
 
     The handler makes its clients with ``dispatch.store.aws.async_clients`` (imported into
-    its module); for the tick, that name is wrapped to attach the bench's counter
-    and meter to each client it makes.
+    its module); that name is wrapped to attach the bench's counter and meter to each
+    client it makes, in any thread (a local Lambda endpoint's invocations too).
     """
     from dispatch.aws_lambda import handler as lambda_handler
 
-    environ = {**os.environ, **settings_env(settings)}
-    handler = lambda_handler.make_handler(registry=workload.registry, environ=environ)
     original = getattr(lambda_handler, _CLIENT_FACTORY)
 
     @asynccontextmanager
@@ -132,17 +166,11 @@ def _handler_tick(settings: Settings, requests: RequestCounter, meter: BillingMe
             _attach(clients, requests, meter)
             yield clients
 
-    def tick() -> None:
-        context = FakeLambdaContext(timeout_s=_FUNCTION_TIMEOUT_S, memory_mb=256)
-        setattr(lambda_handler, _CLIENT_FACTORY, counted)
-        try:
-            summary = handler(scheduled_event(), context)
-        finally:
-            setattr(lambda_handler, _CLIENT_FACTORY, original)
-        if summary.get("outcome") != "idle":
-            raise RuntimeError(f"an idle tick ended {summary.get('outcome')!r}, not 'idle'")
-
-    return tick
+    setattr(lambda_handler, _CLIENT_FACTORY, counted)
+    try:
+        yield
+    finally:
+        setattr(lambda_handler, _CLIENT_FACTORY, original)
 
 
 def _dispatcher_tick(settings: Settings, counter: RequestCounter, meter: BillingMeter) -> Tick:
@@ -167,13 +195,14 @@ def _attach(clients: AsyncClients, counter: RequestCounter | None, meter: Billin
         meter.attach(client)
 
 
-def _figures(
+def monthly_figures(
     method: str,
     note: str | None,
     durations: list[float],
     counter: RequestCounter,
     meter: BillingMeter,
 ) -> dict[str, Any]:
+    """Idle ticks' requests, units and billed durations, scaled to a month of ticks."""
     ticks = len(durations)
     if not ticks:
         raise RuntimeError("no idle tick completed within the time budget")

@@ -42,3 +42,9 @@ HOURS_PER_MONTH: Final = 730
 ESM_IDLE_RECEIVES_PER_MINUTE: Final = 15
 """Published figure: an idle event source mapping long-polls with about 15 empty receives a
 minute (five pollers, 20 s each), about 650,000 requests a month."""
+
+# --- Fargate (the service mode: deploy/service.yaml) --------------------------------------
+FARGATE_PER_VCPU_HOUR: Final = 0.04048
+"""Linux/x86, on-demand, per vCPU-hour (ARM64: 0.03238)."""
+FARGATE_PER_GB_HOUR: Final = 0.004445
+"""Linux/x86, on-demand, per GB of memory an hour (ARM64: 0.00356)."""

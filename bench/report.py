@@ -11,7 +11,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from bench import prices
+from bench import pickup, prices
 from bench.analysis import TARGETS, Target
 from bench.calibrate import CLAIM_CEILING, DRAIN_LABELS, ENQUEUE_LABELS
 
@@ -56,6 +56,12 @@ def summary(sections: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, A
         "dollars_per_million_tasks_lean": _get(
             requests, "lean", "dollars_per_million_tasks", "total"
         ),
+        "pickup_responsive_idle_p99_ms": _get(
+            sections, "pickup", "modes", "responsive", "idle_pickup_ms", "p99"
+        ),
+        "pickup_responsive_idle_ratio_vs_esm": _get(
+            sections, "pickup", "modes", "responsive", "idle_ratio_vs_esm"
+        ),
     }
     out: dict[str, Any] = {
         "mode": meta.get("mode"),
@@ -94,6 +100,7 @@ def summary(sections: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, A
             t.key: {"value": values.get(t.key), "target": t.text, "result": t.check(values[t.key])}
             for t in TARGETS
         },
+        "pickup": pickup.summary(sections.get("pickup", {})),
         "round_trip_ms": _get(round_trips, "round_trip_ms"),
         "throughput_ratio_vs_baseline_round_trips": _get(round_trips, "drain_ratio"),
         "throughput_ratio_vs_baseline_lean_round_trips": _get(round_trips, "lean_drain_ratio"),
@@ -133,6 +140,7 @@ def markdown(
     lines += _latency(sections)
     lines += _scaling(sections)
     lines += _growth(sections, chart_name)
+    lines += pickup.markdown(sections.get("pickup", {}))
     lines += _calibration(sections)
     lines += _sensitivity(sections)
     lines += _round_trips(sections)
@@ -212,8 +220,15 @@ def _summary_table(
         f"{_fmt(summary['esm_idle_dollars_per_month'], 4)} (idle event source mapping) | |",
         f"| idle cost / idle event source mapping | {_fmt(summary['idle_cost_ratio_vs_esm'], 3)} "
         f"| 1 | {_result(targets['idle_cost_ratio_vs_esm'], summary)} |",
-        f"| latency enqueue → handler start, p50 / p99 ms ({_fmt(latency.get('handled'))} probes) "
+        "| latency enqueue → handler start with `dispatch run` long-polling (the service mode), "
+        f"p50 / p99 ms ({_fmt(latency.get('handled'))} probes) "
         f"| {_fmt(summary['latency_p50_ms'], 1)} / {_fmt(summary['latency_p99_ms'], 1)} | | |",
+        "| responsive mode (deployed topology, loopback): idle-queue pickup p99 ms | "
+        f"{_fmt(summary['pickup_responsive_idle_p99_ms'], 1)} | up to 60,000 (scheduled) | "
+        f"{_result(targets['pickup_responsive_idle_p99_ms'], summary)} |",
+        "| responsive mode: idle cost / idle event source mapping | "
+        f"{_fmt(summary['pickup_responsive_idle_ratio_vs_esm'], 3)} | 1 | "
+        f"{_result(targets['pickup_responsive_idle_ratio_vs_esm'], summary)} |",
         "| drain tasks/s with 1 / 2 / 4 dispatcher processes | "
         + " / ".join(_fmt(v, 1) for v in summary["scaling_drain_tasks_per_s"].values())
         + " | | |",
@@ -246,6 +261,7 @@ def _limits(sections: Mapping[str, Any], summary: Mapping[str, Any]) -> list[str
         "sqs_requests_per_task_lean": _limit_sqs(sections, mode="lean"),
         "aws_requests_per_task_lean": _limit_aws_lean(sections),
         "throughput_ratio_vs_baseline_lean": _limit_throughput_lean(sections),
+        **pickup.limits(sections.get("pickup", {})),
     }
     ordered = sorted(TARGETS, key=lambda t: summary["targets"][t.key]["result"] != "FAIL")
     for target in ordered:

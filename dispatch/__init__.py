@@ -1,7 +1,8 @@
 """Dispatch: throttled background work on AWS.
 
 Declare tasks with :func:`task`, enqueue them with ``my_task.enqueue(...)`` or
-:func:`enqueue_many`, run the :class:`Dispatcher`, and ask :func:`status`. This
+:func:`enqueue_many`, run the :class:`Dispatcher`, and ask :func:`status`, or
+``my_task.submit(...)`` and wait for the :class:`TaskHandle`'s result. This
 module is the whole public API; everything else is internal.
 
 Names are imported on first use (PEP 562), so a worker that only declares and
@@ -29,7 +30,10 @@ if TYPE_CHECKING:
         PartialEnqueueError,
         PayloadTooLargeError,
         PermanentError,
+        ResultTimeoutError,
+        TaskCancelledError,
         TaskDefinitionError,
+        TaskFailedError,
         TaskNotFoundError,
         TaskTimeoutError,
         UnknownTaskError,
@@ -39,6 +43,7 @@ if TYPE_CHECKING:
     from dispatch.core.retry import Retry
     from dispatch.loop.dispatcher import Dispatcher, DispatcherOptions, RunStats
     from dispatch.producer.enqueue import Queue, enqueue_many, enqueue_many_async
+    from dispatch.producer.handle import TaskHandle, handle
     from dispatch.producer.status import status
     from dispatch.tasks.registry import BatchTask, Registry, Task, TaskSpec, default_registry, task
 
@@ -70,6 +75,9 @@ __all__ = [
     "Status",
     "TaskRecord",
     "status",
+    # results
+    "TaskHandle",
+    "handle",
     # errors
     "AWSError",
     "Backpressure",
@@ -82,7 +90,10 @@ __all__ = [
     "PartialEnqueueError",
     "PayloadTooLargeError",
     "PermanentError",
+    "ResultTimeoutError",
+    "TaskCancelledError",
     "TaskDefinitionError",
+    "TaskFailedError",
     "TaskNotFoundError",
     "TaskTimeoutError",
     "UnknownTaskError",
@@ -100,7 +111,10 @@ _ERRORS = [
     "PartialEnqueueError",
     "PayloadTooLargeError",
     "PermanentError",
+    "ResultTimeoutError",
+    "TaskCancelledError",
     "TaskDefinitionError",
+    "TaskFailedError",
     "TaskNotFoundError",
     "TaskTimeoutError",
     "UnknownTaskError",
@@ -122,6 +136,7 @@ _HOME: dict[str, str] = {
     "Settings": "dispatch.core.config",
     **dict.fromkeys(["Status", "TaskRecord"], "dispatch.core.record"),
     "status": "dispatch.producer.status",
+    **dict.fromkeys(["TaskHandle", "handle"], "dispatch.producer.handle"),
 }
 
 

@@ -100,11 +100,13 @@ class Unrepresentable:
     registry=registry,
     retry=Retry(max_attempts=8, base_delay_s=1.0, max_delay_s=2.0),
     timeout_s=5,
+    store_result=False,
 )
 async def hostile(n: int) -> Unrepresentable:
     """Raise an exception whose ``str()`` raises on the first attempt (a retryable
-    failure), then return a value whose ``repr()`` raises (a success: the runtime keeps
-    a placeholder for the result). Neither may escape the attempt."""
+    failure), then return a value JSON cannot carry and whose ``repr()`` raises (a
+    success: the task keeps no result, ``store_result=False``, so its attempt succeeds
+    whatever it returns). Neither may escape the attempt."""
     context = current_task()
     head = f"{context.task_id} {context.attempt} {os.getpid()}"
     _append(f"start {head} {time.time():.6f}")

@@ -21,7 +21,11 @@ invocation:
 4. **Scale out.** Under a backlog that one dispatcher cannot take and the
    throttle has room for, it starts one more dispatcher invocation
    (``InvocationType=Event``), which takes its own lease, up to the cap.
-5. **Report.** Releases the lease, logs, prints an Embedded Metric Format
+5. **Hand over.** When receiving stops because the run's time is up while
+   messages are still visible, it gives its slot back and starts the next
+   dispatcher at once, then finishes what it holds: a busy queue is never left
+   to the next tick.
+6. **Report.** Releases the lease, logs, prints an Embedded Metric Format
    record (throttle wait, outcomes) that CloudWatch turns into the metrics the
    template's alarms watch, and returns a summary.
 
@@ -52,7 +56,7 @@ from typing import TYPE_CHECKING, Any, Final
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
-from dispatch.aws_lambda.slots import DEFAULT_LEASE_CAP, Leases
+from dispatch.aws_lambda.slots import DEFAULT_LEASE_CAP, Lease, Leases
 from dispatch.core import constants as c
 from dispatch.core.config import Settings, queue_name
 from dispatch.core.errors import ConfigurationError, DispatchError
@@ -315,7 +319,7 @@ DISPATCHER_GRANTS: Final[tuple[Grant, ...]] = (
         "DeleteItem",
     ),
     _grant("lambda", WORKER_FUNCTION, "fan-out of attempts (RequestResponse)", "Invoke"),
-    _grant("lambda", DISPATCHER_FUNCTION, "scale out under a backlog (Event)", "Invoke"),
+    _grant("lambda", DISPATCHER_FUNCTION, "scale out, hand over (Event)", "Invoke"),
 )
 """Every AWS operation the dispatcher function sends, on which resource."""
 
@@ -457,7 +461,8 @@ class _Invocation:
     remaining_s: float  # the time the invocation had when it started
     request_id: str
     scale_out_target: str | None  # the function to invoke to start another dispatcher
-    woken: bool  # a producer woke it (responsive mode): a task was just enqueued
+    woken: bool  # a producer woke it (responsive mode), or the previous run handed over:
+    # a task was just enqueued, or the queue was just seen busy
     counter: RequestCounter
     guard: PermissionGuard
     summary: dict[str, Any]
@@ -525,6 +530,9 @@ class DispatcherHandler:
         woken = _is_wake(event)
         if woken:
             summary["woken"] = True
+        if _is_hand_over(event):
+            summary["handed_over_by"] = event["dispatch"]["hand_over"]
+            woken = True
         return _Invocation(
             settings=settings,
             options=options,
@@ -553,7 +561,8 @@ class DispatcherHandler:
             run.guard.attach(clients.sqs)
             run.guard.attach(clients.dynamodb)
             # A woken dispatcher skips the idle check: the task that woke it was just
-            # sent, and the queue's counters lag behind a send.
+            # sent, and the queue's counters lag behind a send (a handed-over one: the
+            # run before it just saw messages visible).
             if not run.woken and await _visible_messages(clients.sqs, run.settings.queue_url) == 0:
                 return None
             leases = Leases(
@@ -568,11 +577,14 @@ class DispatcherHandler:
                 run.summary["outcome"] = "lease_busy"
                 return None
             run.summary["lease_slot"] = lease.slot
+            slot = _Slot(leases, lease)
             try:
                 lambda_client = await _open_lambda_client(stack, run)
-                return await self._loop(run, clients=clients, lambda_client=lambda_client)
+                return await self._loop(
+                    run, clients=clients, lambda_client=lambda_client, slot=slot
+                )
             finally:
-                await leases.release(lease)
+                await slot.release()
 
     def _log_summary(self, run: _Invocation) -> None:
         """Log the summary, with the requests the invocation sent and its wall time."""
@@ -584,7 +596,12 @@ class DispatcherHandler:
         report("dispatcher_invocation", **summary)
 
     async def _loop(
-        self, run: _Invocation, *, clients: Any, lambda_client: LambdaClient | None
+        self,
+        run: _Invocation,
+        *,
+        clients: Any,
+        lambda_client: LambdaClient | None,
+        slot: _Slot,
     ) -> RunStats | None:
         """Run the dispatcher until the queue is drained or the time budget ends."""
         dispatcher_options = DispatcherOptions(
@@ -607,6 +624,42 @@ class DispatcherHandler:
             options=dispatcher_options,
             clock=self._clock,
         )
+        watches = self._watches(
+            dispatcher, run=run, plan=plan, clients=clients, lambda_client=lambda_client
+        )
+        hand_over = (
+            asyncio.create_task(
+                _hand_over(dispatcher, run=run, slot=slot, sqs=clients.sqs, client=lambda_client)
+            )
+            if lambda_client is not None
+            else None
+        )
+        try:
+            stats = await dispatcher.run(
+                until_empty=True, for_s=plan.receive_for_s, finish_by=plan.finish_by
+            )
+        finally:
+            for watch in watches:
+                watch.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watch
+            if hand_over is not None:  # receiving has ended: it decides, then returns
+                await hand_over
+            await _close_runner(runner, grace_s=plan.deadline - self._clock() - 1.0)
+        _record_run(run.summary, stats, runner)
+        return stats
+
+    def _watches(
+        self,
+        dispatcher: Dispatcher,
+        *,
+        run: _Invocation,
+        plan: Plan,
+        clients: Any,
+        lambda_client: LambdaClient | None,
+    ) -> list[asyncio.Task[None]]:
+        """What runs beside the loop until it returns: the deadline and scale-out watch,
+        and in the responsive mode the awake promise."""
         watches = [
             asyncio.create_task(
                 self._watch(
@@ -620,18 +673,7 @@ class DispatcherHandler:
                     self._keep_promise(dispatcher, run=run, plan=plan, clients=clients)
                 )
             )
-        try:
-            stats = await dispatcher.run(
-                until_empty=True, for_s=plan.receive_for_s, finish_by=plan.finish_by
-            )
-        finally:
-            for watch in watches:
-                watch.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watch
-            await _close_runner(runner, grace_s=plan.deadline - self._clock() - 1.0)
-        _record_run(run.summary, stats, runner)
-        return stats
+        return watches
 
     def _runner(self, options: LambdaOptions, lambda_client: LambdaClient | None) -> TaskRunner:
         if options.worker_function and lambda_client is not None:
@@ -710,9 +752,9 @@ class DispatcherHandler:
 
 async def _open_lambda_client(stack: AsyncExitStack, run: _Invocation) -> LambdaClient | None:
     """The Lambda client, when there is a worker function to invoke or another dispatcher
-    to start (closed with ``stack``); None when there is neither."""
+    to start (scale out, hand over; closed with ``stack``); None when there is neither."""
     options = run.options
-    if not (options.worker_function or (options.lease_cap > 1 and run.scale_out_target)):
+    if not (options.worker_function or run.scale_out_target):
         return None
     lambda_client: LambdaClient = await stack.enter_async_context(
         _lambda_client(run.settings, options)
@@ -807,6 +849,51 @@ async def _scale_out(
         log.warning("scale_out_failed", target=target, exc_info=True)
 
 
+class _Slot:
+    """The lease slot an invocation holds: given back once, at the hand-over or the end."""
+
+    def __init__(self, leases: Leases, lease: Lease) -> None:
+        self._leases = leases
+        self._lease = lease
+        self._released = False
+
+    async def release(self) -> None:
+        """Give the slot back (nothing the second time)."""
+        if not self._released:
+            self._released = True
+            await self._leases.release(self._lease)
+
+
+async def _hand_over(
+    dispatcher: Dispatcher,
+    *,
+    run: _Invocation,
+    slot: _Slot,
+    sqs: Any,
+    client: LambdaClient,
+) -> None:
+    """Once receiving ends because the run's time is up while messages are still
+    visible, give the slot back and start the next dispatcher at once (``Invoke``,
+    ``Event``), instead of leaving the queue to the next tick while this run finishes
+    what it holds. A run that drained the queue, or was stopped, hands over nothing."""
+    await dispatcher.receiving_ended.wait()
+    target = run.scale_out_target
+    if dispatcher.receive_ended_by != "deadline" or target is None:
+        return
+    try:
+        backlog = await _visible_messages(sqs, dispatcher.settings.queue_url)
+        if backlog == 0:
+            return
+        await slot.release()
+        await _start_dispatcher(client, target, run.request_id, kind="hand_over")
+    except DispatchError:
+        # The next tick (or a producer's wake) starts the next run instead.
+        log.warning("hand_over_failed", target=target, exc_info=True)
+        return
+    run.summary["handed_over"] = True
+    log.info("handed_over", backlog=backlog, target=target)
+
+
 def make_handler(
     *,
     registry: Registry | None = None,
@@ -841,6 +928,10 @@ def _is_wake(event: Any) -> bool:
     return _dispatch_event(event, "wake")
 
 
+def _is_hand_over(event: Any) -> bool:
+    return _dispatch_event(event, "hand_over")
+
+
 def _dispatch_event(event: Any, kind: str) -> bool:
     """Whether ``event`` is one Dispatch sends itself: ``{"dispatch": {kind: ...}}``."""
     return (
@@ -858,8 +949,10 @@ async def _visible_messages(sqs: Any, queue_url: str) -> int:
     return int(answer.get("Attributes", {}).get("ApproximateNumberOfMessages", "0"))
 
 
-async def _start_dispatcher(client: Any, target: str, request_id: str) -> None:
-    payload = json.dumps({"dispatch": {"scale_out": request_id}}).encode()
+async def _start_dispatcher(
+    client: Any, target: str, request_id: str, *, kind: str = "scale_out"
+) -> None:
+    payload = json.dumps({"dispatch": {kind: request_id}}).encode()
     with aws_errors("Invoke"):
         await client.invoke(FunctionName=target, InvocationType="Event", Payload=payload)
 

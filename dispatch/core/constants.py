@@ -69,8 +69,19 @@ SCHEDULE_KEY_PREFIX: Final = "sched#"
 DISPATCHER_KEY_PREFIX: Final = "disp#"  # one live dispatcher's published status
 DISPATCHER_DIRECTORY_KEY: Final = "dispatchers"  # the item listing the live dispatchers
 RECORD_TTL_S: Final = 14 * 24 * 3600  # task records live as long as the DLQ keeps messages
-MAX_RESULT_BYTES: Final = 4_096  # larger results are not stored in the record
+MAX_RESULT_BYTES: Final = 4_096  # a larger result (as JSON) fails its attempt (docs/api.md)
 STATUS_MAX_SCAN: Final = 10_000  # table items `dispatch status` reads to count tasks, by default
+# The listing indexes (docs/formats.md, "Listing"): sparse GSIs over task records whose
+# status is listed; both sort on LISTED_ATTRIBUTE = "<status>#<epoch seconds, 10.3 digits>".
+LISTED_ATTRIBUTE: Final = "listed"
+LIST_RUNNING_OVER_S: Final = 60.0
+"""A running task is listed only when its timeout is longer than this: a shorter one
+cannot be running long enough to look for, and listing every claim would cost each
+task two index writes in and two out (docs/performance.md, "Listing")."""
+INDEX_BY_STATUS: Final = "by-status"  # HASH status, RANGE listed
+INDEX_BY_TASK: Final = "by-task"  # HASH task, RANGE listed
+# The task name a record keeps when its message named none (an index key is never empty).
+UNNAMED_TASK: Final = "(malformed)"
 
 # --- dead-letter message attributes ------------------------------------------
 DLQ_ATTR_PREFIX: Final = "dispatch-"

@@ -15,9 +15,17 @@
     ├── AWSError                    an AWS call failed for good (wraps botocore's ClientError)
     ├── TaskFailure                 raised *by handlers* to steer the retry policy
     │   ├── PermanentError          do not retry: dead-letter now
+    │   │   └── ResultError         a result its record cannot keep (raised by the runtime):
+    │   │       │                   dead-lettered at once, the work is done, never retried
+    │   │       ├── ResultTooLargeError         over MAX_RESULT_BYTES as JSON
+    │   │       └── ResultNotSerializableError  not JSON (a set, bytes, NaN, a cycle...)
     │   ├── Backpressure            the protected resource is overloaded: retry later, slower
     │   └── BatchFailures           some items of a micro-batch failed (each with its exception)
-    └── TaskTimeoutError            a handler ran past its timeout_s (retryable)
+    ├── TaskTimeoutError            a handler ran past its timeout_s (retryable)
+    └── ResultWaitError             waiting for a result (``TaskHandle.result``) ended without one
+        ├── TaskFailedError         the task is dead: reason, error type, message, attempts
+        ├── TaskCancelledError      the task was cancelled before it ran
+        └── ResultTimeoutError      the task did not finish within timeout_s
 
 Exceptions carry data (task id, task name, AWS error code) as attributes, so a
 caller can act on them without parsing messages.
@@ -207,3 +215,105 @@ class BatchFailures(TaskFailure):
         super().__init__(f"{len(failures)} item(s) of the batch failed ({detail})")
         self.failures: dict[int | str, BaseException] = dict(failures)
         self.results: list[Any] | None = None if results is None else list(results)
+
+
+class ResultError(PermanentError):
+    """A handler returned a result its task record cannot keep; the attempt fails with it,
+    for good: the task is dead-lettered at once, not retried, because the handler's work
+    is done and a retry would do it again. ``@task(store_result=False)`` opts out."""
+
+    def __init__(self, message: str, *, task: str) -> None:
+        super().__init__(message)
+        self.task = task
+
+
+class ResultTooLargeError(ResultError):
+    """The result is larger, as JSON, than a task record keeps."""
+
+    def __init__(self, *, task: str, size_bytes: int, limit_bytes: int) -> None:
+        super().__init__(
+            f"task {task!r} returned a result of {size_bytes} bytes as JSON, over the limit "
+            f"of {limit_bytes} bytes a task record keeps (MAX_RESULT_BYTES); return a "
+            "reference (an S3 key, a row id) instead, or declare the task with "
+            "@task(store_result=False)",
+            task=task,
+        )
+        self.size_bytes = size_bytes
+        self.limit_bytes = limit_bytes
+
+
+class ResultNotSerializableError(ResultError):
+    """The result is not a JSON value (a set, bytes, NaN, a cycle, an object...)."""
+
+    def __init__(self, *, task: str, type_name: str, why: str) -> None:
+        super().__init__(
+            f"task {task!r} returned a {type_name} that JSON cannot carry ({why}); return "
+            "JSON values (dict, list, str, int, float, bool, None), or declare the task "
+            "with @task(store_result=False)",
+            task=task,
+        )
+        self.type_name = type_name
+
+
+class ResultWaitError(DispatchError):
+    """Waiting for a task's result ended without one; ``task_id`` names the task."""
+
+    def __init__(self, message: str, *, task_id: str) -> None:
+        super().__init__(message)
+        self.task_id = task_id
+
+
+class TaskFailedError(ResultWaitError):
+    """The task is dead (dead-lettered): it will not produce a result.
+
+    ``reason`` is the dead letter's reason (``max_attempts``, ``permanent_error``...),
+    ``error_type``, ``error_message`` and ``traceback`` its last error, ``attempts``
+    the attempts it made.
+    """
+
+    def __init__(
+        self,
+        *,
+        task_id: str,
+        task: str,
+        reason: str | None,
+        error_type: str | None,
+        error_message: str | None,
+        attempts: int,
+        traceback: str = "",
+    ) -> None:
+        error = f"{error_type}: {error_message}" if error_type else "no error recorded"
+        super().__init__(
+            f"task {task_id} ({task}) failed: dead-lettered as {reason or 'unknown'} after "
+            f"{attempts} attempt(s); last error {error}",
+            task_id=task_id,
+        )
+        self.task = task
+        self.reason = reason
+        self.error_type = error_type
+        self.error_message = error_message
+        self.attempts = attempts
+        self.traceback = traceback
+
+
+class TaskCancelledError(ResultWaitError):
+    """The task was cancelled (``dispatch cancel``) before it ran: it has no result."""
+
+    def __init__(self, *, task_id: str, task: str) -> None:
+        super().__init__(
+            f"task {task_id} ({task}) was cancelled: it has no result", task_id=task_id
+        )
+        self.task = task
+
+
+class ResultTimeoutError(ResultWaitError):
+    """The task had not finished when the wait's ``timeout_s`` ran out (it may still)."""
+
+    def __init__(self, *, task_id: str, timeout_s: float, status: str) -> None:
+        super().__init__(
+            f"task {task_id} did not finish within {timeout_s:g} s (it is {status}; it may "
+            "still finish: wait again, or check `dispatch status`)",
+            task_id=task_id,
+        )
+        self.timeout_s = timeout_s
+        self.status = status

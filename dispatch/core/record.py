@@ -19,7 +19,17 @@ from dispatch.core import constants as c
 from dispatch.core.envelope import Envelope
 from dispatch.core.outcome import ErrorInfo
 
-__all__ = ["Claim", "ClaimAsk", "ClaimStatus", "Status", "TaskRecord", "iso"]
+__all__ = [
+    "LISTED_STATUSES",
+    "Claim",
+    "ClaimAsk",
+    "ClaimStatus",
+    "Status",
+    "TaskRecord",
+    "iso",
+    "listed_value",
+    "listed_while_running",
+]
 
 _DESERIALIZER: Final = TypeDeserializer()
 
@@ -38,6 +48,33 @@ class Status(StrEnum):
     def is_final(self) -> bool:
         """True for the states a task never leaves."""
         return self in (Status.SUCCEEDED, Status.DEAD, Status.CANCELLED)
+
+    @property
+    def is_listed(self) -> bool:
+        """True for the states the listing indexes hold (:data:`LISTED_STATUSES`)."""
+        return self in LISTED_STATUSES
+
+
+LISTED_STATUSES: Final = frozenset({Status.RUNNING, Status.RETRYING, Status.DEAD, Status.CANCELLED})
+"""The states a record carries ``listed`` in, so the sparse listing indexes hold it.
+
+``queued`` (the backlog, which the queue's depth counts) and ``succeeded`` (the
+history, which the metrics count) hold most records at any moment; leaving them out
+keeps a successful task at two index writes per index (docs/performance.md, "Listing").
+"""
+
+
+def listed_while_running(timeout_s: float) -> bool:
+    """Whether a claim for an attempt of up to ``timeout_s`` puts the record in the
+    listing indexes as running (:data:`~dispatch.core.constants.LIST_RUNNING_OVER_S`);
+    otherwise the claim takes it out of them, if it was in (retrying)."""
+    return timeout_s > c.LIST_RUNNING_OVER_S
+
+
+def listed_value(status: Status, at: float) -> str:
+    """The ``listed`` attribute of a record that entered ``status`` at ``at``: the status,
+    then the time zero-padded to sort as text (``dead#1796036400.125``)."""
+    return f"{status.value}#{at:014.3f}"
 
 
 @dataclass(frozen=True, slots=True)

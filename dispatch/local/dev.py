@@ -1,8 +1,9 @@
-"""`dispatch dev [--lambda]`: the embedded local AWS and a dispatcher, until stopped.
+"""`dispatch dev [--lambda] [--mode MODE]`: the embedded local AWS and a dispatcher, until stopped.
 
-Without ``lambda_mode``: the dispatcher loop runs in this process with the
-in-process worker pool, as ``dispatch run`` does, against a fresh embedded local
-AWS (queue, DLQ and table provisioned from deploy/template.yaml).
+Without ``lambda_mode`` (or with the ``service`` mode): the dispatcher loop runs in
+this process with the in-process worker pool, as ``dispatch run`` does in the
+service container, against a fresh embedded local AWS (queue, DLQ and table
+provisioned from deploy/template.yaml).
 
 With ``lambda_mode``: the deployed topology, without Docker. A local Lambda
 Invoke endpoint (:mod:`dispatch.local.lambda_endpoint`) serves the worker
@@ -11,7 +12,11 @@ function (``dispatch_workers.lambda_handler``) and the dispatcher function
 ``DispatchSchedule``, or ``schedule=``) sends EventBridge's scheduled event to
 the dispatcher with ``InvocationType=Event`` over HTTP, as EventBridge does;
 each invocation has the function's real deadline; the dispatcher fans out to the
-worker through the same aiobotocore Invoke calls it makes in AWS.
+worker through the same aiobotocore Invoke calls it makes in AWS. In the
+``responsive`` mode the dispatcher function also gets the template's
+``DISPATCH_LINGER_S``, and the printed exports include ``DISPATCH_WAKE_FUNCTION``
+and ``AWS_ENDPOINT_URL_LAMBDA``: a producer in another terminal then wakes the
+dispatcher when it enqueues on an idle queue, as the stack's producers do.
 
 Either way it prints the ``export`` lines that point another terminal at the
 same emulator (``dispatch enqueue ...``, ``dispatch status``), and runs until
@@ -28,7 +33,7 @@ import os
 import shlex
 import threading
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -46,16 +51,31 @@ from dispatch.local.lambda_endpoint import (
     function_arn,
 )
 from dispatch.local.provision import load_template, provision
+from dispatch.producer.wake import ENV_LAMBDA_ENDPOINT_URL
 from dispatch.store.aws import async_clients, sync_client
 from dispatch.store.aws_retry import INVOKE_RETRY
 from dispatch.tasks.cron import Schedule, parse
 from dispatch.tasks.registry import Registry, default_registry
 
-__all__ = ["DevEnvironment", "DevSummary", "print_exports", "run_dev", "scheduled_event"]
+__all__ = [
+    "MODES",
+    "DevEnvironment",
+    "DevSummary",
+    "Topology",
+    "ServedTopology",
+    "lambda_topology",
+    "let_running_finish",
+    "print_exports",
+    "run_dev",
+    "scheduled_event",
+    "template_linger_s",
+]
 
 DEFAULT_TASKS: Final = "dispatch.local.example.app"
 SHUTDOWN_GRACE_S: Final = 10.0
 """On stop, running invocations get this long to stop receiving, settle and release."""
+MODES: Final = ("scheduled", "responsive", "service")
+"""The template's ``DispatchMode`` values (deploy/template.yaml)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +117,7 @@ def run_dev(
     *,
     lambda_mode: bool,
     tasks: str | None,
+    mode: str = "scheduled",
     prefix: str = "dev",
     schedule: str | None = None,
     dispatcher_timeout_s: float = 60.0,
@@ -113,8 +134,12 @@ def run_dev(
     ``tasks`` names the task modules (default ``$DISPATCH_TASKS``, else the
     example app); ``schedule`` is an EventBridge ``rate()``/``cron()``
     expression (default: the template's ``DispatchSchedule``); the first tick
-    fires at once. ``on_ready`` is called with the environment once it serves.
+    fires at once. ``mode`` is the template's ``DispatchMode``: ``service`` runs the
+    dispatcher in this process, as ``lambda_mode=False`` does. ``on_ready`` is called
+    with the environment once it serves.
     """
+    if mode not in MODES:
+        raise ValueError(f"mode {mode!r} is not one of {', '.join(MODES)}")
     console = console or Console()
     stop = stop or threading.Event()
     registry = default_registry if registry is None else registry
@@ -123,11 +148,12 @@ def run_dev(
     with LocalAWS.start() as aws, contextlib.ExitStack() as extras:
         env = {**_provision(aws, prefix=prefix), c.ENV_TASKS: ",".join(modules)}
         env.update(_example_backend(modules, extras, console))
-        if not lambda_mode:
+        if not lambda_mode or mode == "service":
             _serve_in_process(env, registry, console=console, stop=stop, on_ready=on_ready)
             return DevSummary()
-        topology = _Topology(
+        topology = Topology(
             prefix=prefix,
+            mode=mode,
             schedule=schedule or _template_schedule(),
             dispatcher_timeout_s=dispatcher_timeout_s,
             worker_timeout_s=worker_timeout_s,
@@ -190,7 +216,7 @@ def _example_backend(
 
 
 @dataclass(frozen=True, slots=True)
-class _Topology:
+class Topology:
     """The deployed topology as ``dispatch dev --lambda`` runs it: two functions and a schedule."""
 
     prefix: str
@@ -199,6 +225,8 @@ class _Topology:
     worker_timeout_s: float
     worker_concurrency: int  # the worker function's reserved concurrency
     lease_cap: int  # dispatchers per queue at once
+    mode: str = "scheduled"  # scheduled | responsive (service has no dispatcher function)
+    linger_s: float | None = None  # responsive: None follows the template's DISPATCH_LINGER_S
 
     @property
     def dispatcher_name(self) -> str:
@@ -211,9 +239,37 @@ class _Topology:
         return f"{self.prefix}-worker"
 
 
+@dataclass(frozen=True, slots=True)
+class ServedTopology:
+    """A running :func:`lambda_topology`: where it serves and the environment that reaches it."""
+
+    endpoint: LocalLambda
+    dispatcher: str  # the dispatcher function's live alias ARN: the schedule's target
+    env: Mapping[str, str]  # the caller's environment plus the functions' settings
+
+
+@contextlib.contextmanager
+def lambda_topology(
+    env: Mapping[str, str], topology: Topology, *, registry: Registry
+) -> Iterator[ServedTopology]:
+    """Both functions on a local Invoke endpoint, with the template's settings for
+    ``topology.mode``; the caller sends the ticks. On exit, running invocations are
+    left to the caller (:func:`let_running_finish`)."""
+    if topology.mode not in ("scheduled", "responsive"):
+        raise ValueError(f"the {topology.mode!r} mode has no dispatcher function to serve")
+    functions = _local_functions(topology, registry)
+    with LocalLambda.start(functions, region=env[c.ENV_REGION]) as endpoint:
+        target = function_arn(topology.dispatcher_name, qualifier="live", region=endpoint.region)
+        yield ServedTopology(
+            endpoint,
+            target,
+            _lambda_env(env, topology, endpoint_url=endpoint.endpoint_url, target=target),
+        )
+
+
 def _run_lambda_topology(
     env: dict[str, str],
-    topology: _Topology,
+    topology: Topology,
     *,
     registry: Registry,
     console: Console,
@@ -224,24 +280,26 @@ def _run_lambda_topology(
     scheduled events until stopped; then let running invocations settle."""
     summary = DevSummary()
     parsed = parse(topology.schedule)
-    functions = _local_functions(topology, registry)
-    with LocalLambda.start(functions, region=env[c.ENV_REGION]) as endpoint:
-        target = function_arn(topology.dispatcher_name, qualifier="live", region=endpoint.region)
-        env = _lambda_env(env, topology, endpoint_url=endpoint.endpoint_url, target=target)
-        with environment(env):
-            print_exports(console, env)
+    with lambda_topology(env, topology, registry=registry) as served:
+        endpoint, target = served.endpoint, served.dispatcher
+        with environment(served.env):
+            exports = (c.ENV_WAKE_FUNCTION, ENV_LAMBDA_ENDPOINT_URL)
+            print_exports(
+                console, served.env, extra=exports if topology.mode == "responsive" else ()
+            )
             console.print(
                 f"Lambda Invoke endpoint on {endpoint.endpoint_url}: {topology.dispatcher_name} "
-                f"(timeout {topology.dispatcher_timeout_s:g} s) on {parsed.expression}, "
+                f"(timeout {topology.dispatcher_timeout_s:g} s) on {parsed.expression}"
+                f"{_mode_note(topology, served.env)}, "
                 f"{topology.worker_name} (timeout {topology.worker_timeout_s:g} s, reserved "
                 f"concurrency {topology.worker_concurrency}); Ctrl-C stops"
             )
             if on_ready is not None:
                 worker = f"{topology.worker_name}:live"
-                on_ready(DevEnvironment(env, endpoint.endpoint_url, target, worker))
+                on_ready(DevEnvironment(served.env, endpoint.endpoint_url, target, worker))
             try:
                 _tick(
-                    env,
+                    served.env,
                     endpoint,
                     target,
                     parsed,
@@ -253,11 +311,20 @@ def _run_lambda_topology(
             except KeyboardInterrupt:
                 console.print("stopping: running invocations settle and release")
             finally:
-                _let_running_finish(endpoint, summary)
+                let_running_finish(endpoint, summary)
     return summary
 
 
-def _local_functions(topology: _Topology, registry: Registry) -> list[LocalFunction]:
+def _mode_note(topology: Topology, env: Mapping[str, str]) -> str:
+    if topology.mode != "responsive":
+        return ""
+    return (
+        f", responsive: woken by producers that export {c.ENV_WAKE_FUNCTION}, lingering "
+        f"{env[dispatcher_function.ENV_LINGER_S]} s after its last task"
+    )
+
+
+def _local_functions(topology: Topology, registry: Registry) -> list[LocalFunction]:
     """The worker and the dispatcher function, with the template's settings."""
     from dispatch_workers import lambda_handler as worker_function
 
@@ -277,11 +344,18 @@ def _local_functions(topology: _Topology, registry: Registry) -> list[LocalFunct
 
 
 def _lambda_env(
-    env: Mapping[str, str], topology: _Topology, *, endpoint_url: str, target: str
+    env: Mapping[str, str], topology: Topology, *, endpoint_url: str, target: str
 ) -> dict[str, str]:
-    """``env`` plus the dispatcher function's settings, as the template sets them."""
+    """``env`` plus the dispatcher function's settings, as the template sets them for
+    ``topology.mode`` (responsive: the linger, and the producers' wake target)."""
+    linger_s = topology.linger_s
+    if linger_s is None:
+        linger_s = template_linger_s() if topology.mode == "responsive" else 0.0
+    wake = {c.ENV_WAKE_FUNCTION: target, ENV_LAMBDA_ENDPOINT_URL: endpoint_url}
     return {
         **env,
+        **(wake if topology.mode == "responsive" else {}),
+        dispatcher_function.ENV_LINGER_S: f"{linger_s:g}",
         dispatcher_function.ENV_LAMBDA_ENDPOINT_URL: endpoint_url,
         dispatcher_function.ENV_WORKER_FUNCTION: f"{topology.worker_name}:live",
         dispatcher_function.ENV_WORKER_TIMEOUT_S: str(topology.worker_timeout_s),
@@ -323,7 +397,7 @@ def _tick(
         when = next_fire
 
 
-def _let_running_finish(endpoint: LocalLambda, summary: DevSummary) -> None:
+def let_running_finish(endpoint: LocalLambda, summary: DevSummary) -> None:
     """Bring running invocations' deadline forward so they settle and release; wait for
     them, and count every invocation by function and status."""
     endpoint.expire_running(within_s=SHUTDOWN_GRACE_S)
@@ -359,6 +433,16 @@ def _template_schedule() -> str:
     return str((parameters.get("DispatchSchedule") or {}).get("Default") or "rate(1 minute)")
 
 
+def template_linger_s() -> float:
+    """The responsive mode's ``DISPATCH_LINGER_S`` in deploy/template.yaml."""
+    function = load_template()["Resources"]["DispatcherFunction"]["Properties"]
+    linger = function["Environment"]["Variables"][dispatcher_function.ENV_LINGER_S]
+    condition, responsive, _ = linger["Fn::If"]
+    if condition != "Responsive":
+        raise ValueError(f"DISPATCH_LINGER_S follows {condition!r}, not the Responsive condition")
+    return float(responsive)
+
+
 def _tally(endpoint: LocalLambda) -> str:
     counts: dict[str, int] = {}
     for invocation in endpoint.invocations:
@@ -369,7 +453,11 @@ def _tally(endpoint: LocalLambda) -> str:
 
 
 def print_exports(
-    console: Console, env: Mapping[str, str], *, heading: str = "to enqueue and look"
+    console: Console,
+    env: Mapping[str, str],
+    *,
+    heading: str = "to enqueue and look",
+    extra: Sequence[str] = (),
 ) -> None:
     """The ``cd`` and ``export`` lines that point another terminal at this local AWS."""
     console.print(f"In another terminal, {heading}:")
@@ -385,5 +473,6 @@ def print_exports(
         c.ENV_DLQ_URL,
         c.ENV_TABLE,
         c.ENV_TASKS,
+        *extra,
     ):
         console.print(f"  export {name}={env[name]}", highlight=False, soft_wrap=True)

@@ -76,6 +76,8 @@ class Dispatcher:
         self._fatal: DispatchError | None = None  # why the run must end (a table gone, ...)
         self._finish_within: float | None = None  # a fatal stop bounds the finish
         self.last_work_at = clock()  # the last moment this dispatcher held a task
+        self.receiving_ended = asyncio.Event()  # set once receiving stops, for whatever reason
+        self.receive_ended_by: str | None = None  # "deadline" (for_s ran out), "empty", "stop"
         self._build_observers(settings, metrics)
         self._build_effects(settings, clients, options)
         self._build_pipeline(settings, options)
@@ -268,27 +270,31 @@ class Dispatcher:
         background.append(asyncio.create_task(self._schedule_forever()))
         ended = False
         try:
-            await self._receive_until_done(until_empty=until_empty, deadline=deadline)
+            self.receive_ended_by = await self._receive_until_done(
+                until_empty=until_empty, deadline=deadline
+            )
             ended = True
         finally:
             if not ended:
                 self._stopping.set()  # the receives still out give up at once
+            self.receiving_ended.set()
             await self._wind_down(finish_by, background)
         if self._fatal is not None:
             raise self._fatal
         return self.stats
 
-    async def _receive_until_done(self, *, until_empty: bool, deadline: float | None) -> None:
+    async def _receive_until_done(self, *, until_empty: bool, deadline: float | None) -> str:
+        """Receive until stopped, the deadline, or (``until_empty``) an empty queue; which."""
         receiver = self._receiver
         while not self._stopping.is_set():
             if deadline is not None and self._clock() >= deadline:
-                return
+                return "deadline"
             room = min(c.SQS_MAX_BATCH_ENTRIES, self._holding.room() - sum(receiver.out.values()))
             if room >= self._receive_at_least and receiver.may_receive_more():
                 idle = not receiver.out and not len(self._holding)
                 linger_s = self._linger_left_s()
                 if until_empty and idle and linger_s <= 0 and await self._queue_is_empty():
-                    return
+                    return "empty"
                 wait_s = receiver.wait_s(
                     until_empty=until_empty, deadline=deadline, linger_s=linger_s
                 )
@@ -298,6 +304,7 @@ class Dispatcher:
                     self._spawn(delivery)
             else:
                 await self._holding.wait_for_room()
+        return "stop"
 
     async def _wind_down(
         self, finish_by: float | None, background: list[asyncio.Task[None]]

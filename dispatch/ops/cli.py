@@ -18,8 +18,6 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Callable
-from functools import wraps
 from typing import Any, ParamSpec, TypeVar
 
 import click
@@ -30,15 +28,14 @@ from rich.table import Table
 from dispatch.core import constants as c
 from dispatch.core.config import Endpoint, Settings, parse_task_modules
 from dispatch.core.errors import ConfigurationError, DispatchError, TaskNotFoundError
+from dispatch.ops.cli_errors import EXIT_PROBLEM
+from dispatch.ops.cli_errors import errors as _errors
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 _PIPE_WIDTH = 200  # columns for tables written to a pipe or file (rich's default is 80)
 
-EXIT_PROBLEM = 1
-EXIT_CONFIG = 3
-EXIT_NOT_FOUND = 4
 DISTRIBUTION = "dispatch-aws"  # the installed distribution whose version --version prints
 
 
@@ -68,41 +65,6 @@ class _Seconds(click.ParamType[float]):
                 f"{value!r} is not a finite number of seconds >= {self.minimum:g}", param, ctx
             )
         return seconds
-
-
-def _errors(fn: Callable[P, R]) -> Callable[P, R]:
-    """Print Dispatch errors as one clear line and exit with their code."""
-
-    @wraps(fn)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return _translated(fn, *args, **kwargs)
-        except TaskNotFoundError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(EXIT_NOT_FOUND)
-        except ConfigurationError as exc:
-            click.echo(f"configuration error: {exc}", err=True)
-            sys.exit(EXIT_CONFIG)
-        except DispatchError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(EXIT_PROBLEM)
-
-    return wrapper
-
-
-def _translated(fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
-    """``fn``, with any AWS error it lets out as a Dispatch error (no credentials, a
-    missing queue: configuration; an endpoint that does not answer: an AWS error),
-    never a botocore traceback."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    from dispatch.store.aws import translate_error
-
-    try:
-        return fn(*args, **kwargs)
-    except (BotoCoreError, ClientError) as exc:
-        operation = getattr(exc, "operation_name", None) or "an AWS call"
-        raise translate_error(exc, operation) from exc
 
 
 def _console() -> Console:
@@ -633,6 +595,7 @@ def top(interval_s: float, once: bool, as_json: bool) -> None:
         "dispatch dev                        # the example app",
         "dispatch dev --tasks myapp.tasks",
         'dispatch dev --lambda --schedule "rate(1 minute)"',
+        "dispatch dev --mode responsive          # producers wake the dispatcher function",
     )
 )
 @click.option(
@@ -651,13 +614,35 @@ def top(interval_s: float, once: bool, as_json: bool) -> None:
 @click.option(
     "--schedule", default=None, help="rate()/cron() (default: the template's DispatchSchedule)."
 )
+@click.option(
+    "--mode",
+    type=click.Choice(["scheduled", "responsive", "service"]),
+    default=None,
+    help="The template's DispatchMode: scheduled and responsive run the Lambda topology "
+    "(--lambda implied; responsive prints the exports that let producers wake the "
+    "dispatcher), service runs `dispatch run` in this process, as the container does. "
+    "Default: scheduled with --lambda, else service.",
+)
 @_errors
-def dev(lambda_mode: bool, tasks: str | None, schedule: str | None) -> None:
+def dev(lambda_mode: bool, tasks: str | None, schedule: str | None, mode: str | None) -> None:
     """Run the embedded local AWS and a dispatcher (local workers, or --lambda) until Ctrl-C."""
     from dispatch.local.dev import run_dev
 
+    if mode == "service" and lambda_mode:
+        raise click.UsageError(
+            "--mode service runs the dispatcher in this process (as `dispatch run` does in "
+            "the service container), not the Lambda topology: drop --lambda"
+        )
+    if mode is None:
+        mode = "scheduled" if lambda_mode else "service"
     try:
-        run_dev(lambda_mode=lambda_mode, tasks=tasks, schedule=schedule, console=Console())
+        run_dev(
+            lambda_mode=mode != "service",
+            tasks=tasks,
+            schedule=schedule,
+            mode=mode,
+            console=Console(),
+        )
     except KeyboardInterrupt:
         # Ctrl-C before the dispatcher's own handler is installed (the first moment after
         # "running" is printed): the local AWS was stopped on the way out; a clean exit.
@@ -871,6 +856,11 @@ def cron_next(expression: str, count: int, after: str | None, as_json: bool) -> 
         click.echo(json.dumps(times))
     else:
         click.echo("\n".join(times))
+
+
+from dispatch.ops.cli_tasks import tasks as _tasks  # noqa: E402 - a command in its own module
+
+cli.add_command(_tasks)
 
 
 def main() -> None:

@@ -401,7 +401,8 @@ def revive_params(table: str, entry: DeadLetterEntry, now: float) -> dict[str, A
             "redriven_from = :from, task_id = :id, task = if_not_exists(task, :task), "
             "created_at = if_not_exists(created_at, :now), expires_at = :ttl, "
             "redrive_count = if_not_exists(redrive_count, :zero) + :one "
-            "REMOVE dead_reason, finished_at, lease_until, next_attempt_at"
+            "REMOVE dead_reason, finished_at, lease_until, next_attempt_at, "
+            f"{c.LISTED_ATTRIBUTE}"  # queued records are not listed
         ),
         "ConditionExpression": (
             "attribute_not_exists(pk) OR #s = :dead OR (#s = :queued AND redriven_from = :from)"
@@ -412,7 +413,7 @@ def revive_params(table: str, entry: DeadLetterEntry, now: float) -> dict[str, A
             ":dead": {"S": state.Status.DEAD.value},
             ":from": {"S": entry.message_id},
             ":id": {"S": entry.task_id or ""},
-            ":task": {"S": entry.task or ""},
+            ":task": {"S": entry.task or c.UNNAMED_TASK},  # a GSI key: never empty
             ":zero": number(0),
             ":one": number(1),
             ":now": number(now),

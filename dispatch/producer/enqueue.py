@@ -407,6 +407,11 @@ class Queue:
             self._sync = sync_clients(self.settings, counter=self._counter)
         return self._sync
 
+    async def aclients(self) -> AsyncClients:
+        """The aiobotocore clients this queue uses in the running event loop (made on
+        first use there, closed by :meth:`aclose`)."""
+        return await self._aclients()
+
     async def _aclients(self) -> AsyncClients:
         loop = asyncio.get_running_loop()
         if self._async is None or self._async_loop is not loop:

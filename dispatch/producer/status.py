@@ -12,8 +12,10 @@ from typing import TYPE_CHECKING, Final
 
 from botocore.exceptions import ClientError
 
+from dispatch.core import constants as c
 from dispatch.core.envelope import is_lean_task_id
 from dispatch.core.errors import DispatchError, TaskNotFoundError
+from dispatch.core.record import listed_value
 from dispatch.store.aws import translate_error
 from dispatch.store.codec import number
 from dispatch.store.conditional import is_condition_failure, old_item
@@ -24,7 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = ["cancel", "status"]
 
-_LEAN: Final = (
+LEAN_NO_RECORD: Final = (
     "a lean task, declared with track_state=False: Dispatch keeps no record of it, so it "
     "has no status to show and cannot be cancelled; its failures are on the dead-letter "
     "queue (`dispatch dlq show TASK_ID`)"
@@ -40,7 +42,7 @@ def status(task_id: str) -> TaskRecord:
     from dispatch.producer.enqueue import default_queue
 
     if is_lean_task_id(task_id):
-        raise TaskNotFoundError(task_id, why=_LEAN)
+        raise TaskNotFoundError(task_id, why=LEAN_NO_RECORD)
     queue = default_queue()
     record = SyncStateStore(queue.sync_clients().dynamodb, queue.settings.table).get(task_id)
     if record is None:
@@ -55,13 +57,16 @@ def cancel(client: DynamoDBClient, table: str, task_id: str) -> TaskRecord:
     running or finished cannot be cancelled; the error says which state it is in.
     """
     if is_lean_task_id(task_id):
-        raise TaskNotFoundError(task_id, why=_LEAN)
+        raise TaskNotFoundError(task_id, why=LEAN_NO_RECORD)
     now = time.time()
     try:
         answer = client.update_item(
             TableName=table,
             Key=task_key(task_id),
-            UpdateExpression="SET #s = :cancelled, updated_at = :now, finished_at = :now",
+            UpdateExpression=(
+                "SET #s = :cancelled, updated_at = :now, finished_at = :now, "
+                f"{c.LISTED_ATTRIBUTE} = :listed"
+            ),
             ConditionExpression="#s IN (:queued, :retrying)",
             ExpressionAttributeNames={"#s": "status"},
             ExpressionAttributeValues={
@@ -69,6 +74,7 @@ def cancel(client: DynamoDBClient, table: str, task_id: str) -> TaskRecord:
                 ":queued": {"S": Status.QUEUED.value},
                 ":retrying": {"S": Status.RETRYING.value},
                 ":now": number(now),
+                ":listed": {"S": listed_value(Status.CANCELLED, now)},
             },
             ReturnValues="ALL_NEW",
             ReturnValuesOnConditionCheckFailure="ALL_OLD",

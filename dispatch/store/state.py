@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
@@ -34,9 +33,18 @@ from botocore.exceptions import ClientError
 
 from dispatch.core import constants as c
 from dispatch.core.envelope import Envelope
-from dispatch.core.errors import ConfigurationError
+from dispatch.core.errors import ConfigurationError, ResultError
 from dispatch.core.outcome import ErrorInfo
-from dispatch.core.record import Claim, ClaimAsk, ClaimStatus, Status, TaskRecord
+from dispatch.core.record import (
+    Claim,
+    ClaimAsk,
+    ClaimStatus,
+    Status,
+    TaskRecord,
+    listed_value,
+    listed_while_running,
+)
+from dispatch.core.result import result_json
 from dispatch.store.aws import aws_errors
 from dispatch.store.aws_retry import Backoff
 from dispatch.store.codec import decimal, number
@@ -223,6 +231,7 @@ def claim_params(
     ``require_record``: the message is older than a record lives, so a missing
     record is not a first sight (it expired) and the claim is refused.
     """
+    listing, unlisting, listed = _claim_listing(timeout_s, now)
     params: dict[str, Any] = {
         "TableName": table,
         "Key": task_key(envelope.id),
@@ -230,8 +239,8 @@ def claim_params(
             "SET #s = :running, attempts = if_not_exists(attempts, :zero) + :one, "
             "task_id = :id, task = :task, message_id = :mid, started_at = :now, "
             "updated_at = :now, lease_until = :lease, "
-            "created_at = if_not_exists(created_at, :now), expires_at = :ttl "
-            "REMOVE next_attempt_at"
+            "created_at = if_not_exists(created_at, :now), expires_at = :ttl"
+            f"{listing} REMOVE next_attempt_at{unlisting}"
         ),
         "ExpressionAttributeNames": {"#s": "status"},
         "ExpressionAttributeValues": _values(
@@ -246,7 +255,8 @@ def claim_params(
             now=now,
             lease=now + timeout_s + LEASE_GRACE_S,
             ttl=_ttl(now),
-        ),
+        )
+        | listed,
         "ReturnValues": "ALL_NEW",
         "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
     }
@@ -261,6 +271,18 @@ def claim_params(
     else:
         params["UpdateExpression"] += ", claim_token"
     return params
+
+
+def _claim_listing(timeout_s: float, now: float) -> tuple[str, str, dict[str, Any]]:
+    """A claim's SET and REMOVE parts for ``listed``, and the value it sets: listed as
+    running only when :func:`listed_while_running`, else taken out of the indexes."""
+    if listed_while_running(timeout_s):
+        return (
+            f", {c.LISTED_ATTRIBUTE} = :listed",
+            "",
+            _values(listed=listed_value(Status.RUNNING, now)),
+        )
+    return "", f", {c.LISTED_ATTRIBUTE}", {}
 
 
 def lean_claim(
@@ -347,13 +369,24 @@ def _owned_update(
     }
 
 
+_UNLISTED: Final = f"lease_until, {c.LISTED_ATTRIBUTE}"
+"""What a success removes: the lease, and the record from the listing indexes."""
+
+
 def stored_result(result: Any) -> str | None:
-    """A task's result as its record keeps it: JSON, when it fits in
-    ``MAX_RESULT_BYTES`` (None: nothing is kept)."""
-    encoded = json.dumps(result, separators=(",", ":")) if result is not None else None
-    if encoded is not None and len(encoded.encode()) <= c.MAX_RESULT_BYTES:
-        return encoded
-    return None
+    """A task's result as its record keeps it: compact JSON (None: nothing is kept).
+
+    The worker already failed any attempt whose result is not JSON or is over
+    ``MAX_RESULT_BYTES`` (:func:`dispatch.core.result.result_json`), so a succeeded
+    outcome's result always fits; one that does not (an outcome from an older
+    worker) is not written, rather than failing the write of the success itself.
+    """
+    if result is None:
+        return None
+    try:
+        return result_json(result, task="?")
+    except ResultError:
+        return None
 
 
 def succeeded_params(
@@ -367,6 +400,7 @@ def succeeded_params(
             task_id,
             message_id,
             set_clause="#s = :done, finished_at = :now, updated_at = :now, #r = :result",
+            remove=_UNLISTED,
             done=Status.SUCCEEDED.value,
             now=now,
             result=encoded,
@@ -376,6 +410,7 @@ def succeeded_params(
         task_id,
         message_id,
         set_clause="#s = :done, finished_at = :now, updated_at = :now",
+        remove=_UNLISTED,
         done=Status.SUCCEEDED.value,
         now=now,
     )
@@ -388,7 +423,8 @@ def succeeded_item(claimed: dict[str, Any], *, now: float, result: Any) -> dict[
     dispatcher settles, so the success of many tasks costs one BatchWriteItem per
     25 instead of one UpdateItem each.
     """
-    item = {k: v for k, v in claimed.items() if k not in ("lease_until", "next_attempt_at")}
+    dropped = ("lease_until", "next_attempt_at", c.LISTED_ATTRIBUTE)
+    item = {k: v for k, v in claimed.items() if k not in dropped}
     item["status"] = {"S": Status.SUCCEEDED.value}
     item["finished_at"] = number(now)
     item["updated_at"] = item["finished_at"]
@@ -417,7 +453,8 @@ def retrying_params(
     clause = (
         "#s = :retrying, last_error = :error, last_failure_at = :now, "
         "first_failure_at = if_not_exists(first_failure_at, :now), "
-        "next_attempt_at = :next, updated_at = :now, expires_at = :ttl"
+        "next_attempt_at = :next, updated_at = :now, expires_at = :ttl, "
+        f"{c.LISTED_ATTRIBUTE} = :listed"
     )
     values: dict[str, Any] = {
         "retrying": Status.RETRYING.value,
@@ -425,6 +462,7 @@ def retrying_params(
         "now": now,
         "next": next_attempt_at,
         "ttl": record_ttl(now, next_attempt_at),
+        "listed": listed_value(Status.RETRYING, now),
     }
     if refund_attempt:
         clause += ", attempts = attempts - :one"
@@ -438,11 +476,14 @@ def released_params(
     """UpdateItem: the claiming dispatcher gives the attempt back unfinished (a deadline,
     or the throttle could not start it); a first attempt goes back to ``queued``."""
     back_to = Status.QUEUED if first_attempt else Status.RETRYING
-    return {
+    listed = f", {c.LISTED_ATTRIBUTE} = :listed" if back_to.is_listed else ""
+    unlisted = "" if back_to.is_listed else f", {c.LISTED_ATTRIBUTE}"
+    params: dict[str, Any] = {
         "TableName": table,
         "Key": task_key(task_id),
         "UpdateExpression": (
-            "SET #s = :retrying, attempts = attempts - :one, updated_at = :now REMOVE lease_until"
+            f"SET #s = :retrying, attempts = attempts - :one, updated_at = :now{listed} "
+            f"REMOVE lease_until{unlisted}"
         ),
         "ConditionExpression": "#s = :running AND message_id = :mid",
         "ExpressionAttributeNames": {"#s": "status"},
@@ -454,6 +495,9 @@ def released_params(
             mid=message_id,
         ),
     }
+    if back_to.is_listed:
+        params["ExpressionAttributeValues"].update(_values(listed=listed_value(back_to, now)))
+    return params
 
 
 def dead_params(
@@ -467,9 +511,10 @@ def dead_params(
         set_clause=(
             "#s = :dead, last_error = :error, last_failure_at = :now, "
             "first_failure_at = if_not_exists(first_failure_at, :now), finished_at = :now, "
-            "updated_at = :now, dead_reason = :reason"
+            f"updated_at = :now, dead_reason = :reason, {c.LISTED_ATTRIBUTE} = :listed"
         ),
         dead=Status.DEAD.value,
+        listed=listed_value(Status.DEAD, now),
         error=error.to_dict(),
         now=now,
         reason=reason,
@@ -489,7 +534,8 @@ def rejected_params(
         "UpdateExpression": (
             "SET #s = :dead, task_id = :id, task = :task, dead_reason = :reason, "
             "finished_at = :now, updated_at = :now, created_at = if_not_exists(created_at, :now), "
-            "attempts = if_not_exists(attempts, :zero), expires_at = :ttl"
+            "attempts = if_not_exists(attempts, :zero), expires_at = :ttl, "
+            f"{c.LISTED_ATTRIBUTE} = :listed"
         ),
         "ConditionExpression": "attribute_not_exists(pk) OR #s IN (:queued, :retrying)",
         "ExpressionAttributeNames": {"#s": "status"},
@@ -498,11 +544,12 @@ def rejected_params(
             queued=Status.QUEUED.value,
             retrying=Status.RETRYING.value,
             id=envelope_id,
-            task=task or "",
+            task=task or c.UNNAMED_TASK,  # a GSI key: never empty
             reason=reason,
             now=now,
             zero=0,
             ttl=_ttl(now),
+            listed=listed_value(Status.DEAD, now),
         ),
     }
 
@@ -518,7 +565,8 @@ def exhausted_params(
         "Key": task_key(task_id),
         "UpdateExpression": (
             "SET #s = :dead, dead_reason = :reason, last_error = :error, "
-            "finished_at = :now, updated_at = :now, expires_at = :ttl REMOVE lease_until"
+            "finished_at = :now, updated_at = :now, expires_at = :ttl, "
+            f"{c.LISTED_ATTRIBUTE} = :listed REMOVE lease_until"
         ),
         # The records a claim could start from, with every attempt spent.
         "ConditionExpression": f"attempts >= :max_attempts AND ({_CLAIMABLE})",
@@ -533,6 +581,7 @@ def exhausted_params(
             now=now,
             max_attempts=max_attempts,
             ttl=_ttl(now),
+            listed=listed_value(Status.DEAD, now),
         ),
     }
 

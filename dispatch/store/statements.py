@@ -62,7 +62,7 @@ from dispatch.core import constants as c
 from dispatch.core.config import TABLE_NAME
 from dispatch.core.envelope import Envelope
 from dispatch.core.errors import ConfigurationError
-from dispatch.core.record import ClaimAsk, Status
+from dispatch.core.record import ClaimAsk, Status, listed_value, listed_while_running
 from dispatch.store.aws import error_code, translate_error
 from dispatch.store.aws_retry import (
     THROTTLING_CODES,
@@ -212,6 +212,10 @@ def claim_statement(table: str, ask: ClaimAsk, *, old: Mapping[str, Any] | None)
     update.set("updated_at", number(now))
     update.set("lease_until", number(now + ask.timeout_s + LEASE_GRACE_S))
     update.set(c.TABLE_TTL_ATTRIBUTE, number(record_ttl(now)))
+    if listed_while_running(ask.timeout_s):
+        update.set(c.LISTED_ATTRIBUTE, _s(listed_value(Status.RUNNING, now)))
+    else:
+        update.remove(c.LISTED_ATTRIBUTE)
     if ask.token is not None:
         update.set("claim_token", _s(ask.token))
     update.remove("next_attempt_at")
@@ -257,6 +261,7 @@ def succeeded_statement(
         update.set("result", _s(result_json))
     update.remove("lease_until")
     update.remove("next_attempt_at")
+    update.remove(c.LISTED_ATTRIBUTE)  # succeeded records leave the listing indexes
     if result_json is None:
         update.remove("result")
     update.where("status", "=", _s(Status.RUNNING.value))

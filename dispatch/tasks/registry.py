@@ -22,7 +22,7 @@ import math
 import os
 import sys
 import typing
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Generic, ParamSpec, TypeVar, overload
 
@@ -30,6 +30,7 @@ from dispatch.core import constants as c
 from dispatch.core.envelope import RESERVED_OPTIONS, Envelope, Message, MessageOptions
 from dispatch.core.errors import (
     ConfigurationError,
+    EnqueueError,
     EnvelopeError,
     TaskDefinitionError,
     UnknownTaskError,
@@ -37,6 +38,7 @@ from dispatch.core.errors import (
 from dispatch.core.resource import Resource
 from dispatch.core.retry import Retry
 from dispatch.producer.enqueue import default_queue
+from dispatch.producer.handle import TaskHandle
 from dispatch.tasks.cron import Schedule
 from dispatch.tasks.cron import parse as parse_schedule
 from dispatch.tasks.typecheck import argument_problem, resolved_hints
@@ -97,6 +99,7 @@ class TaskSpec:
     schedule: Schedule | None = None  # periodic: enqueued once per fire time
     batch: BatchOptions | None = None  # micro-batch: the handler takes a list of items
     track_state: bool = True  # False: lean, SQS only, no task record (docs/api.md)
+    store_result: bool = True  # False: the handler's return value is not kept on the record
 
     def __post_init__(self) -> None:
         if self.signature is None:
@@ -192,6 +195,43 @@ class Task(Generic[P, R]):
         """Put one run on the queue (aiobotocore); returns the task id."""
         return await default_queue().enqueue_async(self.message(*args, **kwargs))
 
+    @overload
+    def submit(
+        self: Task[P, Coroutine[Any, Any, T]], *args: P.args, **kwargs: P.kwargs
+    ) -> TaskHandle[T]: ...
+    @overload
+    def submit(self: Task[P, T], *args: P.args, **kwargs: P.kwargs) -> TaskHandle[T]: ...
+    def submit(self, *args: Any, **kwargs: Any) -> TaskHandle[Any]:
+        """Enqueue one run, as :meth:`enqueue`, and return its :class:`TaskHandle`,
+        typed by the handler's return type (an async handler's: what it awaits to)."""
+        message = _waitable(self.spec, self.message(*args, **kwargs))
+        return TaskHandle(default_queue().enqueue(message))
+
+    @overload
+    async def submit_async(
+        self: Task[P, Coroutine[Any, Any, T]], *args: P.args, **kwargs: P.kwargs
+    ) -> TaskHandle[T]: ...
+    @overload
+    async def submit_async(
+        self: Task[P, T], *args: P.args, **kwargs: P.kwargs
+    ) -> TaskHandle[T]: ...
+    async def submit_async(self, *args: Any, **kwargs: Any) -> TaskHandle[Any]:
+        """:meth:`submit` over aiobotocore."""
+        message = _waitable(self.spec, self.message(*args, **kwargs))
+        return TaskHandle(await default_queue().enqueue_async(message))
+
+
+def _waitable(spec: TaskSpec, message: Message) -> Message:
+    """The message, when its task keeps a record to wait on; a lean task's is refused."""
+    if not spec.track_state:
+        raise EnqueueError(
+            f"task {spec.name!r} is lean (track_state=False): it keeps no record, so there "
+            "is no result to wait for and nothing was enqueued; use enqueue() (which returns "
+            "the id), or declare the task without track_state=False",
+            task=spec.name,
+        )
+    return message
+
 
 class BoundTask(Generic[P, R]):
     """A task with enqueue options fixed; see :meth:`Task.with_options`."""
@@ -211,6 +251,17 @@ class BoundTask(Generic[P, R]):
     async def enqueue_async(self, *args: P.args, **kwargs: P.kwargs) -> str:
         """Enqueue one run with these options (aiobotocore); returns the task id."""
         return await default_queue().enqueue_async(self.message(*args, **kwargs))
+
+    @overload
+    def submit(
+        self: BoundTask[P, Coroutine[Any, Any, T]], *args: P.args, **kwargs: P.kwargs
+    ) -> TaskHandle[T]: ...
+    @overload
+    def submit(self: BoundTask[P, T], *args: P.args, **kwargs: P.kwargs) -> TaskHandle[T]: ...
+    def submit(self, *args: Any, **kwargs: Any) -> TaskHandle[Any]:
+        """Enqueue one run with these options; returns its :class:`TaskHandle`."""
+        message = _waitable(self._task.spec, self.message(*args, **kwargs))
+        return TaskHandle(default_queue().enqueue(message))
 
 
 class BatchTask(Generic[T, R]):
@@ -274,6 +325,21 @@ class BatchTask(Generic[T, R]):
         """Put one item on the queue (aiobotocore); returns its task id."""
         message = self.message(item, delay_s=delay_s, idempotency_key=idempotency_key, group=group)
         return await default_queue().enqueue_async(message)
+
+    def submit(
+        self,
+        item: T,
+        /,
+        *,
+        delay_s: float | None = None,
+        idempotency_key: str | None = None,
+        group: str | None = None,
+    ) -> TaskHandle[Any]:
+        """Put one item on the queue; returns its :class:`TaskHandle`. Its result is the
+        item's entry of the list the handler returned (one per item), or else the whole
+        return value, so it is typed ``Any``."""
+        message = self.message(item, delay_s=delay_s, idempotency_key=idempotency_key, group=group)
+        return TaskHandle(default_queue().enqueue(_waitable(self.spec, message)))
 
 
 class Registry:
@@ -363,6 +429,7 @@ def task(
     retry: Retry | None = None,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     track_state: bool = True,
+    store_result: bool = True,
     registry: Registry | None = None,
 ) -> Callable[[Callable[[list[T]], R]], BatchTask[T, R]]: ...
 
@@ -376,6 +443,7 @@ def task(
     timeout_s: float = DEFAULT_TIMEOUT_S,
     schedule: str | None = None,
     track_state: bool = True,
+    store_result: bool = True,
     registry: Registry | None = None,
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
@@ -392,6 +460,7 @@ def task(
     batch_size: int | None = None,
     batch_window_s: float | None = None,
     track_state: bool = True,
+    store_result: bool = True,
     registry: Registry | None = None,
 ) -> Any:
     """Declare a task: ``@task`` or ``@task(resource=db, retry=Retry(...), timeout_s=30)``.
@@ -408,6 +477,9 @@ def task(
     plain at-least-once delivery (a duplicate delivery may run twice), attempts
     counted from the message's receive count, and no ``dispatch status`` or
     ``dispatch cancel`` for it (docs/api.md, "Lean tasks").
+    ``store_result=False``: the handler's return value is not kept on its record
+    (whatever it is), so ``submit(...).result()`` gives None once it succeeded
+    (docs/api.md, "Results").
     """
 
     def decorate(func: Callable[..., Any]) -> Any:
@@ -421,6 +493,7 @@ def task(
             batch_size=batch_size,
             batch_window_s=batch_window_s,
             track_state=track_state,
+            store_result=store_result,
         )
         (default_registry if registry is None else registry).register(spec)
         if spec.batch is not None:
@@ -443,6 +516,7 @@ def _make_spec(
     batch_size: int | None = None,
     batch_window_s: float | None = None,
     track_state: bool = True,
+    store_result: bool = True,
 ) -> TaskSpec:
     """Check a ``@task`` declaration and build its spec; TaskDefinitionError names what
     cannot describe a task."""
@@ -452,6 +526,11 @@ def _make_spec(
     _check_options(
         task_name, timeout_s=timeout_s, resource=resource, retry=retry, track_state=track_state
     )
+    if not isinstance(store_result, bool):
+        raise TaskDefinitionError(
+            f"task {task_name!r}: store_result={store_result!r} must be True (the result "
+            "is kept on the task record, the default) or False (it is not)"
+        )
     signature = inspect.signature(fn)
     _check_parameter_names(task_name, signature)
     is_batch = batch_size is not None or batch_window_s is not None
@@ -475,6 +554,7 @@ def _make_spec(
         schedule=parsed,
         batch=batch,
         track_state=track_state,
+        store_result=store_result,
     )
 
 

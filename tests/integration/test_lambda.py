@@ -9,6 +9,7 @@ Invoke REST API and the emulator SQS's and DynamoDB's.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import subprocess
@@ -268,6 +269,43 @@ def test_responsive_mode_wakes_a_dispatcher_and_its_promise_spares_the_next_wake
     (summary,) = topology.summaries
     assert summary["woken"] is True and summary["succeeded"] == 2
     assert first_pickup_s < 10, first_pickup_s
+
+
+def test_a_run_whose_time_is_up_hands_over_to_the_next_at_once(
+    topology: Topology, queue: Queue, clients: SyncClients
+) -> None:
+    """Given a backlog bigger than one run can take before its receiving time is up
+    (2 s of receiving, two tasks at a time), when the scheduled tick's run stops
+    receiving with messages still visible, then it gives its slot back and invokes the
+    next dispatcher itself, which takes the slot at once (not lease_busy, though the
+    first still finishes what it holds) and goes on; the chain drains the backlog with
+    no other tick, and the run that empties the queue hands over to nobody."""
+    tasks = declare(topology.registry)
+    topology.serve_dispatcher(
+        topology.options(
+            max_in_flight=2,
+            scale_out_function=function_arn(topology.dispatcher, qualifier="live"),
+        ),
+        timeout_s=14.0,  # receives for 14 - 1 - 1 - 10 (the longest task) = 2 s
+    )
+    ids = queue.enqueue_many([tasks["slow"].message(seconds=0.3) for _ in range(24)])
+    store = SyncStateStore(clients.dynamodb, topology.settings.table)
+
+    first = topology.invoke_dispatcher()
+
+    assert first.get("handed_over") is True, first
+    assert 0 < first["succeeded"] < len(ids)
+    wait_until(
+        lambda: all((r := store.get(i)) is not None and r.status is Status.SUCCEEDED for i in ids),
+        what="the handed-over runs to drain the backlog",
+        timeout_s=60,
+    )
+    assert topology.endpoint.wait_idle(timeout_s=30)
+    later = topology.summaries[1:]
+    assert later and all("handed_over_by" in s for s in later), later
+    assert [s["outcome"] for s in later] == ["ran"] * len(later)
+    assert "handed_over" not in later[-1]  # it emptied the queue
+    assert sum(s["succeeded"] for s in topology.summaries) == len(ids)
 
 
 def test_example_app_runs_through_the_lambda_topology(
@@ -567,8 +605,11 @@ async def test_payloads_over_the_invoke_limit_are_split_or_refused(
     careful = LambdaInvoker(lambda_client, function_name=worker)
     refused = await careful.run(echo, (), {"n": "z" * (7 * 1024 * 1024)}, _context())
 
-    assert [o.kind for o in pair] == [OutcomeKind.SUCCEEDED] * 2, [o.error for o in pair]
-    assert all(o.result is None for o in pair)  # results over 4 KiB are not carried back
+    # Both were delivered and ran on the worker: it refused their 8 MB results (over
+    # MAX_RESULT_BYTES), which therefore never travel back: failed for good, not retried.
+    assert [o.kind for o in pair] == [OutcomeKind.PERMANENT] * 2, [o.error for o in pair]
+    assert all(o.error is not None and o.error.type == "ResultTooLargeError" for o in pair)
+    assert all(o.result is None for o in pair)
     assert generous.stats.splits >= 1
     assert too_big.kind is OutcomeKind.NOT_RETRYABLE
     assert refused.kind is OutcomeKind.NOT_RETRYABLE
@@ -862,6 +903,69 @@ def test_dev_runs_the_lambda_topology_until_stopped(registry: Registry) -> None:
     assert done["statuses"] == [Status.SUCCEEDED] * 5
     assert summary.ticks == 1
     assert any(key.endswith("-worker 200") for key in summary.invocations)
+
+
+def test_dev_responsive_mode_wakes_the_dispatcher_from_another_terminal(
+    registry: Registry,
+) -> None:
+    """`dispatch dev --mode responsive`: the exports it prints name the wake target and
+    the Lambda endpoint, the dispatcher function lingers the template's
+    DISPATCH_LINGER_S, and a producer using those exports on an idle queue (one tick an
+    hour: only the first, at once) wakes the dispatcher function, which runs the task."""
+    from rich.console import Console
+
+    from dispatch.core import constants as c
+    from dispatch.local.dev import run_dev, template_linger_s
+    from dispatch.local.example import app
+
+    stop = threading.Event()
+    seen: dict[str, Any] = {}
+
+    def on_ready(dev: Any) -> None:
+        seen["env"] = dict(dev.env)
+
+        def produce() -> None:
+            queue = Queue(Settings.from_env(dev.env))
+            try:
+                task_id = queue.enqueue(app.send_receipt.message(order_id="1", email="x@y.z"))
+                seen["wakes"] = queue.waker.wakes if queue.waker is not None else None
+                store = SyncStateStore(queue.sync_clients().dynamodb, queue.settings.table)
+                deadline = time.monotonic() + 20
+                while time.monotonic() < deadline:
+                    record = store.get(task_id)
+                    if record is not None and record.status is Status.SUCCEEDED:
+                        seen["succeeded"] = True
+                        break
+                    time.sleep(0.1)
+            finally:
+                queue.close()
+                stop.set()
+
+        threading.Thread(target=produce, daemon=True).start()
+
+    registry.register(app.send_receipt.spec)
+    printed = Console(record=True, width=400, file=io.StringIO())
+    summary = run_dev(
+        lambda_mode=True,
+        mode="responsive",
+        tasks="dispatch.local.example.app",
+        schedule="rate(1 hour)",
+        registry=registry,
+        stop=stop,
+        on_ready=on_ready,
+        console=printed,
+    )
+
+    output = printed.export_text()
+    env = seen["env"]
+    assert f"export {c.ENV_WAKE_FUNCTION}={env[c.ENV_WAKE_FUNCTION]}" in output
+    assert f"export AWS_ENDPOINT_URL_LAMBDA={env['AWS_ENDPOINT_URL_LAMBDA']}" in output
+    assert env["DISPATCH_LINGER_S"] == f"{template_linger_s():g}" != "0"
+    assert seen.get("succeeded") is True
+    assert seen["wakes"] == 1
+    assert summary.ticks == 1
+    dispatcher_runs = sum(n for key, n in summary.invocations.items() if "-dispatcher " in key)
+    assert dispatcher_runs == 2, summary.invocations  # the tick and the wake
 
 
 # --- pure logic ----------------------------------------------------------------------------

@@ -117,3 +117,45 @@ def test_dev_logs_each_task_outcome_at_info_and_run_does_not(
     assert in_dev == {"task_succeeded": "info", "task_retry": "info"}
     in_run = [line["event"] for line in _log_lines(capsys.readouterr().err)]
     assert in_run == ["task_retry"]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["dev"], {"lambda_mode": False, "mode": "service"}),
+        (["dev", "--lambda"], {"lambda_mode": True, "mode": "scheduled"}),
+        (["dev", "--mode", "responsive"], {"lambda_mode": True, "mode": "responsive"}),
+        (["dev", "--lambda", "--mode", "scheduled"], {"lambda_mode": True, "mode": "scheduled"}),
+        (["dev", "--mode", "service"], {"lambda_mode": False, "mode": "service"}),
+    ],
+)
+def test_dev_mode_picks_the_topology(
+    monkeypatch: pytest.MonkeyPatch, args: list[str], expected: dict[str, Any]
+) -> None:
+    """`--mode` is the template's DispatchMode: scheduled and responsive run the Lambda
+    topology (--lambda implied), service runs the dispatcher in-process as the container
+    does; without it, --lambda means scheduled and nothing means the in-process loop."""
+    import dispatch.local.dev
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(dispatch.local.dev, "run_dev", lambda **kwargs: seen.update(kwargs))
+
+    shown = CliRunner().invoke(cli, args)
+
+    assert shown.exit_code == 0, shown.output
+    assert {k: seen[k] for k in expected} == expected
+
+
+def test_dev_refuses_the_service_mode_with_lambda(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The service mode has no dispatcher function: --lambda with it is a usage error
+    that says why, and nothing starts."""
+    import dispatch.local.dev
+
+    started: list[Any] = []
+    monkeypatch.setattr(dispatch.local.dev, "run_dev", lambda **kwargs: started.append(kwargs))
+
+    shown = CliRunner().invoke(cli, ["dev", "--lambda", "--mode", "service"])
+
+    assert shown.exit_code == 2
+    assert "--mode service runs the dispatcher in this process" in shown.output
+    assert started == []

@@ -109,17 +109,22 @@ async def test_a_returning_async_handler_succeeds_with_its_result() -> None:
     [{1, 2}, object(), math.nan, {"when": b"bytes"}],
     ids=["set", "object", "nan", "nested-bytes"],
 )
-async def test_a_non_json_result_becomes_its_repr(value: Any) -> None:
-    """Given a handler returning something JSON cannot carry, when run, then the result is
-    the value's repr (a string), so the outcome can always travel."""
+async def test_a_non_json_result_fails_the_attempt_saying_why(value: Any) -> None:
+    """Given a handler returning something JSON cannot carry, when run, then the attempt
+    failed for good (permanent: the handler's work is done, a retry would do it again)
+    with ResultNotSerializableError naming the type, no result, and the outcome can
+    still travel."""
 
     async def give() -> Any:
         return value
 
     outcome = await attempt(give)
 
-    assert outcome.kind is OutcomeKind.SUCCEEDED
-    assert outcome.result == repr(value)
+    assert outcome.kind is OutcomeKind.PERMANENT
+    assert outcome.result is None
+    assert outcome.error is not None
+    assert outcome.error.type == "ResultNotSerializableError"
+    assert f"returned a {type(value).__name__} that JSON cannot carry" in outcome.error.message
     json.dumps(outcome.to_dict(), allow_nan=False)
 
 

@@ -179,7 +179,8 @@ def test_table_request_translates_cloudformation_spelling() -> None:
 
     assert request["TableName"] == "x-state"
     assert request["KeySchema"] == [{"AttributeName": c.TABLE_HASH_KEY, "KeyType": "HASH"}]
-    assert request["AttributeDefinitions"] == [{"AttributeName": "pk", "AttributeType": "S"}]
+    assert request["AttributeDefinitions"][0] == {"AttributeName": "pk", "AttributeType": "S"}
+    assert [i["IndexName"] for i in request["GlobalSecondaryIndexes"]] == ["by-status", "by-task"]
     assert request["BillingMode"] == "PAY_PER_REQUEST"
     assert request["SSESpecification"] == {"Enabled": True}
     assert "ProvisionedThroughput" not in request

@@ -2,12 +2,15 @@
 
 dispatch_workers/runtime.py must answer one Outcome per attempt (one per item of a
 batch) of the right kind, made of plain strings and plain JSON that survive the
-dispatcher's JSON round trip, however the handler's values and exceptions behave:
-dunder methods that raise (``SystemExit``, ``KeyboardInterrupt``, ``CancelledError``,
-``RecursionError``...), ``__str__`` returning a non-string, cyclic or hostile exception
-chains, self-referencing or deeply nested results, ``BatchFailures`` with hostile
-contents. Property tests draw *recipes* (plain data Hypothesis can print) and build
-the hostile values inside the test; example tests pin down what each case becomes.
+dispatcher's JSON round trip (a result the task record cannot keep fails its attempt
+for good, permanent, with ``ResultNotSerializableError`` or ``ResultTooLargeError``),
+however the
+handler's values and exceptions behave: dunder methods that raise (``SystemExit``,
+``KeyboardInterrupt``, ``CancelledError``, ``RecursionError``...), ``__str__``
+returning a non-string, cyclic or hostile exception chains, self-referencing or
+deeply nested results, ``BatchFailures`` with hostile contents. Property tests draw
+*recipes* (plain data Hypothesis can print) and build the hostile values inside the
+test; example tests pin down what each case becomes.
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dispatch.core import constants as c
 from dispatch.core.context import BatchContext, TaskContext
-from dispatch.core.errors import Backpressure, BatchFailures, PermanentError
+from dispatch.core.errors import Backpressure, BatchFailures, PermanentError, ResultError
 from dispatch.core.outcome import ErrorInfo, Outcome, OutcomeKind
 from dispatch.core.retry import Retry
 from dispatch.tasks.registry import Registry, TaskSpec, task
@@ -252,6 +256,35 @@ def build_value(recipe: Any) -> Any:
     return {key: build_value(child) for key, child in recipe[1].items()}
 
 
+# Odd values a task record can keep all the same (a lone surrogate becomes "?").
+KEPT_ODD_VALUES = frozenset({"none", "surrogate", "surrogate-key"})
+UNKEPT = "ResultNotSerializableError"
+
+
+def keepable(recipe: Any) -> bool:
+    """True when the recipe builds plain JSON only: its attempt must succeed."""
+    kind = recipe[0]
+    if kind == "json":
+        return True
+    if kind == "odd":
+        return recipe[1] in KEPT_ODD_VALUES
+    if kind == "hostile":
+        return False
+    children = recipe[1].values() if kind == "dict" else recipe[1]
+    return all(keepable(child) for child in children)
+
+
+def assert_kept_or_refused(outcome: Outcome, *, must_keep: bool) -> None:
+    """The attempt succeeded (always, when ``must_keep``), or failed for good (permanent:
+    the handler's work is done, a retry would do it again) because its result cannot be
+    kept: never any other way."""
+    if must_keep or outcome.kind is OutcomeKind.SUCCEEDED:
+        assert outcome.kind is OutcomeKind.SUCCEEDED
+        return
+    assert outcome.kind is OutcomeKind.PERMANENT
+    assert outcome.error is not None and outcome.error.type == UNKEPT
+
+
 # --- building hostile exceptions from recipes --------------------------------------------
 
 EXCEPTION_BASES: tuple[type[BaseException], ...] = (
@@ -450,18 +483,18 @@ def assert_travels(outcome: Any) -> None:
 
 @PROPERTY_SETTINGS
 @given(recipe=VALUE_RECIPES, is_async=st.booleans())
-def test_whatever_a_handler_returns_its_attempt_succeeds_with_a_plain_json_result(
+def test_whatever_a_handler_returns_its_attempt_keeps_plain_json_or_fails_cleanly(
     threads: HandlerThreads, recipe: Any, is_async: bool
 ) -> None:
     """Given a handler returning any value (JSON, not JSON, cyclic, deep, or with dunder
-    methods that raise anything), when its attempt runs, then it succeeds and its outcome
-    survives the JSON round trip."""
+    methods that raise anything), when its attempt runs, then its outcome survives the
+    JSON round trip: succeeded (always, for plain JSON), or failed as not serialisable."""
     spec = declare(handler(lambda: build_value(recipe), raises=False, is_async=is_async))
 
     outcome = settle(run_attempt(spec, (), {}, context=CONTEXT, executor=threads))
 
     assert_travels(outcome)
-    assert outcome.kind is OutcomeKind.SUCCEEDED
+    assert_kept_or_refused(outcome, must_keep=keepable(recipe))
 
 
 @PROPERTY_SETTINGS
@@ -531,7 +564,8 @@ def test_whatever_a_batch_handler_does_each_item_gets_one_plain_outcome(
     """Given a batch handler returning any value or list of values, raising any exception,
     or raising a BatchFailures with hostile keys, exceptions and results, when its attempt
     runs, then there is exactly one outcome per item, each surviving the round trip:
-    all succeeded after a return, none after another exception."""
+    after a return each succeeded (always, for plain JSON) or failed as not serialisable;
+    none succeeded after another exception."""
     how, recipe = ending
 
     def make() -> Any:
@@ -552,7 +586,9 @@ def test_whatever_a_batch_handler_does_each_item_gets_one_plain_outcome(
     for outcome in outcomes:
         assert_travels(outcome)
     if how.startswith("return"):
-        assert all(o.kind is OutcomeKind.SUCCEEDED for o in outcomes)
+        plain = keepable(recipe) if how == "return" else all(keepable(r) for r in recipe)
+        for outcome in outcomes:
+            assert_kept_or_refused(outcome, must_keep=plain)
     if how == "raise":
         assert all(o.kind is not OutcomeKind.SUCCEEDED for o in outcomes)
 
@@ -560,33 +596,132 @@ def test_whatever_a_batch_handler_does_each_item_gets_one_plain_outcome(
 # --- what each case becomes ----------------------------------------------------------------
 
 
-def test_a_result_whose_repr_raises_succeeds_with_a_placeholder(threads: HandlerThreads) -> None:
+def test_a_result_json_cannot_carry_fails_its_attempt_naming_its_type(
+    threads: HandlerThreads,
+) -> None:
     """Given a handler returning an object neither JSON nor repr() can render, when run,
-    then the attempt succeeded (its work is done) and the result names the type."""
+    then the attempt failed for good (permanent) with ResultNotSerializableError naming
+    the task, the type and the way out."""
     spec = declare(handler(lambda: hostile_value(object, "__repr__", ValueError), raises=False,
                            is_async=False))  # fmt: skip
 
     outcome = settle(run_attempt(spec, (), {}, context=CONTEXT, executor=threads))
 
-    assert outcome.kind is OutcomeKind.SUCCEEDED
-    assert outcome.result == "<unserialisable HostileObject result>"
+    assert outcome.kind is OutcomeKind.PERMANENT
+    assert outcome.result is None
+    assert outcome.error is not None and outcome.error.type == UNKEPT
+    assert "task 'hostile' returned a HostileObject that JSON cannot carry" in (
+        outcome.error.message
+    )
+    assert "store_result=False" in outcome.error.message
 
 
-@pytest.mark.parametrize("name", ["cycle-list", "deep", "huge-int"])
-def test_a_cyclic_deep_or_huge_result_succeeds_with_a_string(
+@pytest.mark.parametrize("name", ["cycle-list", "deep", "huge-int", "set", "nan", "bytes"])
+def test_a_cyclic_deep_huge_or_non_json_result_fails_its_attempt(
     threads: HandlerThreads, name: str
 ) -> None:
-    """Given a self-referencing, 100,000-deep or 5,000-digit result, when run, then the
-    attempt succeeded with a string result (its repr, or the placeholder when repr
-    recurses too deep or refuses the digits)."""
+    """Given a self-referencing, 100,000-deep, 5,000-digit, set, NaN or bytes result, when
+    run, then the attempt failed for good (permanent) with ResultNotSerializableError (no
+    repr stands in for the value: a waiter would get a string instead of the handler's
+    type)."""
     spec = declare(handler(lambda: odd_value(name), raises=False, is_async=True))
 
     outcome = settle(run_attempt(spec, (), {}, context=CONTEXT, executor=threads))
 
-    assert outcome.kind is OutcomeKind.SUCCEEDED
-    assert isinstance(outcome.result, str)
-    if name == "cycle-list":
-        assert outcome.result == "[1, [...]]"
+    assert outcome.kind is OutcomeKind.PERMANENT
+    assert outcome.error is not None and outcome.error.type == UNKEPT
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_a_result_over_the_limit_fails_its_attempt_naming_limit_and_size(
+    threads: HandlerThreads, is_async: bool
+) -> None:
+    """Given a handler returning a string one byte over MAX_RESULT_BYTES as JSON, when
+    run, then the attempt failed for good (permanent) with ResultTooLargeError naming the
+    size and the limit; one exactly at the limit succeeded with its value."""
+    at_limit = "x" * (c.MAX_RESULT_BYTES - 2)  # the two quotes make it MAX_RESULT_BYTES
+    over = at_limit + "y"
+    too_big = declare(handler(lambda: over, raises=False, is_async=is_async))
+    fits = declare(handler(lambda: at_limit, raises=False, is_async=is_async))
+
+    refused = settle(run_attempt(too_big, (), {}, context=CONTEXT, executor=threads))
+    kept = settle(run_attempt(fits, (), {}, context=CONTEXT, executor=threads))
+
+    assert refused.kind is OutcomeKind.PERMANENT and refused.result is None
+    assert refused.error is not None and refused.error.type == "ResultTooLargeError"
+    assert (
+        f"a result of {c.MAX_RESULT_BYTES + 1} bytes as JSON, over the limit of "
+        f"{c.MAX_RESULT_BYTES} bytes"
+    ) in refused.error.message
+    assert (kept.kind, kept.result) == (OutcomeKind.SUCCEEDED, at_limit)
+
+
+@pytest.mark.parametrize(
+    "retry_on",
+    [(ConnectionError,), (Exception,), (ResultError,), (BaseException,)],
+    ids=["ConnectionError", "Exception", "ResultError", "BaseException"],
+)
+@pytest.mark.parametrize(
+    ("value", "error_type"),
+    [({1, 2}, UNKEPT), ("x" * c.MAX_RESULT_BYTES, "ResultTooLargeError")],
+    ids=["set", "too-large"],
+)
+def test_a_result_that_cannot_be_kept_is_permanent_whatever_retry_on_says(
+    threads: HandlerThreads, retry_on: tuple[type[BaseException], ...], value: Any, error_type: str
+) -> None:
+    """Given a task whose retry_on names ConnectionError, Exception, ResultError itself or
+    BaseException, when its handler returns a set or a result over the limit, then the
+    attempt failed for good (permanent, dead-lettered at once): the handler's work is
+    done and a retry would do it again, so retry_on does not get a say."""
+    spec = declare(
+        handler(lambda: value, raises=False, is_async=False), retry=Retry(retry_on=retry_on)
+    )
+
+    outcome = settle(run_attempt(spec, (), {}, context=CONTEXT, executor=threads))
+
+    assert outcome.kind is OutcomeKind.PERMANENT
+    assert outcome.result is None
+    assert outcome.error is not None and outcome.error.type == error_type
+
+
+@pytest.mark.parametrize("batch", [False, True], ids=["task", "batch"])
+def test_store_result_false_succeeds_with_no_result_whatever_is_returned(
+    threads: HandlerThreads, batch: bool
+) -> None:
+    """Given tasks declared store_result=False returning a set and an oversized string,
+    when run, then every attempt (every item) succeeded with no result."""
+    for value in ({1, 2}, "x" * (c.MAX_RESULT_BYTES * 2)):
+        fn = handler(lambda value=value: value, raises=False, is_async=False)
+        if batch:
+            spec = task(name="unkept", batch_size=BATCH_SIZE, store_result=False,
+                        registry=Registry())(fn).spec  # fmt: skip
+            outcomes = settle(run_batch_attempt(spec, ["a", "b", "c"], context=BATCH,
+                                                executor=threads))  # fmt: skip
+        else:
+            spec = task(name="unkept", store_result=False, registry=Registry())(fn).spec
+            outcomes = [settle(run_attempt(spec, (), {}, context=CONTEXT, executor=threads))]
+
+        assert [(o.kind, o.result) for o in outcomes] == [(OutcomeKind.SUCCEEDED, None)] * len(
+            outcomes
+        )
+
+
+def test_a_batch_item_whose_result_is_too_large_fails_alone(threads: HandlerThreads) -> None:
+    """Given a batch handler returning one result per item, the second over the limit,
+    when run, then that item failed for good (permanent) with ResultTooLargeError and the
+    others succeeded with their results."""
+    big = "x" * c.MAX_RESULT_BYTES
+    spec = declare(handler(lambda: ["a", big, "c"], raises=False, is_async=False), batch=True)
+
+    outcomes = settle(run_batch_attempt(spec, ["a", "b", "c"], context=BATCH, executor=threads))
+
+    assert [o.kind for o in outcomes] == [
+        OutcomeKind.SUCCEEDED,
+        OutcomeKind.PERMANENT,
+        OutcomeKind.SUCCEEDED,
+    ]
+    assert (outcomes[0].result, outcomes[2].result) == ("a", "c")
+    assert outcomes[1].error is not None and outcomes[1].error.type == "ResultTooLargeError"
 
 
 def test_a_tuple_result_is_kept_as_its_json_form(threads: HandlerThreads) -> None:
@@ -721,11 +856,12 @@ def test_a_backpressure_with_a_hostile_hint_is_still_backpressure(
     assert outcome.retry_after_s is None
 
 
-def test_a_batch_list_whose_iteration_raises_is_every_items_result(
+def test_a_batch_list_whose_iteration_raises_fails_every_item(
     threads: HandlerThreads,
 ) -> None:
     """Given a batch handler returning a list subclass whose __iter__ raises SystemExit,
-    when run, then every item succeeded with the same result: the list's repr."""
+    when run, then the list is every item's result, which JSON cannot carry: every item
+    failed for good (permanent) with ResultNotSerializableError (none escaped)."""
     spec = declare(
         handler(lambda: hostile_value(list, "__iter__", SystemExit), raises=False,
                 is_async=False),
@@ -734,8 +870,8 @@ def test_a_batch_list_whose_iteration_raises_is_every_items_result(
 
     outcomes = settle(run_batch_attempt(spec, ["a", "b", "c"], context=BATCH, executor=threads))
 
-    assert [o.kind for o in outcomes] == [OutcomeKind.SUCCEEDED] * BATCH_SIZE
-    assert [o.result for o in outcomes] == ["[1, 'a', None]"] * BATCH_SIZE
+    assert [o.kind for o in outcomes] == [OutcomeKind.PERMANENT] * BATCH_SIZE
+    assert all(o.error is not None and o.error.type == UNKEPT for o in outcomes)
 
 
 def test_a_batch_failures_that_cannot_be_read_fails_every_item_saying_why(

@@ -37,8 +37,8 @@ def envelope() -> Envelope:
     return Envelope(id="abc", task="charge", enqueued_at=NOW - 5)
 
 
-def ask(now: float = NOW) -> ClaimAsk:
-    return ClaimAsk(envelope(), message_id=MID, now=now, timeout_s=60, token=TOKEN)
+def ask(now: float = NOW, timeout_s: float = 60) -> ClaimAsk:
+    return ClaimAsk(envelope(), message_id=MID, now=now, timeout_s=timeout_s, token=TOKEN)
 
 
 _PREDICATE = re.compile(r'^"(\w+)"\s*(=|<|IS MISSING|IS NOT MISSING)\s*(\?)?$')
@@ -123,13 +123,15 @@ def records() -> dict[str, dict[str, Any]]:
     }
 
 
-def batched_claim(item: dict[str, Any] | None, max_attempts: int = 5) -> dict[str, Any] | None:
+def batched_claim(
+    item: dict[str, Any] | None, max_attempts: int = 5, timeout_s: float = 60
+) -> dict[str, Any] | None:
     """The claim protocol of RecordTransitions, on one item: the guess, then a
     compare-and-set on the record a refusal returned when an attempt may start from it.
     Returns the item as the claim leaves it, or None when no claim was made."""
     old: dict[str, Any] | None = None
     for _ in range(statements.CLAIM_ROUNDS):
-        statement = claim_statement(TABLE, ask(now=NOW), old=old)
+        statement = claim_statement(TABLE, ask(now=NOW, timeout_s=timeout_s), old=old)
         if holds(statement, item):
             assert item is not None
             return statement.applied_to(item)
@@ -145,10 +147,16 @@ def batched_claim(item: dict[str, Any] | None, max_attempts: int = 5) -> dict[st
     return None
 
 
-def update_item_claim(item: dict[str, Any] | None) -> dict[str, Any] | None:
+def update_item_claim(item: dict[str, Any] | None, timeout_s: float = 60) -> dict[str, Any] | None:
     """What the single UpdateItem claim does to ``item`` (None: refused)."""
     params = state.claim_params(
-        TABLE, envelope(), message_id=MID, now=NOW, timeout_s=60, token=TOKEN, max_attempts=5
+        TABLE,
+        envelope(),
+        message_id=MID,
+        now=NOW,
+        timeout_s=timeout_s,
+        token=TOKEN,
+        max_attempts=5,
     )
     if item is None or not Condition(params).holds_for(item):
         return None
@@ -167,17 +175,22 @@ def update_item_claim(item: dict[str, Any] | None) -> dict[str, Any] | None:
         expires_at=values[":ttl"],
         claim_token=values[":token"],
     )
+    if ":listed" in values:  # a long task is listed while running; a short one is not
+        new["listed"] = values[":listed"]
+    else:
+        new.pop("listed", None)
     new.setdefault("created_at", values[":now"])
     return new
 
 
+@pytest.mark.parametrize("timeout_s", [60, 600], ids=["short task", "long task"])
 @pytest.mark.parametrize("name", list(records()))
 def test_a_batched_claim_takes_what_the_update_item_claim_takes_and_leaves_the_same_record(
-    name: str,
+    name: str, timeout_s: float
 ) -> None:
     item = records()[name]
 
-    assert batched_claim(item) == update_item_claim(item)
+    assert batched_claim(item, timeout_s=timeout_s) == update_item_claim(item, timeout_s)
 
 
 def test_the_guess_holds_only_for_a_record_waiting_for_its_first_attempt() -> None:

@@ -382,8 +382,9 @@ def _failure(kind: OutcomeKind, error_type: str, message: str) -> Outcome:
 
 
 def _bounded(outcome: Outcome) -> Outcome:
-    """The outcome without a result the dispatcher would not store anyway (over
-    MAX_RESULT_BYTES), so a batch's response stays far below Lambda's 6 MB."""
+    """The outcome without a result over MAX_RESULT_BYTES, so a batch's response stays
+    far below Lambda's 6 MB. The runtime already fails an attempt whose result is over
+    the limit (:mod:`dispatch_workers.runtime`), so this only guards the response."""
     if outcome.result is None:
         return outcome
     # Measured exactly as dispatch.store.state measures what it stores.

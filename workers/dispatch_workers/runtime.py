@@ -6,6 +6,8 @@ The mapping from what a handler did to what happens next:
 handler                         outcome                dispatcher then
 ==============================  =====================  ==============================
 returns                         ``succeeded``          records the result, deletes
+returns what its record         ``permanent``          dead-letters now
+cannot keep (``ResultError``)
 raises PermanentError           ``permanent``          dead-letters now
 raises an exception outside     ``not_retryable``      dead-letters now
 ``retry_on``
@@ -32,11 +34,17 @@ attempt, and every outcome is plain JSON, whatever the handler's dunder
 methods do:
 
 - A result is kept in its JSON form (what a JSON round trip gives back:
-  tuples become lists, keys strings, a lone surrogate "?"). A result JSON cannot carry (a set, NaN,
-  bytes, a cycle, nesting too deep, a ``__str__``/``items``/``__iter__`` that
-  raises) still succeeds, with its ``repr()`` as result, or the placeholder
-  ``"<unserialisable TYPE result>"`` when ``repr()`` fails too: the handler did
-  its work, and running it again would not change what it returns.
+  tuples become lists, keys strings, a lone surrogate "?"), because its task
+  record keeps it for ``TaskHandle.result()``. A result JSON cannot carry (a set,
+  NaN, bytes, a cycle, nesting too deep, a ``__str__``/``items``/``__iter__``
+  that raises) fails the attempt with ``ResultNotSerializableError``, and one
+  over ``MAX_RESULT_BYTES`` as JSON with ``ResultTooLargeError`` (naming the
+  size and the limit), so a waiter never gets a value of another type than the
+  handler's. Both are ``PermanentError``: the attempt fails for good, and the
+  task is dead-lettered at once whatever ``retry_on`` says, because the handler's
+  work is done and a retry would do it again. A task declared
+  ``@task(store_result=False)`` keeps no result: its attempt succeeds whatever it
+  returns, with no result in the outcome.
 - An exception is reported by its type's name, its ``str()`` and its
   traceback; each falls back to a placeholder (``"<str() failed: TYPE>"``,
   ``"<traceback unavailable: TYPE>"``) when the exception's own code fails,
@@ -50,8 +58,9 @@ methods do:
   and never stops the process. Only the cancellation of the attempt itself
   (the dispatcher releasing it) propagates.
 - A batch handler's list whose ``len``/``__iter__`` fails is every item's
-  result (so, its repr); a ``BatchFailures`` whose contents cannot be read
-  fails every item of the batch, retryable, saying why.
+  result (so, not serialisable: every item fails for good); a ``BatchFailures``
+  whose contents cannot be read fails every item of the batch, retryable, saying
+  why.
 """
 
 from __future__ import annotations
@@ -70,8 +79,16 @@ from types import TracebackType
 from typing import Any
 
 from dispatch.core.context import BatchContext, TaskContext, _current
-from dispatch.core.errors import Backpressure, BatchFailures, PermanentError, TaskTimeoutError
+from dispatch.core.errors import (
+    Backpressure,
+    BatchFailures,
+    PermanentError,
+    ResultError,
+    ResultNotSerializableError,
+    TaskTimeoutError,
+)
 from dispatch.core.outcome import ErrorInfo, Outcome, OutcomeKind
+from dispatch.core.result import result_json
 from dispatch.tasks.registry import TaskSpec
 
 __all__ = ["error_info", "run_attempt", "run_batch_attempt"]
@@ -102,11 +119,7 @@ async def run_attempt(
     finally:
         _current.reset(token)
     if ended.error is None and not ended.timed_out:
-        return Outcome(
-            kind=OutcomeKind.SUCCEEDED,
-            duration_s=time.perf_counter() - started,
-            result=_json_safe(ended.value),
-        )
+        return _returned(spec, ended.value, started)
     return _failure(spec, ended, started)
 
 
@@ -131,11 +144,7 @@ async def run_batch_attempt(
         return _partial(spec, ended.error, context, started)
     if ended.error is not None or ended.timed_out:
         return [_failure(spec, ended, started)] * n
-    duration_s = time.perf_counter() - started
-    return [
-        Outcome(kind=OutcomeKind.SUCCEEDED, duration_s=duration_s, result=result)
-        for result in _results(ended.value, n)
-    ]
+    return [_returned(spec, result, started) for result in _results(ended.value, n)]
 
 
 # --- running the handler -----------------------------------------------------------------
@@ -271,13 +280,10 @@ def _partial(
         # A handler bug: no item can be told apart, so every item fails this attempt.
         return [_failure(spec, _Ended(error=ValueError(failed)), started)] * n
     outcomes = []
-    duration_s = time.perf_counter() - started
     for i in range(n):
         failure = failed.get(i)
         if failure is None:
-            outcomes.append(
-                Outcome(kind=OutcomeKind.SUCCEEDED, duration_s=duration_s, result=results[i])
-            )
+            outcomes.append(_returned(spec, results[i], started))
         else:
             outcomes.append(_failure(spec, _Ended(error=failure), started))
     return outcomes
@@ -310,12 +316,10 @@ def _item_failures(
 
 
 def _results(value: Any, n: int) -> list[Any]:
-    """Each item's result, JSON-safe: a list or tuple with one entry per item is spread
-    over the items; anything else (a list-like that cannot be read, too) is every item's."""
+    """Each item's result: a list or tuple with one entry per item is spread over the
+    items; anything else (a list-like that cannot be read, too) is every item's."""
     spread = _spread(value, n)
-    if spread is None:
-        return [_json_safe(value)] * n
-    return [_json_safe(entry) for entry in spread]
+    return [value] * n if spread is None else spread
 
 
 def _spread(value: Any, n: int) -> list[Any] | None:
@@ -328,22 +332,35 @@ def _spread(value: Any, n: int) -> list[Any] | None:
     return entries if len(entries) == n else None
 
 
-def _json_safe(value: Any) -> Any:
+def _returned(spec: TaskSpec, value: Any, started: float) -> Outcome:
+    """The outcome of a handler that returned ``value``: succeeded with the result its
+    record keeps; failed for good (``permanent``: a ResultError is a PermanentError)
+    when the record cannot keep it (not JSON, too large); succeeded with no result
+    under ``store_result=False``."""
+    if not spec.store_result:
+        return Outcome(kind=OutcomeKind.SUCCEEDED, duration_s=time.perf_counter() - started)
+    try:
+        result = _kept(spec, value)
+    except ResultError as exc:
+        return _failure(spec, _Ended(error=exc), started)
+    return Outcome(
+        kind=OutcomeKind.SUCCEEDED, duration_s=time.perf_counter() - started, result=result
+    )
+
+
+def _kept(spec: TaskSpec, value: Any) -> Any:
     """The value as plain JSON (what a JSON round trip gives back, any lone surrogate
-    replaced by "?" so that UTF-8 can carry it); when JSON cannot carry it, its repr;
-    when even that fails, a placeholder naming its type."""
+    replaced by "?" so that UTF-8 can carry it), checked against the record's size
+    limit; ResultNotSerializableError or ResultTooLargeError when it cannot be kept."""
     try:
         text = json.dumps(value, allow_nan=False, ensure_ascii=False)
-        return json.loads(text.encode("utf-8", "replace"))
-    except BaseException:  # noqa: BLE001 - TypeError, ValueError, RecursionError or a hostile dunder's own
-        return _repr(value)
-
-
-def _repr(value: Any) -> str:
-    try:
-        return _plain(repr(value))
-    except BaseException:  # noqa: BLE001 - a hostile __repr__ (or one recursing too deep)
-        return f"<unserialisable {_type_name(value)} result>"
+        plain = json.loads(text.encode("utf-8", "replace"))
+    except BaseException as problem:  # noqa: BLE001 - TypeError, ValueError, RecursionError or a hostile dunder's own
+        raise ResultNotSerializableError(
+            task=spec.name, type_name=_type_name(value), why=_message(problem)[:200]
+        ) from None
+    result_json(plain, task=spec.name)
+    return plain
 
 
 def _retry_after_s(exc: BaseException) -> float | None:
