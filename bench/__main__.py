@@ -18,7 +18,8 @@ by side on the same machine:
    per-call cost with the queue empty and full;
 8. pickup latency (idle and under load) and idle cost per deployment mode
    (scheduled, responsive, service) on the loopback Lambda topology
-   (bench/pickup.py);
+   (bench/pickup.py), and how soon ``TaskHandle.result()`` sees a result and
+   what a wait reads (bench/results_wait.py);
 9. the drain comparison of 1. and 2. again on a second emulator that holds each
    request for about the network's round trip to AWS (SQS 20 ms, DynamoDB 5 ms:
    bench/round_trips.py), where waiting for answers costs what it costs on AWS;
@@ -57,6 +58,7 @@ from bench.latency import run_latency
 from bench.output import to_json, write_atomically
 from bench.pickup import PickupPlan, run_pickup
 from bench.plan import Plan
+from bench.results_wait import run_results_wait
 from bench.round_trips import run_round_trips
 from bench.scaling import run_scaling
 from bench.sensitivity import run_sensitivity
@@ -175,6 +177,8 @@ def _run(plan: Plan, out: Path, suffix: str) -> tuple[dict[str, Any], list[str]]
         measure("growth", lambda: _growth(stage, plan, dispatch if pairs is not None else []))
         pickup_plan = PickupPlan.quick() if plan.mode == "quick" else PickupPlan.full()
         measure("pickup", lambda: run_pickup(stage, pickup_plan))
+        waits = 2 if plan.mode == "quick" else 10
+        measure("results", lambda: run_results_wait(stage, waits))
         if plan.sensitivity_tasks:
             tasks = plan.sensitivity_tasks
             measure(

@@ -74,6 +74,7 @@ TARGETS: Final = (
     Target(
         "pickup_responsive_idle_ratio_vs_esm", "responsive mode: idle cost / idle ESM", 0.5, True
     ),
+    Target("result_lag_p50_s", "handler return → result(), median s", 1.0, at_most=True),
 )
 
 

@@ -67,7 +67,7 @@ from dispatch.loop.dispatcher import Dispatcher
 from dispatch.producer.enqueue import Queue
 from dispatch.store.aws import RequestCounter, async_clients
 
-__all__ = ["PickupPlan", "run_pickup"]
+__all__ = ["PickupPlan", "in_process_dispatcher", "run_pickup"]
 
 PERIOD_S: Final = 60.0
 """The schedule's period (``rate(1 minute)``) and, here, the dispatcher function's timeout."""
@@ -264,11 +264,11 @@ def _wake_settings(served: ServedTopology, settings: Settings) -> Settings:
 
 # --- service -----------------------------------------------------------------------------------
 def _service(settings: Settings, env: dict[str, str], plan: PickupPlan) -> dict[str, Any]:
-    with _in_process_dispatcher(settings) as _:
+    with in_process_dispatcher(settings) as _:
         idle_ms = _long_poll_probes(settings, plan.idle_probes)
         loaded = _under_load(None, settings, plan.load_s, wake=False)
     counter, meter = RequestCounter(), BillingMeter()
-    with _in_process_dispatcher(settings, counter=counter, meter=meter):
+    with in_process_dispatcher(settings, counter=counter, meter=meter):
         time.sleep(plan.service_idle_s)  # the measurement: what an idle dispatcher sends
     scale = prices.HOURS_PER_MONTH * 3600 / plan.service_idle_s
     # A long poll still waiting when the measurement ends is not billed by the meter yet:
@@ -333,7 +333,7 @@ def _long_poll_probes(settings: Settings, probes: int) -> list[float]:
 
 
 @contextlib.contextmanager
-def _in_process_dispatcher(
+def in_process_dispatcher(
     settings: Settings, *, counter: RequestCounter | None = None, meter: BillingMeter | None = None
 ) -> Iterator[None]:
     """``dispatch run`` in a thread of this process: long-polling, in-process workers."""

@@ -11,7 +11,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from bench import pickup, prices
+from bench import pickup, prices, results_wait
 from bench.analysis import TARGETS, Target
 from bench.calibrate import CLAIM_CEILING, DRAIN_LABELS, ENQUEUE_LABELS
 
@@ -62,6 +62,7 @@ def summary(sections: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, A
         "pickup_responsive_idle_ratio_vs_esm": _get(
             sections, "pickup", "modes", "responsive", "idle_ratio_vs_esm"
         ),
+        "result_lag_p50_s": _get(sections, "results", "lag_s", "p50"),
     }
     out: dict[str, Any] = {
         "mode": meta.get("mode"),
@@ -141,6 +142,7 @@ def markdown(
     lines += _scaling(sections)
     lines += _growth(sections, chart_name)
     lines += pickup.markdown(sections.get("pickup", {}))
+    lines += results_wait.markdown(sections.get("results", {}))
     lines += _calibration(sections)
     lines += _sensitivity(sections)
     lines += _round_trips(sections)
@@ -226,6 +228,9 @@ def _summary_table(
         "| responsive mode (deployed topology, loopback): idle-queue pickup p99 ms | "
         f"{_fmt(summary['pickup_responsive_idle_p99_ms'], 1)} | up to 60,000 (scheduled) | "
         f"{_result(targets['pickup_responsive_idle_p99_ms'], summary)} |",
+        "| handler return → `result()`, median s | "
+        f"{_fmt(summary['result_lag_p50_s'], 3)} | | "
+        f"{_result(targets['result_lag_p50_s'], summary)} |",
         "| responsive mode: idle cost / idle event source mapping | "
         f"{_fmt(summary['pickup_responsive_idle_ratio_vs_esm'], 3)} | 1 | "
         f"{_result(targets['pickup_responsive_idle_ratio_vs_esm'], summary)} |",
@@ -262,6 +267,12 @@ def _limits(sections: Mapping[str, Any], summary: Mapping[str, Any]) -> list[str
         "aws_requests_per_task_lean": _limit_aws_lean(sections),
         "throughput_ratio_vs_baseline_lean": _limit_throughput_lean(sections),
         **pickup.limits(sections.get("pickup", {})),
+        "result_lag_p50_s": (
+            "The success is written within 50 ms (the success batch window), then the "
+            "waiter's next read: it polls 50 ms, doubling to 1 s, so a longer task waits "
+            "up to a second for its read; "
+            f"{_get(sections, 'results', 'reads_per_waited_task')} reads per waited task."
+        ),
     }
     ordered = sorted(TARGETS, key=lambda t: summary["targets"][t.key]["result"] != "FAIL")
     for target in ordered:

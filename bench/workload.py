@@ -10,6 +10,7 @@ when it exits.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from typing import Final
@@ -21,16 +22,20 @@ __all__ = [
     "NOOP",
     "NOOP_LEAN",
     "PROBE",
+    "TIMED",
     "noop_messages",
     "probe_message",
     "probe_starts",
     "registry",
+    "returned_at",
+    "timed",
 ]
 
 registry: Final = Registry()
 NOOP: Final = "bench.noop"
 NOOP_LEAN: Final = "bench.noop_lean"
 PROBE: Final = "bench.probe"
+TIMED: Final = "bench.timed"
 
 _starts_lock = threading.Lock()
 _starts: list[tuple[float, float]] = []
@@ -69,3 +74,22 @@ def probe_starts() -> list[tuple[float, float]]:
     """Every (sent_at, handler started) pair this process has seen, in start order."""
     with _starts_lock:
         return list(_starts)
+
+
+_returns_lock = threading.Lock()
+_returns: dict[str, float] = {}
+
+
+@task(name=TIMED, registry=registry)
+async def timed(token: str, work_s: float) -> dict[str, str]:
+    """Work ``work_s``, note when the handler returns (by ``token``), return a small result."""
+    await asyncio.sleep(work_s)
+    with _returns_lock:
+        _returns[token] = time.time()
+    return {"token": token}
+
+
+def returned_at(token: str) -> float | None:
+    """When the ``timed`` handler of ``token`` returned (None: not yet, in this process)."""
+    with _returns_lock:
+        return _returns.get(token)

@@ -39,9 +39,10 @@ if TYPE_CHECKING:
         UnknownTaskError,
     )
     from dispatch.core.record import Status, TaskRecord
-    from dispatch.core.resource import Resource
+    from dispatch.core.resource import KeyLimits, Resource
     from dispatch.core.retry import Retry
     from dispatch.loop.dispatcher import Dispatcher, DispatcherOptions, RunStats
+    from dispatch.producer.compose import Chain, Group, TaskMessage, group
     from dispatch.producer.enqueue import Queue, enqueue_many, enqueue_many_async
     from dispatch.producer.handle import TaskHandle, handle
     from dispatch.producer.status import status
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
 __all__ = [
     # declaring tasks
     "BatchTask",
+    "KeyLimits",
     "Registry",
     "Resource",
     "Retry",
@@ -78,6 +80,11 @@ __all__ = [
     # results
     "TaskHandle",
     "handle",
+    # groups and chains
+    "Chain",
+    "Group",
+    "TaskMessage",
+    "group",
     # errors
     "AWSError",
     "Backpressure",
@@ -125,6 +132,7 @@ _HOME: dict[str, str] = {
         ["BatchTask", "Registry", "Task", "TaskSpec", "default_registry", "task"],
         "dispatch.tasks.registry",
     ),
+    "KeyLimits": "dispatch.core.resource",
     "Resource": "dispatch.core.resource",
     "Retry": "dispatch.core.retry",
     "BatchContext": "dispatch.core.context",
@@ -137,6 +145,7 @@ _HOME: dict[str, str] = {
     **dict.fromkeys(["Status", "TaskRecord"], "dispatch.core.record"),
     "status": "dispatch.producer.status",
     **dict.fromkeys(["TaskHandle", "handle"], "dispatch.producer.handle"),
+    **dict.fromkeys(["Chain", "Group", "TaskMessage", "group"], "dispatch.producer.compose"),
 }
 
 

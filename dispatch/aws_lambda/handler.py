@@ -297,11 +297,12 @@ DISPATCHER_GRANTS: Final[tuple[Grant, ...]] = (
         "sqs",
         TASK_QUEUE,
         "the loop: receive, settle in batches, send back long delays and deferrals, "
-        "enqueue periodic tasks; the idle check and the drain check",
+        "enqueue periodic tasks; the idle check and the drain check; a group's callback",
         "ReceiveMessage",
         "DeleteMessageBatch",
         "ChangeMessageVisibilityBatch",
         "SendMessageBatch",
+        "SendMessage",
         "GetQueueAttributes",
     ),
     _grant("sqs", DEAD_LETTER_QUEUE, "dead letters carry the failure", "SendMessageBatch"),
@@ -310,10 +311,12 @@ DISPATCHER_GRANTS: Final[tuple[Grant, ...]] = (
         STATE_TABLE,
         "task records (claims, transitions, periodic tasks' idempotent records), shared "
         "throttle buckets and slots, throttle status, dispatcher leases; claims and "
-        "successes in batches of PartiQL UPDATEs, and the probe that checks them first",
+        "successes in batches of PartiQL UPDATEs, and the probe that checks them first; "
+        "the joins of groups (their children's results read in batches)",
         "BatchExecuteStatement",
         "UpdateItem",
         "GetItem",
+        "BatchGetItem",
         "PutItem",
         "BatchWriteItem",
         "DeleteItem",

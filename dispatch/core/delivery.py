@@ -53,9 +53,12 @@ class Delivery:
         return {ATTR_SIGNATURE: {"DataType": "String", "StringValue": signature["StringValue"]}}
 
     def copy_entry(self, *, delay_s: int) -> dict[str, Any]:
-        """A SendMessageBatch entry that puts this message on the queue again."""
+        """A SendMessageBatch entry that puts this message on the queue again (with its
+        message group: a keyed task's key stays its fair-queue tenant)."""
         entry: dict[str, Any] = {"Id": "0", "MessageBody": self.body, "DelaySeconds": delay_s}
         carried = self.carried()
         if carried:
             entry["MessageAttributes"] = carried
+        if self.group is not None:
+            entry["MessageGroupId"] = self.group
         return entry

@@ -5,7 +5,8 @@ A message body is one JSON object (see docs/formats.md)::
     {"v": 1, "id": "9f0c...", "task": "charge", "args": [], "kwargs": {"order_id": "42"},
      "enqueued_at": 1767225600.125, "eta": 1767229200.0, "idempotency_key": "order-42"}
 
-``eta``, ``idempotency_key`` and ``group`` appear only when set.
+``eta``, ``idempotency_key``, ``group`` and ``key`` (the task's key, for per-key
+limits: ``@task(key=...)``) appear only when set.
 
 One set of rules holds on both sides of the queue (docs/bad-input.md): what
 ``Message.build`` refuses at enqueue, ``decode`` refuses on arrival (and the
@@ -46,18 +47,38 @@ __all__ = [
     "MessageOptions",
     "decode",
     "is_lean_task_id",
+    "key_problem",
 ]
 
 RESERVED_OPTIONS: Final = ("delay_s", "idempotency_key", "group")
 _IDEMPOTENCY_NAMESPACE: Final = uuid.UUID("6b3f7a52-8d0e-4c1f-9a57-0d1e2f3a4b5c")
 _KNOWN_FIELDS: Final = frozenset(
-    {"v", "id", "task", "args", "kwargs", "enqueued_at", "eta", "idempotency_key", "group"}
+    {
+        "v",
+        "id",
+        "task",
+        "args",
+        "kwargs",
+        "enqueued_at",
+        "eta",
+        "idempotency_key",
+        "group",
+        "key",
+        "join",
+    }
 )
 # The envelope's strings and their longest length in characters. Each one is stored or
 # sent (the record key ``task#<id>`` and attributes in DynamoDB, the MessageGroupId in
 # SQS), so it must encode as UTF-8; 128 characters of at most 4 bytes each, with the key
 # prefix, stay far inside DynamoDB's 2,048-byte partition key.
-_TEXT_FIELDS: Final = {"id": 128, "task": 128, "idempotency_key": 256, "group": 128}
+_TEXT_FIELDS: Final = {
+    "id": 128,
+    "task": 128,
+    "idempotency_key": 256,
+    "group": 128,
+    "key": 128,
+    "join": 128,
+}
 _GROUP_CHARS: Final = frozenset(string.ascii_letters + string.digits + string.punctuation)
 _SURROGATE: Final = re.compile("[\ud800-\udfff]")
 # Characters SQS refuses in a message body although JSON may carry them raw.
@@ -120,6 +141,8 @@ class TaskShape(Protocol):
 
     def bind(self, args: Iterable[Any], kwargs: dict[str, Any]) -> inspect.BoundArguments: ...
 
+    def key_of(self, args: Iterable[Any], kwargs: dict[str, Any]) -> str | None: ...
+
 
 @dataclass(frozen=True, slots=True)
 class Envelope:
@@ -133,6 +156,8 @@ class Envelope:
     eta: float | None = None
     idempotency_key: str | None = None
     group: str | None = None
+    key: str | None = None  # the task's key (per-key limits), computed at enqueue
+    join: str | None = None  # the group whose callback waits for this task (docs/formats.md)
 
     def to_json(self) -> str:
         """The message body: compact JSON, keys in a stable order."""
@@ -150,6 +175,10 @@ class Envelope:
             body["idempotency_key"] = self.idempotency_key
         if self.group is not None:
             body["group"] = self.group
+        if self.key is not None:
+            body["key"] = self.key
+        if self.join is not None:
+            body["join"] = self.join
         text = json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
         for refused in _SQS_REFUSED:
             if refused in text:  # only ever inside a string, where the escape means the same
@@ -201,6 +230,10 @@ class Message:
                 f"task {spec.name!r}: arguments do not fit {spec.name}{spec.signature}: {exc}",
                 task=spec.name,
             ) from exc
+        try:
+            key = spec.key_of(args, kwargs)
+        except ValueError as exc:
+            raise InvalidArgumentsError(f"task {spec.name!r}: {exc}", task=spec.name) from exc
         enqueued_at = time.time() if now is None else now
         delay_s = float(options.delay_s or 0.0)
         if options.idempotency_key is not None:
@@ -220,6 +253,7 @@ class Message:
             eta=round(enqueued_at + delay_s, 3) if delay_s > c.SQS_MAX_DELAY_S else None,
             idempotency_key=options.idempotency_key,
             group=options.group,
+            key=key,
         )
         body = envelope.to_json()
         message = cls(envelope=envelope, body=body, delay_s=delay_s)
@@ -239,6 +273,12 @@ def is_lean_task_id(task_id: str) -> bool:
     return task_id.startswith(c.LEAN_TASK_ID_PREFIX)
 
 
+def key_problem(value: object) -> str | None:
+    """Why ``value`` cannot be a task's key (``@task(key=...)``), or None when it can: a
+    string of 1 to 128 ASCII letters, digits and punctuation (an SQS MessageGroupId)."""
+    return _text_problem("key", value)
+
+
 def _text_problem(name: str, value: object) -> str | None:
     """Why ``value`` cannot be the envelope's string ``name``, or None when it can.
 
@@ -250,7 +290,7 @@ def _text_problem(name: str, value: object) -> str | None:
         return f"must be a string of 1 to {max_chars} characters"
     if not value.isascii() and _SURROGATE.search(value):
         return _not_unicode(value) + ", so it can be neither stored nor sent"
-    if name == "group" and not _GROUP_CHARS.issuperset(value):
+    if name in ("group", "key") and not _GROUP_CHARS.issuperset(value):
         return "may hold only ASCII letters, digits and punctuation (an SQS MessageGroupId)"
     return None
 
@@ -380,6 +420,8 @@ def decode(body: str) -> Envelope:
         eta=float(eta) if eta is not None else None,
         idempotency_key=data.get("idempotency_key"),
         group=data.get("group"),
+        key=data.get("key"),
+        join=data.get("join"),
     )
 
 
@@ -403,7 +445,7 @@ def _problems(data: dict[str, Any]) -> list[str]:
         problems.append("'enqueued_at' must be a number (seconds since the epoch)")
     if data.get("eta") is not None and not _is_number(data["eta"]):
         problems.append("'eta' must be a number (seconds since the epoch)")
-    for name in ("idempotency_key", "group"):
+    for name in ("idempotency_key", "group", "key", "join"):
         problem = None if data.get(name) is None else _text_problem(name, data[name])
         if problem is not None:
             problems.append(f"{name!r} {problem}")

@@ -27,10 +27,12 @@ POSTPONE_FROM_S = 1.0
 
 @dataclass(frozen=True, slots=True)
 class Admitted:
-    """The delivery runs: its envelope and the task that runs it."""
+    """The delivery runs: its envelope, the task that runs it and the task's key (for
+    per-key limits; None for an unkeyed task)."""
 
     envelope: Envelope
     spec: TaskSpec
+    key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,10 +73,11 @@ def admit(
 
     Checked in this order: the signature (when keys are configured; nothing in an
     unsigned body is trusted, not even its task id), the envelope, the eta, then
-    the task and its arguments. The envelope check (:func:`decode`) is the producer's
-    own rule: every string that becomes a record key or attribute must be storable
-    and every argument must read back as written, so a message no claim could ever
-    write is rejected here, once, as ``malformed``, instead of coming back forever.
+    the task and its arguments (and a keyed task's key). The envelope check
+    (:func:`decode`) is the producer's own rule: every string that becomes a record
+    key or attribute must be storable and every argument must read back as written,
+    so a message no claim could ever write is rejected here, once, as ``malformed``,
+    instead of coming back forever.
     """
     if signing_keys:
         problem = verify(signing_keys, delivery.body, delivery.attributes)
@@ -89,7 +92,13 @@ def admit(
         return Postpone(envelope, due_in_s)
     try:
         spec = resolve(envelope, registry)
+        key = spec.key_of(envelope.args, envelope.kwargs)
     except EnvelopeError as exc:
         known = envelope.task in registry
         return Reject(Reason.BAD_ARGUMENTS if known else Reason.UNKNOWN_TASK, exc, envelope)
-    return Admitted(envelope, spec)
+    except ValueError as exc:  # a keyed task whose arguments give no valid key
+        error = EnvelopeError(
+            f"task {envelope.task!r}: {exc}", task_id=envelope.id, task=envelope.task
+        )
+        return Reject(Reason.BAD_ARGUMENTS, error, envelope)
+    return Admitted(envelope, spec, key)

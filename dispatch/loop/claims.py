@@ -20,7 +20,8 @@ from dispatch.core.deadletter import Reason
 from dispatch.core.delivery import Delivery
 from dispatch.core.envelope import Envelope, is_lean_task_id
 from dispatch.core.outcome import ErrorInfo
-from dispatch.core.record import Claim, ClaimAsk, ClaimStatus
+from dispatch.core.record import Claim, ClaimAsk, ClaimStatus, Status
+from dispatch.loop.join import JOIN_RETRY_S
 from dispatch.loop.observe import Observer, Skip
 from dispatch.loop.settle import Settler
 from dispatch.loop.sqs import SqsActions
@@ -173,6 +174,12 @@ class Claims:
         if claim.status in (ClaimStatus.DONE, ClaimStatus.DUPLICATE):
             bound.info("duplicate_delivery", status=record.status.value, claim=claim.status.value)
             self._observer.skipped(Skip.DUPLICATE)
+            # A success whose join may not have been made (its dispatcher died between
+            # the record and the delete): the join is made again, counting nothing twice.
+            done = record.status is Status.SUCCEEDED
+            if done and not await self._settler.joined(envelope, succeeded=True):
+                await self._sqs.hide(delivery.receipt, JOIN_RETRY_S)
+                return
             await self._sqs.delete(delivery.receipt)
         elif claim.status is ClaimStatus.DEAD:
             if record.message_id == delivery.message_id:

@@ -25,9 +25,11 @@ from dispatch.loop.claims import Claims
 from dispatch.loop.gate import ThrottleGate
 from dispatch.loop.groups import GroupLines
 from dispatch.loop.holding import Holding
+from dispatch.loop.join import Joiner
 from dispatch.loop.metrics import Metrics, metrics_from_env
 from dispatch.loop.observe import ActivityObserver, MetricsObserver, Observers, StatsObserver
 from dispatch.loop.options import DispatcherOptions, RunStats
+from dispatch.loop.pauses import PauseWatch
 from dispatch.loop.pipeline import Pipeline
 from dispatch.loop.publish import Publisher
 from dispatch.loop.receiver import Receiver
@@ -116,6 +118,7 @@ class Dispatcher:
             flush_s=options.flush_s,
             batch_claims=options.batch_claims,
         )
+        self.joiner = Joiner(clients.dynamodb, clients.sqs, settings, clock=self._clock)
         # Receive whole batches: while the dispatcher holds work, a receive waits for
         # room for ten (or half of max_in_flight) instead of asking for one or two.
         self._receive_at_least = max(1, min(c.SQS_MAX_BATCH_ENTRIES, options.max_in_flight // 2))
@@ -135,6 +138,7 @@ class Dispatcher:
             sqs=self._sqs,
             stopping=self._stopping,
             clock=clock,
+            shared_with_others=self._coordinator.shared_with_others,
         )
         settler = Settler(
             transitions=self._transitions,
@@ -142,6 +146,7 @@ class Dispatcher:
             observer=observers,
             queue_url=settings.queue_url,
             clock=clock,
+            joiner=self.joiner,
         )
         claims = Claims(
             transitions=self._transitions,
@@ -150,7 +155,14 @@ class Dispatcher:
             observer=observers,
             clock=clock,
         )
+        self.pauses = PauseWatch(
+            self._clients.dynamodb,
+            table=settings.table,
+            queue_url=settings.queue_url,
+            every_s=options.pause_refresh_s,
+        )
         self._pipeline = Pipeline(
+            pauses=self.pauses,
             registry=self.registry,
             signing_keys=settings.signing_keys,
             runner=self.runner,
@@ -260,7 +272,9 @@ class Dispatcher:
         self._stats.stats = RunStats(started_at=self._clock())
         self.last_work_at = self._clock()
         deadline = None if for_s is None else self._clock() + for_s
+        await self.pauses.refresh()  # a pause holds from the first message on
         background = [
+            asyncio.create_task(self.pauses.refresh_forever()),
             asyncio.create_task(self._holding.heartbeat(self._sqs)),
             asyncio.create_task(self._publisher.publish_forever()),
             asyncio.create_task(self._publisher.flush_metrics_forever()),

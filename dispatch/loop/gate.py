@@ -15,6 +15,10 @@ before the room runs dry. The line is a forecast; :class:`Deferrals` makes it
 exact: whenever the waiting room has space for more, the earliest deferred
 messages are recalled (visible again at once), so a resource never idles while
 its work sits hidden.
+
+A resource with per-key limits (``Resource(per_key=...)``) waits in a
+:class:`~dispatch.loop.fairness.KeyedLine` instead: a line per key, started round
+robin across keys, each key inside its own limits and the resource's.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from dispatch.core import constants as c
 from dispatch.core.delivery import Delivery
 from dispatch.core.resource import Resource
 from dispatch.loop.deferrals import Deferrals, hide_for_s
+from dispatch.loop.fairness import KeyedLine
 from dispatch.loop.observe import Observer, Skip
 from dispatch.loop.sqs import SqsActions
 from dispatch.throttle.limits import Permit, ResourceThrottle
@@ -78,8 +83,11 @@ class ThrottleGate:
         sqs: SqsActions,
         stopping: asyncio.Event,
         clock: Callable[[], float] = time.time,
+        shared_with_others: Callable[[str], bool] | None = None,
     ) -> None:
         self._throttles = throttles
+        self._shared_with_others = shared_with_others
+        self._keyed: dict[str, KeyedLine] = {}  # per keyed resource: its fair line
         self._sqs = sqs
         self._horizon_s = horizon_s
         self._observer = observer
@@ -124,14 +132,36 @@ class ThrottleGate:
         self._by_name[resource.name] = throttle
         return throttle
 
-    def backlog_delay_s(self, throttle: ResourceThrottle) -> float | None:
-        """Seconds to hide a message that finds the waiting room full; None when it may wait.
+    def keyed_line(self, throttle: ResourceThrottle) -> KeyedLine | None:
+        """The fair line of a resource with per-key limits (None for any other)."""
+        per_key = throttle.resource.per_key
+        if per_key is None:
+            return None
+        name = throttle.resource.name
+        line = self._keyed.get(name)
+        if line is None:
+            line = self._keyed[name] = KeyedLine(
+                throttle, per_key, horizon_s=self._horizon_s, stopping=self._stopping
+            )
+        if self._shared_with_others is not None and self._shared_with_others(name):
+            line.note_shared(name)
+        return line
 
-        Hidden until its turn (:meth:`turn_s`): no write, no claim.
+    def backlog_delay_s(self, throttle: ResourceThrottle, key: str | None = None) -> float | None:
+        """Seconds to hide a message that finds the waiting room full (or, for a keyed
+        resource, its key's share of it); None when it may wait.
+
+        Hidden until its turn (:meth:`turn_s`, or its key's): no write, no claim.
         """
         name = throttle.resource.name
         start_rate_per_s = throttle.start_rate_per_s()
         room = self.wait_room(throttle.resource, start_rate_per_s)
+        line = self.keyed_line(throttle) if key is not None else None
+        if line is not None and key is not None:
+            if line.may_wait(key, room=room, in_room=self.waiting[name]):
+                return None
+            self._backlogged += 1
+            return max(line.backlog_turn_s(key), self.turn_s(throttle))
         if self.waiting[name] < room:
             if self.waiting[name] + 1 > room / 2:
                 # Joins a line already half a room long: for pacing receives it counts
@@ -185,12 +215,17 @@ class ThrottleGate:
         return math.floor(start_rate_per_s * horizon_s) + (resource.max_concurrency or 0)
 
     @contextlib.contextmanager
-    def queued(self, name: str, count: int = 1) -> Iterator[None]:
-        """Count ``count`` messages in resource ``name``'s waiting room for the block;
-        as they leave it, recall deferred messages into the space."""
+    def queued(self, name: str, count: int = 1, *, key: str | None = None) -> Iterator[None]:
+        """Count ``count`` messages in resource ``name``'s waiting room (and its key's)
+        for the block; as they leave it, recall deferred messages into the space."""
         self.waiting[name] += count
+        line = self._keyed.get(name) if key is not None else None
         try:
-            yield
+            if line is not None and key is not None:
+                with line.queued(key, count):
+                    yield
+            else:
+                yield
         finally:
             self.waiting[name] -= count
             self._feed(name)
@@ -263,9 +298,17 @@ class ThrottleGate:
         for name, count in (await self.deferrals.recall_all()).items():
             self._observer.recalled(name, count)
 
-    async def acquire(self, throttle: ResourceThrottle) -> tuple[Permit | None, float]:
+    async def acquire(
+        self, throttle: ResourceThrottle, key: str | None = None
+    ) -> tuple[Permit | None, float]:
         """A permit within the throttle horizon, or None and the seconds until one is
-        likely; the wait is measured either way."""
+        likely; the wait is measured either way. A keyed task waits in its key's line."""
+        line = self.keyed_line(throttle) if key is not None else None
+        if line is not None and key is not None:
+            started = time.monotonic()
+            answer = await line.acquire(key)
+            self._measured(throttle, time.monotonic() - started, answer)
+            return (answer, 0.0) if isinstance(answer, Permit) else (None, answer)
         name = throttle.resource.name
         started = time.monotonic()
         alone = self.waiting[name] == 1
@@ -290,14 +333,20 @@ class ThrottleGate:
                 ):
                     break
                 await self._wait_for_release(name, answer)
+        self._measured(throttle, waited, answer)
+        return (answer, 0.0) if isinstance(answer, Permit) else (None, answer)
+
+    def _measured(self, throttle: ResourceThrottle, waited: float, answer: Permit | float) -> None:
         if waited > 0.001 or not isinstance(answer, Permit):
             throttle.note_wait(waited)
-            self._observer.waited(name, waited)
-        return (answer, 0.0) if isinstance(answer, Permit) else (None, answer)
+            self._observer.waited(throttle.resource.name, waited)
 
     def release(self, permit: Permit) -> None:
         """Give a slot back and wake the tasks waiting for one of that resource."""
         permit.release()
+        line = self._keyed.get(permit.resource_name)
+        if line is not None:
+            line.released(permit)
         released = self._released.pop(permit.resource_name, None)
         if released is not None:
             released.set()
@@ -310,9 +359,12 @@ class ThrottleGate:
         *,
         reason: str,
         at_least_s: float = 0.0,
+        keyed: bool = False,
     ) -> None:
         """Hide a message the throttle cannot start soon, until its turn (at least
-        ``at_least_s``); no attempt is spent. It may be recalled before then.
+        ``at_least_s``); no attempt is spent. It may be recalled before then, except
+        a ``keyed`` one: hidden for its key's turn, it comes back then (a recall by
+        resource would bring back the flooding key's messages ahead of the others').
 
         Each receive counts toward the queue's redrive limit, so a message deferred
         many times is sent again as a fresh copy instead (receive count back to 0).
@@ -333,6 +385,8 @@ class ThrottleGate:
             await self._sqs.hide(delivery.receipt, delay_s)
         finally:
             self._deferring[name] -= 1
+        if keyed:
+            return
         self.deferrals.add(
             name, message_id=delivery.message_id, receipt=delivery.receipt, due_at=due_at
         )

@@ -28,6 +28,7 @@ class DispatcherOptions:
     receive_concurrency: int = 3  # receives out at once while each brings a whole batch
     batch_claims: bool = True  # claims and successes in batches of conditional PartiQL UPDATEs
     linger_s: float = 0.0  # until_empty: the queue is empty only once nothing came for this long
+    pause_refresh_s: float = 5.0  # how often the pauses (dispatch pause) are read again
 
     def __post_init__(self) -> None:
         if self.max_in_flight < 1:
@@ -37,6 +38,10 @@ class DispatcherOptions:
         if not 2 <= self.visibility_timeout_s <= c.SQS_MAX_VISIBILITY_S:
             raise ConfigurationError(
                 f"visibility_timeout_s={self.visibility_timeout_s}: must be 2 to 43200"
+            )
+        if not 0.1 <= self.pause_refresh_s <= 60:
+            raise ConfigurationError(
+                f"pause_refresh_s={self.pause_refresh_s}: must be 0.1 to 60 seconds"
             )
         if not 0 <= self.linger_s <= c.MAX_LINGER_S:
             raise ConfigurationError(f"linger_s={self.linger_s}: must be 0 to {c.MAX_LINGER_S}")

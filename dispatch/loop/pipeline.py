@@ -26,15 +26,21 @@ from dispatch.loop.gate import ThrottleGate
 from dispatch.loop.holding import Holding
 from dispatch.loop.microbatch import MicroBatcher
 from dispatch.loop.observe import Observer, Skip
+from dispatch.loop.pauses import PauseWatch
 from dispatch.loop.settle import Settler
-from dispatch.loop.sqs import SqsActions
+from dispatch.loop.sqs import SqsActions, hide_or_send_again
+from dispatch.store.pauses import Pause
 from dispatch.tasks.registry import Registry, TaskSpec
 from dispatch.throttle.limits import Permit
 from dispatch_workers.pool import TaskRunner
 
-__all__ = ["Pipeline"]
+__all__ = ["PAUSED_HIDE_S", "PAUSED_MAX_HIDE_S", "Pipeline"]
 
 log = structlog.get_logger("dispatch.loop.pipeline")
+
+PAUSED_HIDE_S = 10
+"""A paused task's message is hidden this long the first time, twice that each time after."""
+PAUSED_MAX_HIDE_S = 60
 
 
 class Pipeline:
@@ -53,8 +59,10 @@ class Pipeline:
         holding: Holding,
         observer: Observer,
         clock: Callable[[], float],
+        pauses: PauseWatch | None = None,
     ) -> None:
         self.registry = registry
+        self.pauses = pauses
         self.runner = runner
         self.claims = claims
         self.gate = gate
@@ -85,8 +93,12 @@ class Pipeline:
             await self.settler.reject(delivery, admission)
             return
         envelope, spec = admission.envelope, admission.spec
-        self.gate.admitted(spec.resource)
         bound = log.bind(task_id=envelope.id, task=envelope.task, message_id=delivery.message_id)
+        pause = self.pauses.of(spec) if self.pauses is not None else None
+        if pause is not None:
+            await self._paused(delivery, pause, bound)
+            return
+        self.gate.admitted(spec.resource)
         if spec.batch is not None:
             await self.batches.add(delivery, envelope, spec, bound)
         elif spec.resource is None:
@@ -94,7 +106,17 @@ class Pipeline:
             if claim is not None:
                 await self.run(delivery, envelope, spec, claim, bound)
         else:
-            await self._throttled(delivery, envelope, spec, spec.resource, bound)
+            await self._throttled(delivery, envelope, spec, spec.resource, bound, key=admission.key)
+
+    async def _paused(self, delivery: Delivery, pause: Pause, bound: FilteringBoundLogger) -> None:
+        """A paused task waits on the queue, unclaimed (no attempt spent): hidden 10 s,
+        then longer each time it comes back (up to a minute), so a long pause costs a
+        receive a minute per message, and a resume reaches it within that minute."""
+        received = max(1, delivery.receive_count or 1)
+        delay_s = min(PAUSED_MAX_HIDE_S, PAUSED_HIDE_S * 2 ** min(received - 1, 6))
+        self._observer.skipped(Skip.DEFERRED)
+        bound.debug("task_paused", paused=pause.kind, name=pause.name, delay_s=delay_s)
+        await hide_or_send_again(self._sqs, delivery, delay_s)
 
     async def _throttled(
         self,
@@ -103,23 +125,31 @@ class Pipeline:
         spec: TaskSpec,
         resource: Resource,
         bound: FilteringBoundLogger,
+        *,
+        key: str | None = None,
     ) -> None:
         """The throttled order: check the backlog (no write), claim, then take the
         permit right before running, so the resource sees starts exactly as the
-        throttle granted them, not spread by the claim's latency."""
+        throttle granted them, not spread by the claim's latency. A keyed task
+        (``@task(key=...)``) waits in its key's line, inside its key's limits."""
         throttle = self.gate.throttle(resource)
         self.gate.arrived(resource.name, delivery.message_id)
-        if self.gate.backlog_delay_s(throttle) is not None:
-            await self.gate.defer(delivery, throttle, bound, reason="backlog")
+        keyed = key is not None
+        backlog_s = self.gate.backlog_delay_s(throttle, key)
+        if backlog_s is not None:
+            at_least_s = backlog_s if keyed else 0.0
+            await self.gate.defer(
+                delivery, throttle, bound, reason="backlog", at_least_s=at_least_s, keyed=keyed
+            )
             return
-        with self.gate.queued(resource.name):
+        with self.gate.queued(resource.name, key=key):
             claim = await self.claims.claim(delivery, envelope, spec, bound)
             if claim is None:
                 return
-            permit, wait_s = await self.gate.acquire(throttle)
+            permit, wait_s = await self.gate.acquire(throttle, key)
             if permit is None:
                 await self.gate.defer(
-                    delivery, throttle, bound, reason="throttled", at_least_s=wait_s
+                    delivery, throttle, bound, reason="throttled", at_least_s=wait_s, keyed=keyed
                 )
         if permit is None:
             # Throttled is not failed: the attempt the claim counted is given back.

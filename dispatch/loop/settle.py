@@ -24,6 +24,7 @@ from dispatch.core.outcome import ErrorInfo, Outcome, OutcomeKind
 from dispatch.core.record import Claim, TaskRecord
 from dispatch.core.retry import Retry
 from dispatch.loop.admission import Reject
+from dispatch.loop.join import JOIN_RETRY_S, Joiner
 from dispatch.loop.observe import Observer, Settled, Skip, Verdict
 from dispatch.loop.sqs import SqsActions
 from dispatch.loop.transitions import Transitions
@@ -90,7 +91,9 @@ class Settler:
         observer: Observer,
         queue_url: str,
         clock: Callable[[], float],
+        joiner: Joiner | None = None,
     ) -> None:
+        self.joiner = joiner  # groups and chains: None when the table has none to join
         self._transitions = transitions
         self._sqs = sqs
         self._observer = observer
@@ -119,6 +122,9 @@ class Settler:
                 )
             self._observer.settled(Settled(envelope.task, Verdict.SUCCEEDED))
             bound.debug("task_succeeded", duration_s=round(outcome.duration_s, 4))
+            if tracked and not await self.joined(envelope, succeeded=True):
+                await self._sqs.hide(delivery.receipt, JOIN_RETRY_S)
+                return  # the claim finds it succeeded and joins again
             await self._sqs.delete(delivery.receipt)
         elif isinstance(decision, RetryIn):
             await self._retry(
@@ -220,6 +226,9 @@ class Settler:
         bound.warning(
             "task_dead", reason=reason.value, attempts=record.attempts, error=error.summary()
         )
+        if not await self.joined(envelope, reason=reason.value):
+            await self._sqs.hide(delivery.receipt, JOIN_RETRY_S)
+            return  # the claim finds it dead, owned by this message, and comes back here
         await self.dead_letter(letter, delivery.receipt)
 
     async def dead_letter_from_record(
@@ -242,7 +251,21 @@ class Settler:
             first_failure_at=record.first_failure_at,
             last_failure_at=record.last_failure_at,
         )
+        if not await self.joined(envelope, reason=reason.value):
+            await self._sqs.hide(delivery.receipt, JOIN_RETRY_S)
+            return
         await self.dead_letter(letter, delivery.receipt)
+
+    async def joined(
+        self, envelope: Envelope, *, succeeded: bool = False, reason: str = ""
+    ) -> bool:
+        """Tell the group ``envelope`` is a child of (if any) that it succeeded or died;
+        False when that could not be written (keep the message: it comes back)."""
+        if envelope.join is None or self.joiner is None or is_lean_task_id(envelope.id):
+            return True
+        if succeeded:
+            return await self.joiner.succeeded(envelope)
+        return await self.joiner.died(envelope, reason)
 
     async def reject(self, delivery: Delivery, rejection: Reject) -> None:
         """Dead-letter a message that can never run, with the reason; never retried."""

@@ -17,7 +17,7 @@ from dispatch.core.deadletter import DeadLetter
 from dispatch.core.delivery import Delivery
 from dispatch.store.batcher import Batcher, EntryResult
 
-__all__ = ["SqsActions", "SqsBatchers"]
+__all__ = ["SqsActions", "SqsBatchers", "hide_or_send_again"]
 
 log = structlog.get_logger("dispatch.loop.sqs")
 
@@ -112,3 +112,14 @@ def _log_failure(action: str, result: EntryResult) -> None:
         # The message is settled by DynamoDB's record already; at worst it comes
         # back once and the claim deletes it without running it.
         log.warning("sqs_entry_failed", action=action, code=result.code, error=result.message)
+
+
+async def hide_or_send_again(sqs: SqsActions, delivery: Delivery, delay_s: int) -> None:
+    """Hide a message that must wait (no attempt spent) for ``delay_s``. Each receive
+    counts toward the queue's redrive limit, so a message received many times is sent
+    again as a fresh copy instead (receive count back to 0), and the old one deleted."""
+    if (delivery.receive_count or 0) >= c.REDRIVE_MAX_RECEIVE_COUNT // 2:
+        if await sqs.send_again(delivery, delay_s):
+            await sqs.delete(delivery.receipt)
+        return
+    await sqs.hide(delivery.receipt, delay_s)

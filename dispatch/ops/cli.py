@@ -30,6 +30,7 @@ from dispatch.core.config import Endpoint, Settings, parse_task_modules
 from dispatch.core.errors import ConfigurationError, DispatchError, TaskNotFoundError
 from dispatch.ops.cli_errors import EXIT_PROBLEM
 from dispatch.ops.cli_errors import errors as _errors
+from dispatch.ops.pausing import describe_paused
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -536,6 +537,7 @@ def status(task_id: str | None, max_scan: int, as_json: bool) -> None:
                 "raise --max-scan to count them all)"
             )
     click.echo(f"dispatchers: {report.dispatchers} live{describe_stuck(report.stuck_threads)}")
+    click.echo(describe_paused(report.paused))
     if not report.resources:
         click.echo("resources: none reported by a live dispatcher")
         return
@@ -655,9 +657,13 @@ def dev(lambda_mode: bool, tasks: str | None, schedule: str | None, mode: str | 
 @_errors
 def task_record(task_id: str, as_json: bool) -> None:
     """Show one task's full record: status, attempts, times, last error, result."""
+    from dispatch.producer.compose import group_progress
     from dispatch.producer.status import status as task_status
 
     record = task_status(task_id).to_dict()
+    progress = None if task_id.startswith("lean-") else group_progress(task_id)
+    if progress is not None:  # a group's callback: its children's progress
+        record["group"] = progress
     if as_json:
         click.echo(json.dumps(record))
         return
@@ -858,9 +864,16 @@ def cron_next(expression: str, count: int, after: str | None, as_json: bool) -> 
         click.echo("\n".join(times))
 
 
+from dispatch.ops.cli_control import (  # noqa: E402 - commands in their own module
+    pause_command,
+    pauses_command,
+    resume_command,
+)
 from dispatch.ops.cli_tasks import tasks as _tasks  # noqa: E402 - a command in its own module
 
 cli.add_command(_tasks)
+for _command in (pause_command, resume_command, pauses_command):
+    cli.add_command(_command)
 
 
 def main() -> None:

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from dispatch.core import constants as c
+from dispatch.ops.pausing import list_pauses
 from dispatch.store.aws import aws_errors
+from dispatch.store.pauses import Pause
 from dispatch.store.state import Status
 from dispatch.throttle.status import (
     DispatcherReport,
@@ -190,6 +192,7 @@ class Overview:
     resources: list[ResourceStatus]
     dispatchers: int
     stuck_threads: int = 0
+    paused: list[Pause] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -201,6 +204,7 @@ class Overview:
             "resources": [r.to_dict() for r in self.resources],
             "dispatchers": self.dispatchers,
             "stuck_threads": self.stuck_threads,
+            "paused": [p.to_dict() for p in self.paused],
         }
 
 
@@ -231,4 +235,5 @@ def overview(
         ),
         dispatchers=sum(1 for r in reports if r.live),
         stuck_threads=stuck_threads(reports),
+        paused=list_pauses(clients.dynamodb, settings).all(),
     )

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console, Group
@@ -29,6 +29,8 @@ from dispatch.ops.overview import (
     queue_depth,
     stuck_threads,
 )
+from dispatch.ops.pausing import describe_paused, list_pauses
+from dispatch.store.pauses import Pause
 from dispatch.throttle.status import (
     DispatcherReport,
     ResourceStatus,
@@ -85,6 +87,7 @@ class Frame:
     resources: list[ResourceStatus]
     dispatchers: int
     stuck_threads: int = 0
+    paused: list[Pause] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (the shape is documented in docs/operations.md)."""
@@ -97,6 +100,7 @@ class Frame:
             "resources": [r.to_dict() for r in self.resources],
             "dispatchers": self.dispatchers,
             "stuck_threads": self.stuck_threads,
+            "paused": [p.to_dict() for p in self.paused],
         }
 
 
@@ -140,6 +144,7 @@ def read_frame(clients: SyncClients, settings: Settings, *, now: float | None = 
         ),
         dispatchers=sum(1 for r in reports if r.live),  # a stopped one's figures still count
         stuck_threads=stuck_threads(reports),
+        paused=list_pauses(clients.dynamodb, settings).all(),
     )
 
 
@@ -234,6 +239,7 @@ def render(frame: Frame) -> Group:
                 describe_depth("queue", frame.queue),
                 describe_depth("dlq", frame.dlq),
                 describe_age(frame.oldest_message),
+                describe_paused(frame.paused),
             )
         )
     )

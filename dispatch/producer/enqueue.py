@@ -30,7 +30,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from dispatch.core import constants as c
 from dispatch.core.config import Settings
 from dispatch.core.envelope import Message, is_lean_task_id
-from dispatch.core.errors import EnqueueError, PartialEnqueueError
+from dispatch.core.errors import EnqueueError, InvalidArgumentsError, PartialEnqueueError
 from dispatch.core.signing import signature_attribute
 from dispatch.producer.wake import ENV_LAMBDA_ENDPOINT_URL, Waker
 from dispatch.store import state
@@ -87,6 +87,10 @@ def enqueue_plan(
     honoured with a ``sched#`` marker item instead of a task record.
     """
     lean = [is_lean_task_id(m.task_id) for m in messages]
+    for m in messages:
+        awaiting = getattr(m, "awaiting", None)  # a callback's message (compose.TaskMessage)
+        if awaiting:
+            raise InvalidArgumentsError(awaiting, task=m.envelope.task)
     _check_options(settings, messages, lean, scheduled=scheduled)
     failures = _Failures()
     plain: list[int] = []  # a queued record, batched
@@ -280,6 +284,10 @@ def _entry(settings: Settings, message: Message, index: int) -> dict[str, Any]:
         entry["MessageGroupId"] = message.envelope.group or "default"
         entry["MessageDeduplicationId"] = message.task_id
         del entry["DelaySeconds"]  # FIFO queues take delays per queue only
+    elif message.envelope.key is not None:
+        # A keyed task on a standard queue: the key is its SQS fair-queue tenant, so SQS
+        # keeps other keys' dwell time low while one key has a backlog (docs/throttle.md).
+        entry["MessageGroupId"] = message.envelope.key
     return entry
 
 

@@ -37,10 +37,12 @@ from dispatch.core.errors import (
 )
 from dispatch.core.resource import Resource
 from dispatch.core.retry import Retry
+from dispatch.producer.compose import TaskMessage, task_message
 from dispatch.producer.enqueue import default_queue
 from dispatch.producer.handle import TaskHandle
 from dispatch.tasks.cron import Schedule
 from dispatch.tasks.cron import parse as parse_schedule
+from dispatch.tasks.keys import KeyBy, check_key, compute_key
 from dispatch.tasks.typecheck import argument_problem, resolved_hints
 
 __all__ = [
@@ -100,6 +102,14 @@ class TaskSpec:
     batch: BatchOptions | None = None  # micro-batch: the handler takes a list of items
     track_state: bool = True  # False: lean, SQS only, no task record (docs/api.md)
     store_result: bool = True  # False: the handler's return value is not kept on the record
+    key: KeyBy | None = None  # per-key limits: an argument name or a callable (docs/api.md)
+
+    def key_of(self, args: Iterable[Any], kwargs: dict[str, Any]) -> str | None:
+        """The key of a call (``@task(key=...)``), None for an unkeyed task; ValueError
+        says why the arguments give no valid key."""
+        if self.key is None:
+            return None
+        return compute_key(self.key, self.signature, tuple(args), kwargs)
 
     def __post_init__(self) -> None:
         if self.signature is None:
@@ -164,7 +174,7 @@ class Task(Generic[P, R]):
     def __repr__(self) -> str:
         return f"<Task {self.spec.name!r}>"
 
-    def message(self, *args: P.args, **kwargs: P.kwargs) -> Message:
+    def message(self, *args: P.args, **kwargs: P.kwargs) -> TaskMessage:
         """Build the message for one run without sending it (for ``enqueue_many``).
 
         The reserved keywords ``delay_s``, ``idempotency_key`` and ``group`` are
@@ -174,7 +184,7 @@ class Task(Generic[P, R]):
         options = MessageOptions.from_kwargs(
             {k: call_kwargs.pop(k) for k in RESERVED_OPTIONS if k in call_kwargs}
         )
-        return Message.build(self.spec, args, call_kwargs, options)
+        return task_message(self.spec, args, call_kwargs, options)  # .then(...): a chain
 
     def with_options(
         self,
@@ -240,9 +250,9 @@ class BoundTask(Generic[P, R]):
         self._task = task
         self._options = options
 
-    def message(self, *args: P.args, **kwargs: P.kwargs) -> Message:
+    def message(self, *args: P.args, **kwargs: P.kwargs) -> TaskMessage:
         """The message for one run, with these options."""
-        return Message.build(self._task.spec, args, dict(kwargs), self._options)
+        return task_message(self._task.spec, args, dict(kwargs), self._options)
 
     def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> str:
         """Enqueue one run with these options (boto3); returns the task id."""
@@ -444,6 +454,7 @@ def task(
     schedule: str | None = None,
     track_state: bool = True,
     store_result: bool = True,
+    key: KeyBy | None = None,
     registry: Registry | None = None,
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
@@ -461,6 +472,7 @@ def task(
     batch_window_s: float | None = None,
     track_state: bool = True,
     store_result: bool = True,
+    key: KeyBy | None = None,
     registry: Registry | None = None,
 ) -> Any:
     """Declare a task: ``@task`` or ``@task(resource=db, retry=Retry(...), timeout_s=30)``.
@@ -480,6 +492,8 @@ def task(
     ``store_result=False``: the handler's return value is not kept on its record
     (whatever it is), so ``submit(...).result()`` gives None once it succeeded
     (docs/api.md, "Results").
+    ``key`` (a parameter name, or a callable taking the task's arguments) gives each
+    call a key for a resource with ``per_key`` limits (docs/throttle.md, "Per-key limits").
     """
 
     def decorate(func: Callable[..., Any]) -> Any:
@@ -494,6 +508,7 @@ def task(
             batch_window_s=batch_window_s,
             track_state=track_state,
             store_result=store_result,
+            key=key,
         )
         (default_registry if registry is None else registry).register(spec)
         if spec.batch is not None:
@@ -517,6 +532,7 @@ def _make_spec(
     batch_window_s: float | None = None,
     track_state: bool = True,
     store_result: bool = True,
+    key: KeyBy | None = None,
 ) -> TaskSpec:
     """Check a ``@task`` declaration and build its spec; TaskDefinitionError names what
     cannot describe a task."""
@@ -543,6 +559,7 @@ def _make_spec(
     batch = None
     if is_batch:
         batch = _batch_options(task_name, fn, signature, batch_size, batch_window_s)
+    check_key(task_name, key, resource, signature, is_batch=is_batch)
     return TaskSpec(
         name=task_name,
         fn=fn,
@@ -555,6 +572,7 @@ def _make_spec(
         batch=batch,
         track_state=track_state,
         store_result=store_result,
+        key=key,
     )
 
 

@@ -195,6 +195,11 @@ class SharedTokenSource:
         now = self._clock()
         return float(sum(1 for t in self._valid if t <= now))
 
+    @property
+    def others_seen(self) -> bool:
+        """Another dispatcher has leased from this bucket since this one started."""
+        return self._others_seen_at > -math.inf
+
     def try_take(self, n: float = 1.0, *, waiting: int = 1) -> float:
         """Take one leased token if one is valid now, else say how long to wait."""
         if n != 1.0:
@@ -532,6 +537,7 @@ class SharedSlots:
         self._idle_since: float | None = None
         self._fair_share: int | None = None  # set when other dispatchers wait for slots
         self._others_want = False  # another dispatcher was refused at the cap lately
+        self.others_seen = False  # another dispatcher held or wanted slots here
         self._shed = 0  # slots given up above the fair share, not yet written back
         self._shedding = False
         self._last_waiter_note = 0.0
@@ -723,6 +729,7 @@ class SharedSlots:
         active = {o for o, e in holders.items() if read_number(e.get("M", {}).get("until")) >= now}
         active |= {o for o, e in waiters.items() if read_number(e) >= now}
         active.add(self._owner)
+        self.others_seen = self.others_seen or len(active) > 1
         others_wait = any(o != self._owner for o in waiters if o in active and o not in holders)
         self._fair_share = max(1, self._cap // len(active)) if others_wait else None
         # A holder refused at the cap wants more too: not enough to shrink to a fair
@@ -898,6 +905,14 @@ class Coordinator:
         if self._maintenance is None:
             self._maintenance = asyncio.get_running_loop().create_task(self._maintain())
         return self.throttle.for_resource(resource)
+
+    def shared_with_others(self, name: str) -> bool:
+        """Whether another dispatcher has used resource ``name``'s bucket or cap (seen
+        when their writes meet this one's)."""
+        bucket, slots = self.buckets.get(name), self.slots.get(name)
+        return (bucket is not None and bucket.others_seen) or (
+            slots is not None and slots.others_seen
+        )
 
     @property
     def requests(self) -> int:

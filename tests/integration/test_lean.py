@@ -30,14 +30,16 @@ def table_keys(clients: SyncClients, settings: Settings) -> list[str]:
 def only_activity_reports(
     requests: dict[str, int], clients: SyncClients, settings: Settings
 ) -> bool:
-    """True when the only DynamoDB writes were the dispatcher's activity reports (one
-    PutItem of its ``disp#`` item and one UpdateItem of the directory per report,
-    every 5 s at most, for ``dispatch status``/``top``), never a request per task."""
+    """True when the only DynamoDB requests were the dispatcher's own, never one per
+    task: its activity reports (one PutItem of its ``disp#`` item and one UpdateItem of
+    the directory per report, every 5 s at most, for ``dispatch status``/``top``) and
+    its reads of the pauses (one GetItem when it starts, one every 5 s after)."""
     dynamodb = {k: n for k, n in requests.items() if k.startswith("dynamodb.")}
     reports = dynamodb.get("dynamodb.PutItem", 0)
     keys = table_keys(clients, settings)
     return (
-        set(dynamodb) <= {"dynamodb.PutItem", "dynamodb.UpdateItem"}
+        set(dynamodb) <= {"dynamodb.PutItem", "dynamodb.UpdateItem", "dynamodb.GetItem"}
+        and 1 <= dynamodb.get("dynamodb.GetItem", 0) <= 3
         and dynamodb.get("dynamodb.UpdateItem", 0) == reports <= 3
         and all(k.startswith("disp#") or k == "dispatchers" for k in keys)
     )

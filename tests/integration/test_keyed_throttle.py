@@ -1,0 +1,235 @@
+"""Per-key limits in the loop, over HTTP to the emulator: fairness, per-key cap and rate,
+key validation at enqueue, foreign messages without a key, the key as MessageGroupId."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter, defaultdict
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from dispatch import InvalidArgumentsError, KeyLimits, Resource, current_task, task
+from dispatch.core.config import Settings
+from dispatch.core.deadletter import parse_attributes
+from dispatch.producer.enqueue import Queue
+from dispatch.store.aws import SyncClients
+from dispatch.tasks.registry import Registry
+from tests.integration.conftest import drain, queue_counts, receive_all
+from tests.integration.test_throttle import max_in_any_window
+
+
+async def test_a_flooding_key_does_not_starve_the_others(
+    aws_env: Settings, registry: Registry, queue: Queue
+) -> None:
+    """Given key a's 50 tasks draining on a resource of 10/s (burst 1), when keys b, c
+    and d enqueue 5 each behind them, then b..d all start long before a's backlog is
+    done, interleaved with a (round robin: while they wait, a gets about one start in
+    four), and every task succeeded on its first attempt (waiting is not failing)."""
+    crm = Resource(
+        "crm-api",
+        rate_per_s=10,
+        burst=1,
+        per_key=KeyLimits(rate_per_s=10, burst=1, max_concurrency=2),
+    )
+    starts: list[str] = []
+    attempts: Counter[int] = Counter()
+    under_way = asyncio.Event()
+
+    @task(registry=registry, resource=crm, key="tenant")
+    async def sync_contact(tenant: str, n: int) -> None:
+        starts.append(tenant)
+        attempts[current_task().attempt] += 1
+        if len(starts) >= 5:
+            under_way.set()
+
+    queue.enqueue_many([sync_contact.message("a", n) for n in range(50)])
+    draining = asyncio.ensure_future(drain(aws_env, registry))
+    await asyncio.wait_for(under_way.wait(), timeout=30)  # a's backlog fills the room
+    others = [sync_contact.message(t, n) for n in range(5) for t in ("b", "c", "d")]
+    await asyncio.to_thread(queue.enqueue_many, others)
+    stats = await asyncio.wait_for(draining, timeout=90)
+
+    assert stats.succeeded == 65
+    assert attempts == {1: 65}
+    late = [i for i, tenant in enumerate(starts) if tenant != "a"]
+    assert len(late) == 15
+    # First come, first served, b..d would start after the 40 of a waiting already.
+    assert late[-1] < 35, "".join(starts)
+    window = starts[late[0] : late[-1] + 1]
+    assert window.count("a") <= len(late) // 3 + 3, "".join(starts)
+
+
+async def test_each_key_stays_within_its_cap_and_rate(
+    aws_env: Settings, registry: Registry, queue: Queue
+) -> None:
+    """Given 4 keys with 10 tasks of 0.1 s each on a resource of 50/s whose keys get
+    4/s, burst 2 and 2 at once, when drained, then no key ever runs more than 2 at once
+    (and reaches 2), and in no window w does a key start more than 4 * w + 2 tasks."""
+    api = Resource(
+        "tenant-api",
+        rate_per_s=50,
+        burst=10,
+        max_concurrency=20,
+        per_key=KeyLimits(rate_per_s=4, burst=2, max_concurrency=2),
+    )
+    starts: defaultdict[str, list[float]] = defaultdict(list)
+    running: Counter[str] = Counter()
+    peak: Counter[str] = Counter()
+
+    @task(registry=registry, resource=api, key="tenant")
+    async def call(tenant: str, n: int) -> None:
+        starts[tenant].append(time.time())
+        running[tenant] += 1
+        peak[tenant] = max(peak[tenant], running[tenant])
+        await asyncio.sleep(0.1)
+        running[tenant] -= 1
+
+    keys = [f"k{i}" for i in range(4)]
+    queue.enqueue_many([call.message(k, n) for n in range(10) for k in keys])
+    stats = await asyncio.wait_for(drain(aws_env, registry), timeout=90)
+
+    assert stats.succeeded == 40
+    assert max(peak.values()) == 2
+    for key in keys:
+        assert len(starts[key]) == 10
+        assert max_in_any_window(starts[key], 4) <= 2, key
+    # The keys ran side by side, not one after another: each took about (10 - 2) / 4 s.
+    assert max(max(s) for s in starts.values()) - min(min(s) for s in starts.values()) < 5
+
+
+async def test_a_bad_key_is_refused_at_enqueue_and_nothing_is_sent(
+    aws_env: Settings, registry: Registry, queue: Queue, clients: SyncClients
+) -> None:
+    """Given a keyed task, when enqueued with an empty, non-string or over-long key (alone
+    or among good messages), then InvalidArgumentsError names the task and the key, and
+    the queue stays empty."""
+    crm = Resource("crm-api", rate_per_s=10, per_key=KeyLimits(rate_per_s=1))
+
+    @task(registry=registry, resource=crm, key="tenant")
+    def sync_contact(tenant: Any, contact_id: int) -> None: ...
+
+    for bad in ("", 7, "t" * 129, None):
+        with pytest.raises(InvalidArgumentsError, match="'sync_contact': key argument 'tenant'"):
+            sync_contact.enqueue(bad, contact_id=1)
+    with pytest.raises(InvalidArgumentsError):
+        queue.enqueue_many([sync_contact.message("ok", 1), sync_contact.message("", 2)])
+
+    assert queue_counts(clients, aws_env.queue_url) == {"visible": 0, "in_flight": 0, "delayed": 0}
+
+
+async def test_a_foreign_message_without_a_valid_key_is_dead_lettered_as_bad_arguments(
+    aws_env: Settings, registry: Registry, queue: Queue, clients: SyncClients
+) -> None:
+    """Given foreign messages of a keyed task whose arguments give no valid key (an empty
+    tenant, a number, a key function that fails), when drained, then each is
+    dead-lettered at once as bad_arguments naming the key, and a good one runs."""
+    crm = Resource("crm-api", rate_per_s=10, per_key=KeyLimits(rate_per_s=5))
+    ran: list[str] = []
+
+    @task(registry=registry, resource=crm, key=lambda order: order["tenant"])
+    def place(order: dict[str, Any]) -> None:
+        ran.append(order["tenant"])
+
+    def body(task_id: str, order: dict[str, Any]) -> str:
+        return json.dumps({"v": 1, "id": task_id, "task": "place", "args": [order]})
+
+    bad = {
+        body("f1", {"tenant": ""}): "key function",
+        body("f2", {"tenant": 5}): "not a valid key",
+        body("f3", {}): "raised KeyError",
+    }
+    for body in bad:
+        clients.sqs.send_message(QueueUrl=aws_env.queue_url, MessageBody=body)
+    queue.enqueue(place.message({"tenant": "acme"}))
+
+    stats = await asyncio.wait_for(drain(aws_env, registry), timeout=60)
+
+    assert ran == ["acme"] and stats.succeeded == 1
+    assert stats.rejected == 3 and stats.retried == 0
+    letters = receive_all(clients, aws_env.dlq_url)
+    assert sorted(m["Body"] for m in letters) == sorted(bad)
+    for letter in letters:
+        failure = parse_attributes(letter["MessageAttributes"])
+        assert failure["reason"] == "bad_arguments"
+        assert bad[letter["Body"]] in failure["error"]["message"]
+
+
+async def test_the_key_is_sent_as_the_message_group_on_a_standard_queue(
+    aws_env: Settings, registry: Registry, queue: Queue, clients: SyncClients
+) -> None:
+    """Given a keyed task and an unkeyed one on a standard queue, when both are enqueued
+    and received raw, then the keyed message carries its key as MessageGroupId (and in
+    its body), and the unkeyed one has no group."""
+    crm = Resource("crm-api", rate_per_s=10, per_key=KeyLimits(rate_per_s=1))
+
+    @task(registry=registry, resource=crm, key="tenant")
+    def sync_contact(tenant: str) -> None: ...
+
+    @task(registry=registry)
+    def plain() -> None: ...
+
+    keyed_id = queue.enqueue(sync_contact.message("acme-corp"))
+    queue.enqueue(plain.message())
+
+    raw = clients.sqs.receive_message(
+        QueueUrl=aws_env.queue_url,
+        MaxNumberOfMessages=10,
+        MessageSystemAttributeNames=["MessageGroupId"],
+    )["Messages"]
+    groups = {json.loads(m["Body"])["id"]: m.get("Attributes", {}) for m in raw}
+    assert groups[keyed_id].get("MessageGroupId") == "acme-corp"
+    assert [a.get("MessageGroupId") for i, a in groups.items() if i != keyed_id] == [None]
+    body = next(json.loads(m["Body"]) for m in raw if json.loads(m["Body"])["id"] == keyed_id)
+    assert body["key"] == "acme-corp"
+
+
+async def test_two_dispatchers_keep_the_global_limits_and_warn_per_key_is_per_dispatcher(
+    aws_env: Settings, registry: Registry, queue: Queue
+) -> None:
+    """Given two dispatchers draining 3 keys' tasks on a keyed resource of 10/s (burst 2,
+    cap 2), when both run at once, then every task ran once, together they stay within
+    the global rate and cap, and each dispatcher that saw the other warned (once) that
+    per-key limits are applied per dispatcher in this release."""
+    api = Resource(
+        "keyed-shared",
+        rate_per_s=10,
+        burst=2,
+        max_concurrency=2,
+        per_key=KeyLimits(rate_per_s=10, burst=2, max_concurrency=1),
+    )
+    starts: list[float] = []
+    ran: Counter[int] = Counter()
+    running = 0
+    peak = 0
+
+    @task(registry=registry, resource=api, key="tenant")
+    async def call(tenant: str, n: int) -> None:
+        nonlocal running, peak
+        starts.append(time.time())
+        ran[n] += 1
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.05)
+        running -= 1
+
+    queue.enqueue_many([call.message(t, i) for i in range(10) for t in ("x", "y", "z")])
+    with capture_logs() as logs:
+        first, second = await asyncio.wait_for(
+            asyncio.gather(
+                drain(aws_env, registry, throttle_horizon_s=1.0),
+                drain(aws_env, registry, throttle_horizon_s=1.0),
+            ),
+            timeout=90,
+        )
+
+    assert first.succeeded + second.succeeded == 30
+    assert len(ran) == 10 and set(ran.values()) == {3}
+    assert peak <= 2
+    assert max_in_any_window(starts, 10) <= 2
+    warnings = [e for e in logs if e["event"] == "per_key_limits_per_dispatcher"]
+    assert 1 <= len(warnings) <= 2
+    assert {w["resource"] for w in warnings} == {"keyed-shared"}
