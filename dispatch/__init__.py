@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from dispatch.core.resource import KeyLimits, Resource
     from dispatch.core.retry import Retry
     from dispatch.loop.dispatcher import Dispatcher, DispatcherOptions, RunStats
-    from dispatch.producer.compose import Chain, Group, TaskMessage, group
+    from dispatch.producer.compose import AwaitingMessage, Chain, Group, TaskMessage, group
     from dispatch.producer.enqueue import Queue, enqueue_many, enqueue_many_async
     from dispatch.producer.handle import TaskHandle, handle
     from dispatch.producer.status import status
@@ -81,6 +81,7 @@ __all__ = [
     "TaskHandle",
     "handle",
     # groups and chains
+    "AwaitingMessage",
     "Chain",
     "Group",
     "TaskMessage",
@@ -145,7 +146,10 @@ _HOME: dict[str, str] = {
     **dict.fromkeys(["Status", "TaskRecord"], "dispatch.core.record"),
     "status": "dispatch.producer.status",
     **dict.fromkeys(["TaskHandle", "handle"], "dispatch.producer.handle"),
-    **dict.fromkeys(["Chain", "Group", "TaskMessage", "group"], "dispatch.producer.compose"),
+    **dict.fromkeys(
+        ["AwaitingMessage", "Chain", "Group", "TaskMessage", "group"],
+        "dispatch.producer.compose",
+    ),
 }
 
 

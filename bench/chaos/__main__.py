@@ -2,12 +2,13 @@
 
 Starts the embedded local AWS, provisions a queue, DLQ and table from
 deploy/template.yaml, and runs :func:`bench.chaos.run.run_chaos`: 3,000 tasks
-(``--quick``: 300) through 3 dispatcher processes while 5% of their AWS calls
+(``--quick``: 300) and 200 groups of 20 children joined by a callback
+(``--quick``: 20 of 10) through 3 dispatcher processes while 5% of their AWS calls
 fail and dispatchers are SIGKILLed (10 times; ``--quick``: 2) and restarted.
 It prints the figures and writes them to ``bench/results/chaos.json``
 (``chaos-quick.json`` with ``--quick``). It exits 1 when a task was lost or a
-handler ran again after its success was recorded, 2 when the run could not
-finish.
+handler ran again after its success was recorded, or a group's callback was lost,
+repeated or given the wrong results; 2 when the run could not finish.
 """
 
 from __future__ import annotations
@@ -33,14 +34,25 @@ from dispatch.local.provision import provision
 from dispatch.store.aws import sync_clients
 
 RESULTS: Final = REPO_ROOT / "bench" / "results"
-_GATES: Final = ("lost", "rerun_after_success")
+_GATES: Final = (
+    "lost",
+    "rerun_after_success",
+    "callbacks_lost",
+    "callbacks_repeated",
+    "callbacks_wrong_results",
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the chaos scenario; 0 when nothing was lost or rerun after success."""
+    """Run the chaos scenario; 0 when nothing was lost or rerun after success and every
+    group's callback ran once with its results."""
     parser = argparse.ArgumentParser(prog="python -m bench.chaos")
-    parser.add_argument("--quick", action="store_true", help="300 tasks, 2 kills (< 1 min)")
+    parser.add_argument(
+        "--quick", action="store_true", help="300 tasks, 20 groups of 10, 2 kills (< 1 min)"
+    )
     parser.add_argument("--tasks", type=int, help="tasks to enqueue")
+    parser.add_argument("--groups", type=int, help="groups to enqueue among the tasks")
+    parser.add_argument("--group-size", type=int, help="children per group")
     parser.add_argument("--kills", type=int, help="SIGKILLs during the run")
     parser.add_argument("--fault-rate", type=float, help="share of AWS calls that fail")
     parser.add_argument("--seed", type=int, help="seed of the scenario and the faults")
@@ -51,6 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         name: value
         for name, value in (
             ("tasks", args.tasks),
+            ("groups", args.groups),
+            ("group_size", args.group_size),
             ("kills", args.kills),
             ("fault_rate", args.fault_rate),
             ("seed", args.seed),
@@ -90,7 +104,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if failed:
         console.print(f"[red]FAIL[/]: {', '.join(f'{n}={figures[n]}' for n in failed)}")
         return 1
-    console.print("[green]PASS[/]: nothing lost, nothing rerun after a recorded success")
+    console.print(
+        "[green]PASS[/]: nothing lost, nothing rerun after a recorded success, "
+        "every group's callback ran once with its children's results"
+    )
     return 0
 
 
@@ -110,6 +127,13 @@ def _table(figures: dict[str, Any]) -> Table:
         "unexpected_dead",
         "concurrent_executions",
         "stuck_sync_runs",
+        "groups",
+        "callbacks_run",
+        "callbacks_lost",
+        "callbacks_repeated",
+        "callbacks_repeated_in_window",
+        "callbacks_wrong_results",
+        "groups_incomplete",
         "executions",
         "wall_s",
         "tasks_per_s",

@@ -17,7 +17,9 @@ The contract with :mod:`bench.chaos.run`, which starts (and SIGKILLs) it:
 
 ``--lease-grace-s`` shortens the time the claim's lease outlives a task's timeout
 (:data:`dispatch.store.state.LEASE_GRACE_S`, 30 s) so that a task whose dispatcher was
-killed mid-attempt is taken over within the run rather than half a minute later.
+killed mid-attempt is taken over within the run rather than half a minute later. Both
+claim paths read it there when they build a claim: the single claim and the batched one
+(:mod:`dispatch.store.statements`).
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-run-s", type=float, default=900.0, help="stop after this long")
     args = parser.parse_args(argv)
     configure_logging(level="ERROR", json=True)
-    setattr(state, "LEASE_GRACE_S", args.lease_grace_s)  # noqa: B010 - a Final, patched on purpose
+    # Both claims (single and batched) read it from dispatch.store.state when they build.
+    setattr(state, "LEASE_GRACE_S", args.lease_grace_s)  # noqa: B010 - a Final, on purpose
     install_from_env()
     asyncio.run(_run(args))
     return 0

@@ -1,12 +1,15 @@
 """The chaos harness: enqueue, run a fleet under faults and kills, drain, and judge.
 
 :func:`run_chaos` enqueues ``tasks`` chaos tasks (most succeed at once, some fail
-transiently and succeed on a retry, a few fail for good), starts ``dispatchers``
+transiently and succeed on a retry, a few fail for good) and, between them, ``groups``
+groups of ``group_size`` children joined by a callback (``dispatch.group([...]).then(...)``),
+starts ``dispatchers``
 processes (:mod:`bench.chaos.dispatcher`) in which ``fault_rate`` of the AWS calls
 fail (:mod:`dispatch.local.faults`), and SIGKILLs a random dispatcher at random
 points of the run (each at a random share of the work done, so every kill lands
 while tasks are in flight), restarting it at once. It waits until the queue is
-empty with no message in flight or delayed and every task's record is final,
+empty with no message in flight or delayed and every task's record is final
+(the groups' callbacks too, given ``callback_settle_s`` more: one never sent is lost),
 then judges the run from three sources that do not trust each other: the
 DynamoDB records, the dead-letter queue and the handlers' own ledger.
 
@@ -23,18 +26,20 @@ import subprocess
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Final, Self
 
+import dispatch
 from bench.chaos import tasks
 from bench.processes import close_lifelines, kill, stop_all
 from dispatch.core import constants as c
 from dispatch.core.config import Settings
 from dispatch.local.faults import ENV_FAULTS, FaultKind
 from dispatch.ops.dlq import iter_dead_letters
+from dispatch.producer.compose import TaskMessage
 from dispatch.producer.enqueue import Queue
 from dispatch.store.aws import SyncClients, sync_clients
 from dispatch.store.state import Status, TaskRecord
@@ -76,11 +81,14 @@ class ChaosConfig:
     max_in_flight: int = 32
     seed: int = 20261130
     max_drain_s: float = 900.0
+    groups: int = 200  # dispatch.group([...]).then(callback), enqueued among the tasks
+    group_size: int = 20  # children per group (transient_share of them fail once or twice)
+    callback_settle_s: float = 30.0  # once drained, how long callbacks may take to finish
     fault_kinds: tuple[str, ...] = tuple(k.value for k in FaultKind)
 
 
 FULL: Final = ChaosConfig()
-QUICK: Final = ChaosConfig(tasks=300, kills=2, max_drain_s=120.0)
+QUICK: Final = ChaosConfig(tasks=300, kills=2, max_drain_s=120.0, groups=20, group_size=10)
 
 
 @dataclass(slots=True)
@@ -102,13 +110,26 @@ class Execution:
     started_at: float
     ended_at: float | None = None
     outcome: str | None = None
+    group_no: int | None = None  # a callback's: the chaos group it was made for
+    received: list[Any] | None = None  # a callback's: the results it was given
+
+
+@dataclass(frozen=True, slots=True)
+class GroupPlan:
+    """One chaos group: its number, its children's task ids in order, and the results
+    its callback must receive."""
+
+    group_no: int
+    children: tuple[str, ...]
+    expected: list[Any]
 
 
 @dataclass(slots=True)
 class RunLog:
     """What happened during the run, before any judging."""
 
-    enqueued: dict[str, str]  # task id -> plan ("ok", "transient", "permanent", ...)
+    enqueued: dict[str, str]  # task id -> plan ("ok", "transient", "permanent", "child", ...)
+    groups: dict[str, GroupPlan] = field(default_factory=dict)  # callback task id -> its group
     kills: list[Kill] = field(default_factory=list)
     restarts: int = 0
     started_at: float = 0.0
@@ -255,6 +276,53 @@ def plan_tasks(config: ChaosConfig, rng: random.Random) -> list[tuple[Any, str]]
     return planned
 
 
+@dataclass(frozen=True, slots=True)
+class PlannedGroup:
+    """A group to enqueue: its children's messages, its callback's, what it must get."""
+
+    group_no: int
+    children: list[TaskMessage]
+    callback: Any  # gathered.message(group_no=...): a message awaiting the results
+    expected: list[Any]
+
+
+def plan_groups(config: ChaosConfig, rng: random.Random) -> list[PlannedGroup]:
+    """``groups`` groups of ``group_size`` children (``transient_share`` of them fail
+    once or twice before succeeding) and a callback each."""
+    planned = []
+    for group_no in range(config.groups):
+        children = []
+        for index in range(config.group_size):
+            work_ms = rng.randint(config.min_work_ms, config.max_work_ms)
+            fail_times = rng.choice((1, 2)) if rng.random() < config.transient_share else 0
+            children.append(
+                tasks.child.message(group_no, index, work_ms=work_ms, fail_times=fail_times)
+            )
+        expected = [tasks.child_result(group_no, i) for i in range(config.group_size)]
+        callback = tasks.gathered.message(group_no=group_no)
+        planned.append(PlannedGroup(group_no, children, callback, expected))
+    return planned
+
+
+def enqueue_all(queue: Queue, planned: list[tuple[Any, str]], groups: list[PlannedGroup]) -> RunLog:
+    """Enqueue the tasks with the groups spread evenly among them (each group after its
+    share of the tasks); the run's log of what went out."""
+    run = RunLog(enqueued={})
+    bounds = [len(planned) * k // (len(groups) + 1) for k in range(len(groups) + 2)]
+    for k in range(len(groups) + 1):
+        part = planned[bounds[k] : bounds[k + 1]]
+        ids = queue.enqueue_many([message for message, _ in part])
+        run.enqueued.update(zip(ids, (plan for _, plan in part), strict=True))
+        if k == len(groups):
+            break
+        made = groups[k]
+        handle = dispatch.group(made.children, queue=queue).then(made.callback)
+        children = tuple(message.task_id for message in made.children)
+        run.enqueued.update(dict.fromkeys(children, "child"))
+        run.groups[handle.id] = GroupPlan(made.group_no, children, made.expected)
+    return run
+
+
 def run_chaos(
     config: ChaosConfig,
     *,
@@ -271,13 +339,13 @@ def run_chaos(
     """
     rng = random.Random(config.seed)
     planned = plan_tasks(config, rng)
+    groups = plan_groups(config, rng)
     queue = Queue(settings)
     try:
-        ids = queue.enqueue_many([message for message, _ in planned])
+        run = enqueue_all(queue, planned, groups)
     finally:
         queue.close()
-    run = RunLog(enqueued=dict(zip(ids, (plan for _, plan in planned), strict=True)))
-    say(f"enqueued {len(ids)} tasks")
+    say(f"enqueued {len(run.enqueued)} tasks ({len(run.groups)} groups among them)")
     fault_log = workdir / "faults.log"
     child_env = {
         **env,
@@ -287,7 +355,8 @@ def run_chaos(
             {"rate": config.fault_rate, "kinds": list(config.fault_kinds), "log": str(fault_log)}
         ),
     }
-    kill_points = sorted(int(rng.uniform(0.05, 0.85) * config.tasks) for _ in range(config.kills))
+    executions = len(run.enqueued) + len(run.groups)  # at least: one per task and callback
+    kill_points = sorted(int(rng.uniform(0.05, 0.85) * executions) for _ in range(config.kills))
     clients = sync_clients(settings)
     try:
         with Fleet(env=child_env, workdir=workdir, config=config) as fleet:
@@ -328,6 +397,7 @@ def _chaos_until_drained(
     ledger = LedgerTail(fleet.workdir)
     deadline = time.monotonic() + config.max_drain_s
     empty_looks, next_look = 0, 0.0
+    settle_until: float | None = None  # drained, tasks final: the callbacks' last chance
     while True:
         if time.monotonic() >= deadline:
             raise ChaosError(f"not drained within {config.max_drain_s:g} s")
@@ -344,10 +414,20 @@ def _chaos_until_drained(
             next_look = time.monotonic() + 1.0
             if _queue_empty(clients, settings.queue_url) and not kill_points:
                 empty_looks += 1
-                if empty_looks >= _EMPTY_CHECKS and _all_final(clients, settings, run):
-                    return
+                if empty_looks >= _EMPTY_CHECKS:
+                    tasks_open, callbacks_open = _not_final(clients, settings, run)
+                    if not tasks_open and not callbacks_open:
+                        return
+                    if not tasks_open:
+                        # A callback is sent before its last child's message is deleted, so
+                        # an empty queue with every task final leaves none on its way: wait
+                        # a bounded time, then judge the rest lost.
+                        settle_until = settle_until or time.monotonic() + config.callback_settle_s
+                        if time.monotonic() >= settle_until:
+                            say(f"{callbacks_open} callbacks not final; judging them as they are")
+                            return
             else:
-                empty_looks = 0
+                empty_looks, settle_until = 0, None
         time.sleep(_POLL_S)
 
 
@@ -361,9 +441,14 @@ def _queue_empty(clients: SyncClients, url: str) -> bool:
     return all(int(counts.get(name, "0")) == 0 for name in names)
 
 
-def _all_final(clients: SyncClients, settings: Settings, run: RunLog) -> bool:
+def _not_final(clients: SyncClients, settings: Settings, run: RunLog) -> tuple[int, int]:
+    """How many enqueued tasks, and how many callbacks, have no final record yet."""
     records = read_records(clients, settings)
-    return all(task_id in records and records[task_id].status.is_final for task_id in run.enqueued)
+
+    def open_among(task_ids: Iterable[str]) -> int:
+        return sum(1 for t in task_ids if t not in records or not records[t].status.is_final)
+
+    return open_among(run.enqueued), open_among(run.groups)
 
 
 class LedgerTail:
@@ -407,12 +492,13 @@ def read_records(clients: SyncClients, settings: Settings) -> dict[str, TaskReco
 
 
 def read_ledger(directory: Path) -> dict[str, list[Execution]]:
-    """Every execution the handlers recorded, by task id, in start order."""
+    """Every execution the handlers recorded, by task id, in start order (a callback's
+    with the group and results it recorded)."""
     open_runs: dict[tuple[str, int, int], Execution] = {}
     by_task: dict[str, list[Execution]] = defaultdict(list)
     for path in sorted(directory.glob("ledger-*.log")):
         for line in path.read_text().splitlines():
-            parts = line.split()
+            parts = line.split(maxsplit=6)
             if len(parts) < 5:
                 continue  # a line cut by a SIGKILL mid-write (os.write makes this unlikely)
             what, task_id, attempt, pid, at = parts[:5]
@@ -425,6 +511,10 @@ def read_ledger(directory: Path) -> dict[str, list[Execution]]:
                 execution = open_runs.pop(key)
                 execution.ended_at = float(at)
                 execution.outcome = parts[5] if len(parts) > 5 else None
+            elif what == "joined" and key in open_runs and len(parts) == 7:
+                execution = open_runs[key]
+                execution.group_no = int(parts[5])
+                execution.received = json.loads(parts[6])
     for executions in by_task.values():
         executions.sort(key=lambda e: e.started_at)
     return by_task
@@ -487,7 +577,7 @@ def score(
     ledger: Mapping[str, list[Execution]],
 ) -> dict[str, Any]:
     """Judge every enqueued task from its record, its dead letter (task id -> reason)
-    and its executions in the ledger."""
+    and its executions in the ledger; then every group's callback (:func:`score_groups`)."""
     kill_at = {k.pid: k.at for k in run.kills}
 
     succeeded = dead = lost = rerun_after_success = unexpected_dead = concurrent = 0
@@ -556,7 +646,91 @@ def score(
         "stuck_sync_runs": stuck,
         "lost_task_ids": lost_ids[:20],
         "reruns_after_success": reruns[:20],
+        **score_groups(run, records=records, ledger=ledger),
     }
+
+
+def score_groups(
+    run: RunLog,
+    *,
+    records: Mapping[str, TaskRecord],
+    ledger: Mapping[str, list[Execution]],
+) -> dict[str, Any]:
+    """Judge every group's callback: it ran once every child succeeded, once, with its
+    own group's results in the children's order.
+
+    A callback run again because a SIGKILL fell between its start and the record of
+    its success is the at-least-once window every task has (``repeated_in_window``):
+    it is counted apart, in ``callbacks_repeated_in_window``. ``callbacks_repeated``
+    counts the rest: a rerun after an earlier run in a process that was not killed,
+    a run that started after the callback's recorded success, or two runs at once
+    (what a callback message sent twice and not dropped by the claim would cause).
+    """
+    kill_at = {k.pid: k.at for k in run.kills}
+    ran = lost = repeated = in_window = wrong = incomplete = 0
+    lost_ids: list[str] = []
+    repeats: list[dict[str, Any]] = []
+    wrongs: list[dict[str, Any]] = []
+    for callback_id, made in run.groups.items():
+        record = records.get(callback_id)
+        executions = ledger.get(callback_id, [])
+        succeeded = _succeeded(record)
+        ran += any(e.outcome == "ok" for e in executions)
+        if not all(_succeeded(records.get(child)) for child in made.children):
+            incomplete += 1  # a child lost or dead: judged among the tasks
+        elif not succeeded or not any(e.outcome == "ok" for e in executions):
+            lost += 1
+            lost_ids.append(callback_id)
+        received = [e for e in executions if e.received is not None or e.outcome == "ok"]
+        if any(e.group_no != made.group_no or e.received != made.expected for e in received):
+            wrong += 1
+            wrongs.append(
+                {
+                    "callback_id": callback_id,
+                    "group_no": made.group_no,
+                    "expected": made.expected,
+                    "received": [[e.group_no, e.received] for e in received],
+                }
+            )
+        if len(executions) < 2:
+            continue
+        finished = record.finished_at if record is not None and succeeded else None
+        after_success = finished is not None and any(
+            e.started_at > finished + RECORD_TIME_RESOLUTION_S for e in executions
+        )
+        unexplained = any(
+            e.pid not in kill_at and e.outcome in ("ok", None) for e in executions[:-1]
+        )
+        if after_success or unexplained or _overlaps(executions, kill_at):
+            repeated += 1
+            repeats.append(
+                {
+                    "callback_id": callback_id,
+                    "group_no": made.group_no,
+                    "finished_at": finished,
+                    "executions": [
+                        [e.attempt, e.pid, e.started_at, e.ended_at, e.outcome] for e in executions
+                    ],
+                }
+            )
+        else:
+            in_window += 1
+    return {
+        "groups": len(run.groups),
+        "callbacks_run": ran,
+        "callbacks_lost": lost,
+        "callbacks_repeated": repeated,
+        "callbacks_repeated_in_window": in_window,
+        "callbacks_wrong_results": wrong,
+        "groups_incomplete": incomplete,
+        "lost_callback_ids": lost_ids[:20],
+        "repeated_callbacks": repeats[:20],
+        "wrong_callbacks": wrongs[:20],
+    }
+
+
+def _succeeded(record: TaskRecord | None) -> bool:
+    return record is not None and record.status is Status.SUCCEEDED
 
 
 def _overlaps(executions: list[Execution], kill_at: Mapping[int, float]) -> int:

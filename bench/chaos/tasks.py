@@ -8,20 +8,35 @@ handler moves on, and a SIGKILL loses nothing already written. The ledger is
 the framework's referee: it is written by the handler, not by Dispatch.
 
 Line format (space-separated): ``start|end task_id attempt pid epoch_s [outcome]``.
+A group's callback (:func:`gathered`) also writes, between the two,
+``joined task_id attempt pid epoch_s group_no results``: the chaos group it was
+made for and the results it received (compact JSON, no spaces).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from dispatch import PermanentError, Retry, current_task, task
 from dispatch.tasks.registry import Registry
 
-__all__ = ["ENV_LEDGER_DIR", "TransientError", "hold", "hostile", "registry", "stall", "work"]
+__all__ = [
+    "ENV_LEDGER_DIR",
+    "TransientError",
+    "child",
+    "child_result",
+    "gathered",
+    "hold",
+    "hostile",
+    "registry",
+    "stall",
+    "work",
+]
 
 ENV_LEDGER_DIR: Final = "CHAOS_LEDGER_DIR"
 
@@ -140,3 +155,50 @@ def stall(n: int, *, stuck_s: float = 3.0) -> int:
         return n
     _append(f"end {head} {time.time():.6f} ok")
     return n
+
+
+CHILD_STRIDE: Final = 1000
+"""Room for every child's index in its result (a group holds at most 200)."""
+
+
+def child_result(group_no: int, index: int) -> int:
+    """What child ``index`` of chaos group ``group_no`` returns: distinct per child, so
+    a callback given its results out of order, or another group's, is seen."""
+    return group_no * CHILD_STRIDE + index
+
+
+@task(
+    registry=registry,
+    retry=Retry(max_attempts=8, base_delay_s=1.0, max_delay_s=2.0),
+    timeout_s=5,
+)
+async def child(group_no: int, index: int, *, work_ms: int = 20, fail_times: int = 0) -> int:
+    """A group's child: work for ``work_ms``, fail the first ``fail_times`` attempts,
+    then return :func:`child_result`; recorded in the ledger like :func:`work`."""
+    context = current_task()
+    head = f"{context.task_id} {context.attempt} {os.getpid()}"
+    _append(f"start {head} {time.time():.6f}")
+    await asyncio.sleep(work_ms / 1000)
+    if context.attempt <= fail_times:
+        _append(f"end {head} {time.time():.6f} transient")
+        raise TransientError(f"group {group_no} child {index}: attempt {context.attempt} failing")
+    _append(f"end {head} {time.time():.6f} ok")
+    return child_result(group_no, index)
+
+
+@task(
+    registry=registry,
+    retry=Retry(max_attempts=8, base_delay_s=1.0, max_delay_s=2.0),
+    timeout_s=5,
+)
+async def gathered(results: list[Any], group_no: int) -> int:
+    """A group's callback: record the chaos group it was made for and the results it
+    received (``joined`` line), between its ``start`` and ``end`` lines."""
+    context = current_task()
+    head = f"{context.task_id} {context.attempt} {os.getpid()}"
+    _append(f"start {head} {time.time():.6f}")
+    received = json.dumps(results, separators=(",", ":"))
+    _append(f"joined {head} {time.time():.6f} {group_no} {received}")
+    await asyncio.sleep(0.01)
+    _append(f"end {head} {time.time():.6f} ok")
+    return len(results)

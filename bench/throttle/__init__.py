@@ -10,5 +10,8 @@ Run it with ``python -m bench.throttle [--quick] [--seconds N]``. The parts:
              workers, run the window, stop them, collect;
 ``metrics``  pure figures from timestamps: achieved rate, worst window, recovery;
 ``report``   the table, the JSON and the markdown;
+``keyed``    the keyed section (``--section keyed``): per-key limits and fairness
+             with one dispatcher (``keyed_tasks``, ``keyed_worker``), its tables
+             and chart;
 ``chart``    the PNG (matplotlib, optional).
 """

@@ -14,7 +14,10 @@ dispatcher processes sharing one resource:
 3. adaptive: 100 /s against a backend of capacity 4 that halves mid-window;
 4. backlog (:mod:`bench.throttle.backlog`): a queue already full when the
    dispatchers start, drained to its last task; makespan and the lateness of each
-   start against the ideal schedule, and the SQS requests deferral costs.
+   start against the ideal schedule, and the SQS requests deferral costs;
+5. keyed (:mod:`bench.throttle.keyed`, only with ``--section keyed``): per-key
+   limits and fairness with one dispatcher, a noisy neighbour against its baseline
+   and the per-key accuracy of many keys at 1/s (``throttle-keyed.*``).
 
 It prints the report (markdown tables) and writes ``throttle.json``,
 ``throttle.md`` and ``throttle.png`` under ``bench/results/`` (``--quick``
@@ -39,7 +42,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Final
 
-from bench.throttle import backlog, chart, report
+from bench.throttle import backlog, chart, keyed, report
 from bench.throttle.harness import (
     REPO_ROOT,
     Scenario,
@@ -139,9 +142,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--section",
-        choices=("all", "steady", "backlog"),
+        choices=("all", "steady", "backlog", "keyed"),
         default="all",
-        help="steady windows, the backlog drains, or both (default)",
+        help="steady windows, the backlog drains, or both (default); keyed (per-key "
+        "limits, one dispatcher) runs only when named",
+    )
+    parser.add_argument(
+        "--flood",
+        type=int,
+        help="keyed: tenant A's tasks in the noisy neighbour (default 3000, quick 1000)",
     )
     parser.add_argument(
         "--out", type=Path, default=REPO_ROOT / "bench" / "results", help="results directory"
@@ -153,15 +162,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     seconds = args.seconds or (QUICK_SECONDS if args.quick else DEFAULT_SECONDS)
     if seconds < 3:
         parser.error("--seconds must be at least 3 (the first second is the burst)")
-    scenarios = plan(quick=args.quick, seconds=seconds) if args.section != "backlog" else []
-    backlogs = backlog.plan(quick=args.quick) if args.section != "steady" else []
+    scenarios = plan(quick=args.quick, seconds=seconds) if args.section in ("all", "steady") else []
+    backlogs = backlog.plan(quick=args.quick) if args.section in ("all", "backlog") else []
+    keyeds = keyed.plan(quick=args.quick, flood=args.flood) if args.section == "keyed" else []
     if args.only:
         wanted = {name.strip() for name in args.only.split(",") if name.strip()}
-        unknown = wanted - {s.name for s in scenarios} - {b.name for b in backlogs}
+        names = {s.name for s in scenarios} | {b.name for b in backlogs} | {k.name for k in keyeds}
+        unknown = wanted - names
         if unknown:
             parser.error(f"--only: no scenario named {', '.join(sorted(unknown))}")
-        scenarios = [s for s in scenarios if s.name in wanted]
-        backlogs = [b for b in backlogs if b.name in wanted]
+        scenarios, backlogs, keyeds = _only(wanted, scenarios, backlogs, keyeds)
     meta: dict[str, Any] = {
         "benchmark": "throttle",
         "mode": "quick" if args.quick else "full",
@@ -173,25 +183,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         "git": _git_state(),
     }
     started = time.monotonic()
-    results, drains = _run_all(scenarios, backlogs, meta)
+    results, drains, (keyed_runs, neighbour) = _run_all(scenarios, backlogs, keyeds, meta)
     meta["wall_s"] = round(time.monotonic() - started, 1)
 
     stem = "throttle-only" if args.only else "throttle-quick" if args.quick else "throttle"
-    if args.section == "backlog":
-        stem += "-backlog"
+    if args.section in ("backlog", "keyed"):
+        stem += f"-{args.section}"
     text = report.markdown(results, meta) if results else ""
     if drains:
         text += "\n".join(["", *backlog.markdown(drains), ""])
+    if keyed_runs:
+        text += "\n".join(["", *keyed.markdown(keyed_runs, neighbour), ""])
     payload = {
         **meta,
         "summary": report.summary(results),
         "scenarios": results,
         "backlog": drains,
+        **({"keyed": keyed_runs, "noisy_neighbour": neighbour} if keyeds else {}),
     }
     report.write_atomically(args.out / f"{stem}.json", report.to_json(payload))
     report.write_atomically(args.out / f"{stem}.md", text)
     try:
-        report.write_atomically(args.out / f"{stem}.png", chart.draw(results, drains))
+        png = keyed.chart(keyed_runs) if keyeds else chart.draw(results, drains)
+        report.write_atomically(args.out / f"{stem}.png", png)
         chart_note = f"{args.out / stem}.png"
     except ImportError:
         chart_note = "no chart: matplotlib is not installed (pip install -e '.[bench]')"
@@ -199,7 +213,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         chart_note = f"no chart: {exc}"
     print(text)
     print(f"wrote {args.out / stem}.json, .md; {chart_note} ({meta['wall_s']:g} s in all)")
-    return 1 if any(r.get("error") for r in [*results, *drains]) else 0
+    return 1 if any(r.get("error") for r in [*results, *drains, *keyed_runs]) else 0
+
+
+def _only(
+    wanted: set[str],
+    scenarios: Sequence[Scenario],
+    backlogs: Sequence[backlog.BacklogScenario],
+    keyeds: Sequence[keyed.KeyedScenario],
+) -> tuple[list[Scenario], list[backlog.BacklogScenario], list[keyed.KeyedScenario]]:
+    """The scenarios of each section named in ``wanted``."""
+    return (
+        [s for s in scenarios if s.name in wanted],
+        [b for b in backlogs if b.name in wanted],
+        [k for k in keyeds if k.name in wanted],
+    )
 
 
 def _git_state() -> dict[str, Any] | None:
@@ -241,8 +269,15 @@ def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
 
 
 def _run_all(
-    scenarios: Sequence[Scenario], backlogs: Sequence[backlog.BacklogScenario], meta: dict[str, Any]
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    scenarios: Sequence[Scenario],
+    backlogs: Sequence[backlog.BacklogScenario],
+    keyeds: Sequence[keyed.KeyedScenario],
+    meta: dict[str, Any],
+) -> tuple[
+    list[dict[str, Any]],
+    list[dict[str, Any]],
+    tuple[list[dict[str, Any]], list[dict[str, Any]]],
+]:
     """Run the scenarios on one emulator; note its measured ceiling in ``meta``."""
     results: list[dict[str, Any]] = []
     with (
@@ -277,7 +312,8 @@ def _run_all(
             results.append(result)
             print(f"    {_progress_line(result)}", file=sys.stderr, flush=True)
         drains = backlog.run_all(aws, backlogs, workdir=Path(workdir), template=template)
-    return results, drains
+        keyed_runs = keyed.run_all(aws, keyeds, workdir=Path(workdir), template=template)
+    return results, drains, keyed_runs
 
 
 def _progress_line(r: dict[str, Any]) -> str:

@@ -43,6 +43,7 @@ from bench.throttle.harness import (
     WorkerGroup,
     fresh_resources,
     max_in_flight_for,
+    process_env,
 )
 from dispatch.core.config import Settings
 from dispatch.local.emulator import LocalAWS
@@ -139,15 +140,7 @@ def run_backlog(
     resources, settings = fresh_resources(aws, f"bench-backlog-{index}", template=template)
     _enqueue(settings, scenario)
     with Backend.start(capacity=10_000) as backend:
-        env = {
-            **os.environ,
-            **aws.env(),
-            **resources.as_env(),
-            **scenario.worker_env(backend.url),
-            "PYTHONPATH": os.pathsep.join(
-                filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])
-            ),
-        }
+        env = process_env(aws, resources, scenario.worker_env(backend.url))
         directory = workdir / f"{index:02d}-{scenario.name}"
         directory.mkdir(parents=True)
         max_run_s = scenario.max_run_s()

@@ -46,6 +46,7 @@ from dispatch.producer.enqueue import Queue
 from dispatch.store.aws import sync_clients
 
 __all__ = [
+    "process_env",
     "RunData",
     "Scenario",
     "ScenarioError",
@@ -165,15 +166,7 @@ def run_scenario(
     enqueue_s = time.perf_counter() - started
 
     with Backend.start(capacity=scenario.capacity) as backend:
-        env = {
-            **os.environ,
-            **aws.env(),
-            **resources.as_env(),
-            **scenario.worker_env(backend.url),
-            "PYTHONPATH": os.pathsep.join(
-                filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])
-            ),
-        }
+        env = process_env(aws, resources, scenario.worker_env(backend.url))
         scenario_dir = workdir / f"{index:02d}-{scenario.name}"
         scenario_dir.mkdir(parents=True)
         with WorkerGroup(
@@ -229,6 +222,18 @@ def run_scenario(
         ),
         notes=notes,
     )
+
+
+def process_env(aws: LocalAWS, resources: Provisioned, extra: Mapping[str, str]) -> dict[str, str]:
+    """The environment of a dispatcher process: this one's, the local AWS, the
+    provisioned resources, ``extra``, and the checkout on ``PYTHONPATH``."""
+    return {
+        **os.environ,
+        **aws.env(),
+        **resources.as_env(),
+        **extra,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+    }
 
 
 def fresh_resources(
@@ -362,7 +367,7 @@ class _Worker:
 
 
 class WorkerGroup:
-    """N dispatcher processes (:mod:`bench.throttle.worker`), started together.
+    """N dispatcher processes (:mod:`bench.throttle.worker`, or ``module``), started together.
 
     Use it as a context manager: on exit every worker still running is sent
     SIGTERM, then SIGKILL after :data:`KILL_TIMEOUT_S`, and reaped; its stdin,
@@ -378,6 +383,7 @@ class WorkerGroup:
         max_run_s: float,
         max_in_flight: int = MAX_IN_FLIGHT,
         extra_args: tuple[str, ...] = (),
+        module: str = "bench.throttle.worker",
     ):
         self._workers: list[_Worker] = []
         try:
@@ -390,6 +396,7 @@ class WorkerGroup:
                         max_run_s=max_run_s,
                         max_in_flight=max_in_flight,
                         extra_args=extra_args,
+                        module=module,
                     )
                 )
         except BaseException:
@@ -405,13 +412,14 @@ class WorkerGroup:
         max_run_s: float,
         max_in_flight: int,
         extra_args: tuple[str, ...],
+        module: str,
     ) -> _Worker:
         ready, result, log = (directory / f"worker-{k}.{ext}" for ext in ("ready", "json", "log"))
         log_file = log.open("wb")
         command = [
             sys.executable,
             "-m",
-            "bench.throttle.worker",
+            module,
             "--ready",
             str(ready),
             "--result",

@@ -199,6 +199,7 @@ class Dispatcher:
             metrics=self._metrics,
             clock=clock,
             stuck_threads=lambda: self.runner.stuck_threads,
+            busiest_keys=gate.busiest_keys,
         )
         self._periodic = PeriodicEnqueuer(self.registry, settings, clients, clock=clock)
 

@@ -29,13 +29,14 @@ import math
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
-from typing import Final
+from typing import Any, Final
 
 import structlog
 
 from dispatch.core.resource import KeyLimits
 from dispatch.throttle.limits import Permit, ResourceThrottle
 from dispatch.throttle.per_key import KeyLimiter
+from dispatch.throttle.status import busiest_first
 
 __all__ = ["KeyedLine"]
 
@@ -76,6 +77,21 @@ class KeyedLine:
         self.warned_shared = False
 
     # --- the waiting room ------------------------------------------------------------
+
+    def busiest(self, count: int) -> list[dict[str, Any]]:
+        """The ``count`` keys with the most tasks waiting and running here, then the most
+        started: ``{"key", "waiting", "in_flight", "started"}`` each."""
+        keys = set(self.waiting) | set(self.keys.active_keys())
+        rows: list[dict[str, Any]] = [
+            {
+                "key": key,
+                "waiting": self.waiting[key],
+                "in_flight": self.keys.in_flight(key),
+                "started": self.keys.started(key),
+            }
+            for key in keys
+        ]
+        return busiest_first(rows, count)
 
     def key_room(self) -> int:
         """How many messages one key may hold here: what its own limits start within

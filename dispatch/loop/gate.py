@@ -29,7 +29,7 @@ import math
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from structlog.typing import FilteringBoundLogger
 
@@ -56,6 +56,8 @@ RECALL_QUIET_S: Final = 1.0
 """No recall while receives brought messages beyond the waiting room this recently:
 the queue itself still feeds the resource (a deep backlog visible on SQS), and a
 recall would only add a request and a receive."""
+BUSIEST_KEYS: Final = 5
+"""Keys per keyed resource a dispatcher publishes for ``dispatch status`` and ``top``."""
 FEED_EVERY_S: Final = 0.2
 """While messages are deferred, how often the waiting rooms are looked at for space."""
 RECALL_BATCH: Final = c.SQS_MAX_BATCH_ENTRIES
@@ -125,6 +127,10 @@ class ThrottleGate:
             }
             for name in names
         }
+
+    def busiest_keys(self, count: int = BUSIEST_KEYS) -> dict[str, list[dict[str, Any]]]:
+        """Per keyed resource, its busiest keys here (:meth:`KeyedLine.busiest`)."""
+        return {name: line.busiest(count) for name, line in self._keyed.items()}
 
     def throttle(self, resource: Resource) -> ResourceThrottle:
         """The throttle of ``resource``."""

@@ -45,8 +45,10 @@ class Publisher:
         metrics: MetricsObserver | None,
         clock: Callable[[], float],
         stuck_threads: Callable[[], int] = lambda: 0,
+        busiest_keys: Callable[[], dict[str, list[dict[str, Any]]]] = dict,
     ) -> None:
         self._dynamodb = dynamodb
+        self._busiest_keys = busiest_keys
         self._stuck_threads = stuck_threads
         self._table = table
         self._owner = owner
@@ -107,7 +109,13 @@ class Publisher:
         self._last_published = activity
         now = self._clock()
         put, directory = publish_params(
-            self._table, self._owner, snapshots, lined_up, now, activity=activity
+            self._table,
+            self._owner,
+            snapshots,
+            lined_up,
+            now,
+            activity=activity,
+            keys=self._busiest_keys(),
         )
         if stopped:
             put["Item"]["stopped_at"] = number(now)

@@ -27,6 +27,7 @@ from rich.table import Table
 
 from dispatch.core import constants as c
 from dispatch.core.config import Endpoint, Settings, parse_task_modules
+from dispatch.core.deadletter import Reason
 from dispatch.core.errors import ConfigurationError, DispatchError, TaskNotFoundError
 from dispatch.ops.cli_errors import EXIT_PROBLEM
 from dispatch.ops.cli_errors import errors as _errors
@@ -503,9 +504,7 @@ def status(task_id: str | None, max_scan: int, as_json: bool) -> None:
     every throttled resource's state (rates, tokens, in flight, waiting, time spent
     waiting); or, given TASK_ID, that task's record."""
     if task_id is not None:
-        from dispatch.producer.status import status as task_status
-
-        record = task_status(task_id).to_dict()
+        record = _task_with_group(task_id)
         if as_json:
             click.echo(json.dumps(record))
         else:
@@ -515,6 +514,7 @@ def status(task_id: str | None, max_scan: int, as_json: bool) -> None:
     from dispatch.ops.overview import overview
     from dispatch.ops.top import describe_age, describe_depth, describe_stuck, resource_table
     from dispatch.producer.enqueue import default_queue
+    from dispatch.throttle.status import describe_busiest_keys
 
     queue = default_queue()
     report = overview(queue.sync_clients(), queue.settings, max_scan=max_scan)
@@ -542,6 +542,8 @@ def status(task_id: str | None, max_scan: int, as_json: bool) -> None:
         click.echo("resources: none reported by a live dispatcher")
         return
     _console().print(resource_table(report.resources))
+    for line in describe_busiest_keys(report.resources):
+        click.echo(line)
 
 
 @cli.command()
@@ -651,19 +653,26 @@ def dev(lambda_mode: bool, tasks: str | None, schedule: str | None, mode: str | 
         click.echo("stopped", err=True)
 
 
+def _task_with_group(task_id: str) -> dict[str, Any]:
+    """One task's record as JSON, with its children's progress when it is a group's
+    callback or a chain's step (``"group"``)."""
+    from dispatch.producer.compose import group_progress
+    from dispatch.producer.status import status as task_status
+
+    record = task_status(task_id).to_dict()
+    progress = None if task_id.startswith("lean-") else group_progress(task_id)
+    if progress is not None:
+        record["group"] = progress
+    return record
+
+
 @cli.command("task")
 @click.argument("task_id")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @_errors
 def task_record(task_id: str, as_json: bool) -> None:
     """Show one task's full record: status, attempts, times, last error, result."""
-    from dispatch.producer.compose import group_progress
-    from dispatch.producer.status import status as task_status
-
-    record = task_status(task_id).to_dict()
-    progress = None if task_id.startswith("lean-") else group_progress(task_id)
-    if progress is not None:  # a group's callback: its children's progress
-        record["group"] = progress
+    record = _task_with_group(task_id)
     if as_json:
         click.echo(json.dumps(record))
         return
@@ -765,17 +774,44 @@ def dlq_show(message_or_task_id: str, as_json: bool) -> None:
     epilog=_examples(
         "dispatch dlq redrive --dry-run",
         "dispatch dlq redrive --task charge --limit 10",
+        "dispatch dlq redrive --task charge --reason max_attempts --since 2h --dry-run",
     ),
 )
 @click.option("--task", "task_name", help="Only tasks of this name.")
+@click.option(
+    "--reason",
+    type=click.Choice([r.value for r in Reason]),
+    help="Only tasks dead-lettered for this reason.",
+)
+@click.option(
+    "--since",
+    metavar="WHEN",
+    help="Only those dead-lettered at or after this: a duration ago (2h) or an ISO-8601 time.",
+)
 @click.option("--limit", type=click.IntRange(1, 1_000_000), help="At most this many.")
 @click.option("--dry-run", is_flag=True, help="Show what would move; move nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @_errors
-def dlq_redrive(task_name: str | None, limit: int | None, dry_run: bool, as_json: bool) -> None:
-    """Put dead tasks back on the queue with their attempts reset."""
-    from dispatch.ops.dlq import redrive
+def dlq_redrive(
+    *,
+    task_name: str | None,
+    reason: str | None,
+    since: str | None,
+    limit: int | None,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Put dead tasks back on the queue with their attempts reset (--dry-run: count them
+    first). Interrupted, run it again: what moved stays moved, nothing runs twice."""
+    import time
 
+    from dispatch.ops.dlq import redrive
+    from dispatch.ops.listing import ListingError, parse_time
+
+    try:
+        since_at = None if since is None else parse_time(since, now=time.time(), option="--since")
+    except ListingError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from exc
     clients, settings = _dlq_context()
     with _progress(quiet=as_json) as progress:
         bar = progress.add_task("redrive", total=limit)
@@ -786,6 +822,8 @@ def dlq_redrive(task_name: str | None, limit: int | None, dry_run: bool, as_json
             limit=limit,
             dry_run=dry_run,
             progress=lambda n: progress.advance(bar, n),
+            reason=reason,
+            since=since_at,
         )
     if as_json:
         click.echo(json.dumps(report.to_dict()))

@@ -218,8 +218,14 @@ def redrive(
     limit: int | None = None,
     dry_run: bool = False,
     progress: Callable[[int], None] | None = None,
+    reason: str | None = None,
+    since: float | None = None,
 ) -> RedriveReport:
-    """Move dead tasks (optionally of one ``task``, at most ``limit``) back to the queue."""
+    """Move dead tasks back to the queue: optionally only those of one ``task``, dead for
+    one ``reason``, dead-lettered at or after ``since`` (epoch seconds), at most
+    ``limit``. Interrupted, it leaves every letter it did not move on the DLQ, and a
+    record is revived only from ``dead`` (conditionally), so running it again moves
+    what is left and never runs a task twice."""
     report = RedriveReport(dry_run=dry_run)
     kept: list[DeadLetterEntry] = []
     batch: list[DeadLetterEntry] = []
@@ -238,7 +244,7 @@ def redrive(
 
     try:
         for entry in iter_dead_letters(clients, settings):
-            if (task is not None and entry.task != task) or (
+            if not _selected(entry, task=task, reason=reason, since=since) or (
                 limit is not None and len(report.redriven) + len(batch) >= limit
             ):
                 kept.append(entry)
@@ -254,6 +260,17 @@ def redrive(
     finally:
         release(clients, settings, kept + batch)
     return report
+
+
+def _selected(
+    entry: DeadLetterEntry, *, task: str | None, reason: str | None, since: float | None
+) -> bool:
+    """Whether a dead letter matches the redrive's filters."""
+    return (
+        (task is None or entry.task == task)
+        and (reason is None or entry.reason == reason)
+        and (since is None or (entry.sent_at is not None and entry.sent_at >= since))
+    )
 
 
 def _redrive_batch(

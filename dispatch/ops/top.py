@@ -35,6 +35,7 @@ from dispatch.throttle.status import (
     DispatcherReport,
     ResourceStatus,
     combine_resources,
+    describe_busiest_keys,
     read_dispatchers,
 )
 
@@ -250,6 +251,7 @@ def render(frame: Frame) -> Group:
         parts.append(Text("tasks: none reported by a live dispatcher"))
     if frame.resources:
         parts.append(resource_table(frame.resources))
+        parts.extend(Text(line) for line in describe_busiest_keys(frame.resources))
     else:
         parts.append(Text("resources: none reported by a live dispatcher"))
     return Group(*parts)

@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from dispatch.core import constants as c
 from dispatch.core.config import Settings
@@ -50,10 +50,22 @@ from dispatch.producer.enqueue import (
 from dispatch.producer.handle import TaskHandle
 from dispatch.store import joins, state
 
-__all__ = ["Chain", "Group", "TaskMessage", "group", "task_message"]
+__all__ = ["AwaitingMessage", "Chain", "Group", "TaskMessage", "group", "task_message"]
 
 _GROUP: Final = "group"
 _CHAIN: Final = "chain"
+
+
+class AwaitingMessage(Protocol):
+    """What ``task.message(...)`` is to a type checker when it lacks only the handler's
+    first argument (``sum_prices.message()``): a callback for ``.then(...)``, whose first
+    argument is the result it waits for. It is not a :class:`Message`, so passing it to
+    ``enqueue`` is a type error (and, at run time, the binding error)."""
+
+    @property
+    def task_id(self) -> str:
+        """The callback's task id."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,9 +79,16 @@ class TaskMessage(Message):
 
     awaiting: str | None = field(default=None, compare=False)
 
-    def then(self, message: Message) -> Chain:
+    def then(self, message: Message | AwaitingMessage) -> Chain:
         """A chain: ``message`` runs with this one's result as its first argument."""
-        return Chain((self, message))
+        return Chain((self, _message(message)))
+
+
+def _message(message: Message | AwaitingMessage) -> Message:
+    """A callback as the message it is (``task.message`` builds one either way)."""
+    if not isinstance(message, Message):
+        raise TypeError(f"expected a task's message, got {type(message).__name__}")
+    return message
 
 
 class _AwaitingFirst:
@@ -234,17 +253,17 @@ class Group:
         children = [_joined(m, group_id) for m in self.messages]
         return _compose_plan(queue.settings, [link], children, time.time()), callback.task_id
 
-    def then(self, callback: Message) -> TaskHandle[Any]:
+    def then(self, callback: Message | AwaitingMessage) -> TaskHandle[Any]:
         """Enqueue the children; ``callback`` runs once after all succeeded, with their
         results (a list, in order) as its first argument. Returns its handle."""
-        plan, callback_id = self._plan(callback)
+        plan, callback_id = self._plan(_message(callback))
         queue = self._queue or default_queue()
         run_sync(plan, queue.sync_clients())
         return TaskHandle(callback_id, queue=self._queue)
 
-    async def then_async(self, callback: Message) -> TaskHandle[Any]:
+    async def then_async(self, callback: Message | AwaitingMessage) -> TaskHandle[Any]:
         """:meth:`then` over aiobotocore."""
-        plan, callback_id = self._plan(callback)
+        plan, callback_id = self._plan(_message(callback))
         queue = self._queue or default_queue()
         await run_async(plan, await queue.aclients())
         return TaskHandle(callback_id, queue=self._queue)
@@ -263,9 +282,9 @@ class Chain:
     steps: tuple[Message, ...]
     queue: Queue | None = field(default=None, compare=False)
 
-    def then(self, message: Message) -> Chain:
+    def then(self, message: Message | AwaitingMessage) -> Chain:
         """The chain with one more step at its end."""
-        return dataclasses.replace(self, steps=(*self.steps, message))
+        return dataclasses.replace(self, steps=(*self.steps, _message(message)))
 
     def _plan(self) -> Plan[list[str]]:
         if len({m.task_id for m in self.steps}) != len(self.steps):

@@ -94,33 +94,23 @@ def child_counted_params(table: str, group_id: str, child_id: str, now: float) -
     that succeeds leaves ``failed`` in the same write. ``ALL_NEW``: exactly one
     writer sees ``done`` complete after its own write.
     """
-    return {
-        "TableName": table,
-        "Key": group_key(group_id),
-        "UpdateExpression": (
-            "ADD done :child DELETE failed :child SET updated_at = :now, "
-            f"{c.TABLE_TTL_ATTRIBUTE} = :ttl"
-        ),
-        "ConditionExpression": "attribute_exists(pk) AND NOT contains(done, :id)",
-        "ExpressionAttributeValues": {
-            ":child": {"SS": [child_id]},
-            ":id": {"S": child_id},
-            ":now": number(now),
-            ":ttl": number(state.record_ttl(now)),
-        },
-        "ReturnValues": "ALL_NEW",
-        "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
-    }
+    return _child_update(table, group_id, child_id, now, "ADD done :child DELETE failed :child")
 
 
 def child_failed_params(table: str, group_id: str, child_id: str, now: float) -> dict[str, Any]:
     """UpdateItem: a child died (``ADD failed``); refused for a child counted as done."""
+    return _child_update(table, group_id, child_id, now, "ADD failed :child")
+
+
+def _child_update(
+    table: str, group_id: str, child_id: str, now: float, change: str
+) -> dict[str, Any]:
+    """UpdateItem ``change`` on the group's sets, for a child not already counted as done;
+    the new item back (the old one when refused)."""
     return {
         "TableName": table,
         "Key": group_key(group_id),
-        "UpdateExpression": (
-            f"ADD failed :child SET updated_at = :now, {c.TABLE_TTL_ATTRIBUTE} = :ttl"
-        ),
+        "UpdateExpression": f"{change} SET updated_at = :now, {c.TABLE_TTL_ATTRIBUTE} = :ttl",
         "ConditionExpression": "attribute_exists(pk) AND NOT contains(done, :id)",
         "ExpressionAttributeValues": {
             ":child": {"SS": [child_id]},

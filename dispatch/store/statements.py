@@ -63,6 +63,7 @@ from dispatch.core.config import TABLE_NAME
 from dispatch.core.envelope import Envelope
 from dispatch.core.errors import ConfigurationError
 from dispatch.core.record import ClaimAsk, Status, listed_value, listed_while_running
+from dispatch.store import state
 from dispatch.store.aws import error_code, translate_error
 from dispatch.store.aws_retry import (
     THROTTLING_CODES,
@@ -71,7 +72,6 @@ from dispatch.store.aws_retry import (
     attempts_at_most,
 )
 from dispatch.store.codec import number, read_number
-from dispatch.store.state import LEASE_GRACE_S, record_ttl
 
 __all__ = [
     "CLAIM_ROUNDS",
@@ -210,8 +210,9 @@ def claim_statement(table: str, ask: ClaimAsk, *, old: Mapping[str, Any] | None)
     update.set("message_id", _s(ask.message_id))
     update.set("started_at", number(now))
     update.set("updated_at", number(now))
-    update.set("lease_until", number(now + ask.timeout_s + LEASE_GRACE_S))
-    update.set(c.TABLE_TTL_ATTRIBUTE, number(record_ttl(now)))
+    # Read when the statement is built, as the single claim does (a harness may shorten it).
+    update.set("lease_until", number(now + ask.timeout_s + state.LEASE_GRACE_S))
+    update.set(c.TABLE_TTL_ATTRIBUTE, number(state.record_ttl(now)))
     if listed_while_running(ask.timeout_s):
         update.set(c.LISTED_ATTRIBUTE, _s(listed_value(Status.RUNNING, now)))
     else:
@@ -256,7 +257,7 @@ def succeeded_statement(
     update.set("status", _s(Status.SUCCEEDED.value))
     update.set("finished_at", number(now))
     update.set("updated_at", number(now))
-    update.set(c.TABLE_TTL_ATTRIBUTE, number(record_ttl(now)))
+    update.set(c.TABLE_TTL_ATTRIBUTE, number(state.record_ttl(now)))
     if result_json is not None:
         update.set("result", _s(result_json))
     update.remove("lease_until")

@@ -24,7 +24,7 @@ import sys
 import typing
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, Generic, ParamSpec, TypeVar, overload
+from typing import Any, Concatenate, Final, Generic, ParamSpec, TypeVar, overload
 
 from dispatch.core import constants as c
 from dispatch.core.envelope import RESERVED_OPTIONS, Envelope, Message, MessageOptions
@@ -37,7 +37,7 @@ from dispatch.core.errors import (
 )
 from dispatch.core.resource import Resource
 from dispatch.core.retry import Retry
-from dispatch.producer.compose import TaskMessage, task_message
+from dispatch.producer.compose import AwaitingMessage, TaskMessage, task_message
 from dispatch.producer.enqueue import default_queue
 from dispatch.producer.handle import TaskHandle
 from dispatch.tasks.cron import Schedule
@@ -58,6 +58,7 @@ __all__ = [
 ]
 
 P = ParamSpec("P")
+Q = ParamSpec("Q")  # the parameters after the first (a callback's: the first is a result)
 R = TypeVar("R")
 T = TypeVar("T")
 
@@ -174,11 +175,19 @@ class Task(Generic[P, R]):
     def __repr__(self) -> str:
         return f"<Task {self.spec.name!r}>"
 
-    def message(self, *args: P.args, **kwargs: P.kwargs) -> TaskMessage:
+    @overload
+    def message(self, *args: P.args, **kwargs: P.kwargs) -> TaskMessage: ...
+    @overload
+    def message(
+        self: Task[Concatenate[Any, Q], R], *args: Q.args, **kwargs: Q.kwargs
+    ) -> AwaitingMessage: ...
+    def message(self, *args: Any, **kwargs: Any) -> TaskMessage | AwaitingMessage:
         """Build the message for one run without sending it (for ``enqueue_many``).
 
         The reserved keywords ``delay_s``, ``idempotency_key`` and ``group`` are
-        taken as enqueue options; everything else must bind to the handler.
+        taken as enqueue options; everything else must bind to the handler. Without
+        the handler's first argument it is a callback (an :class:`AwaitingMessage`,
+        for ``.then(...)``): its first argument is the result it waits for.
         """
         call_kwargs = dict(kwargs)
         options = MessageOptions.from_kwargs(
@@ -250,8 +259,15 @@ class BoundTask(Generic[P, R]):
         self._task = task
         self._options = options
 
-    def message(self, *args: P.args, **kwargs: P.kwargs) -> TaskMessage:
-        """The message for one run, with these options."""
+    @overload
+    def message(self, *args: P.args, **kwargs: P.kwargs) -> TaskMessage: ...
+    @overload
+    def message(
+        self: BoundTask[Concatenate[Any, Q], R], *args: Q.args, **kwargs: Q.kwargs
+    ) -> AwaitingMessage: ...
+    def message(self, *args: Any, **kwargs: Any) -> TaskMessage | AwaitingMessage:
+        """The message for one run, with these options (a callback without the first
+        argument, as :meth:`Task.message`)."""
         return task_message(self._task.spec, args, dict(kwargs), self._options)
 
     def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> str:

@@ -41,6 +41,7 @@ _TOKEN_SLACK: Final = 1e-9  # as TokenBucket.try_take: float rounding is not a w
 class _KeyState:
     bucket: TokenBucket | None
     slots: ConcurrencyLimiter
+    started: int = 0  # tasks started since the key's state was made
 
 
 class KeyLimiter:
@@ -65,6 +66,15 @@ class KeyLimiter:
         """Tasks of ``key`` holding a slot now."""
         state = self._states.get(key)
         return state.slots.in_flight if state is not None else 0
+
+    def started(self, key: str) -> int:
+        """Tasks of ``key`` started since its state was made (0 for a forgotten key)."""
+        state = self._states.get(key)
+        return state.started if state is not None else 0
+
+    def active_keys(self) -> list[str]:
+        """The keys whose state is kept now."""
+        return list(self._states)
 
     def wait_s(self, key: str) -> float:
         """0.0 when ``key`` may start a task now (a token and a slot of its own), else
@@ -102,6 +112,7 @@ class KeyLimiter:
         if state.bucket is not None and state.bucket.try_take(1.0) > 0.0:
             state.slots.release()
             raise RuntimeError(f"key {key!r} has no token")
+        state.started += 1
         self._sweep()
 
     def release(self, key: str) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from dispatch.core import constants as c
@@ -31,10 +31,13 @@ __all__ = [
     "PUBLISH_EVERY_S",
     "DispatcherReport",
     "ResourceStatus",
+    "busiest_first",
     "combine_resources",
+    "describe_busiest_keys",
     "publish_params",
     "read_dispatchers",
     "read_status",
+    "sum_busiest_keys",
 ]
 
 PUBLISH_EVERY_S: Final = 5.0
@@ -67,6 +70,9 @@ class ResourceStatus:
     """Messages on the queue (visible or delayed) expected to be this resource's:
     ``queue_share`` of them."""
     mean_hold_s: float | None = None
+    busiest_keys: list[dict[str, Any]] = field(default_factory=list)
+    """A keyed resource's busiest keys over the dispatchers (most waiting and running):
+    ``{"key", "waiting", "in_flight", "started"}``."""
 
     @property
     def mean_wait_s(self) -> float:
@@ -129,12 +135,17 @@ def publish_params(
     now: float,
     *,
     activity: Mapping[str, Any] | None = None,
+    keys: Mapping[str, list[dict[str, Any]]] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """PutItem for this dispatcher's item and UpdateItem adding it to the directory."""
+    """PutItem for this dispatcher's item and UpdateItem adding it to the directory
+    (``keys``: a keyed resource's busiest keys here, published with it)."""
     resources = {
         snap.name: asdict(snap) | {key: int(n) for key, n in lined_up.get(snap.name, {}).items()}
         for snap in snapshots
     }
+    for name, rows in (keys or {}).items():
+        if name in resources and rows:
+            resources[name]["keys"] = rows
     item = {
         c.TABLE_HASH_KEY: {"S": f"{c.DISPATCHER_KEY_PREFIX}{owner}"},
         "owner": {"S": owner},
@@ -276,7 +287,46 @@ def _combine(
         queue_share=round(share, 3),
         queued=round(share * queued),
         mean_hold_s=max(holds) if holds else None,
+        busiest_keys=sum_busiest_keys(parts),
     )
+
+
+def sum_busiest_keys(parts: list[dict[str, Any]], count: int = 5) -> list[dict[str, Any]]:
+    """The dispatchers' busiest keys of one resource, summed by key, busiest first."""
+    totals: dict[str, dict[str, int]] = {}
+    for part in parts:
+        for row in part.get("keys") or []:
+            if not isinstance(row, dict) or not isinstance(row.get("key"), str):
+                continue
+            total = totals.setdefault(row["key"], {"waiting": 0, "in_flight": 0, "started": 0})
+            for field_name in total:
+                total[field_name] += int(row.get(field_name, 0))
+    return busiest_first([{"key": key, **figures} for key, figures in totals.items()], count)
+
+
+def describe_busiest_keys(resources: Iterable[ResourceStatus]) -> list[str]:
+    """One line per keyed resource with busy keys, for ``dispatch status`` and ``top``:
+    ``busiest keys of crm-api: acme (waiting 120, running 2, started 340), ...``."""
+    lines = []
+    for resource in resources:
+        if resource.busiest_keys:
+            shown = ", ".join(
+                f"{r['key']} (waiting {r['waiting']}, running {r['in_flight']}, "
+                f"started {r['started']})"
+                for r in resource.busiest_keys
+            )
+            lines.append(f"busiest keys of {resource.name}: {shown}")
+    return lines
+
+
+def busiest_first(rows: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
+    """Key rows (``{"key", "waiting", "in_flight", "started"}``), the ``count`` busiest:
+    most waiting and running, then most started."""
+
+    def busy(row: dict[str, Any]) -> tuple[int, int, str]:
+        return (-(int(row["waiting"]) + int(row["in_flight"])), -int(row["started"]), row["key"])
+
+    return sorted(rows, key=busy)[:count]
 
 
 def _get(client: DynamoDBClient, table: str, key: str) -> dict[str, Any] | None:

@@ -129,6 +129,37 @@ def test_dlq_redrive_by_task_and_limit_moves_exactly_those(
     assert all(r.attempts == 0 for r in records if r.status is Status.QUEUED)
 
 
+def test_dlq_redrive_filters_by_reason_and_time_and_counts_first_with_dry_run(
+    aws_env: Settings, clients: SyncClients, dead_letters: dict[str, list[str]]
+) -> None:
+    """Given 25 dead letters (all permanent_error, dead-lettered just now), when `dlq
+    redrive` is filtered by a reason none has, by a time after they died, or dry-run by
+    reason, task and `--since 1h`, then it moves nothing and counts exactly the matches;
+    run for real with the same filters it moves those 8 only. A bad --since or --reason
+    is a usage error naming the option."""
+    other_reason = json.loads(
+        ok(dispatch_cli("dlq", "redrive", "--reason", "max_attempts", "--dry-run", "--json"))
+    )
+    future = json.loads(
+        ok(dispatch_cli("dlq", "redrive", "--since", "2999-01-01T00:00:00Z", "--json"))
+    )
+    filters = ("--task", "charge", "--reason", "permanent_error", "--since", "1h")
+    counted = json.loads(ok(dispatch_cli("dlq", "redrive", *filters, "--dry-run", "--json")))
+    kept = depth(clients, aws_env.dlq_url)
+    moved = json.loads(ok(dispatch_cli("dlq", "redrive", *filters, "--json")))
+    bad_since = dispatch_cli("dlq", "redrive", "--since", "ten")
+    bad_reason = dispatch_cli("dlq", "redrive", "--reason", "tired")
+
+    assert (other_reason["redriven"], other_reason["skipped"]) == (0, REFUNDS + CHARGES)
+    assert (future["redriven"], future["skipped"]) == (0, REFUNDS + CHARGES)
+    assert (counted["redriven"], counted["dry_run"]) == (CHARGES, True)
+    assert kept == REFUNDS + CHARGES
+    assert (moved["redriven"], moved["skipped"]) == (CHARGES, REFUNDS)
+    assert tasks_on(clients, aws_env.dlq_url) == {"refund": REFUNDS}
+    assert bad_since.returncode == bad_reason.returncode == 2
+    assert "--since" in bad_since.stderr and "--reason" in bad_reason.stderr
+
+
 def test_dlq_purge_needs_yes_and_then_empties_the_dlq(
     aws_env: Settings, clients: SyncClients, dead_letters: dict[str, list[str]]
 ) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 from collections import Counter
 from typing import Any
 
@@ -25,7 +26,7 @@ from dispatch.store import state
 from dispatch.store.aws import SyncClients, async_clients
 from dispatch.store.joins import DEPENDENCY_FAILED, group_key
 from dispatch.tasks.registry import Registry
-from tests.integration.conftest import WAIT_S, queue_counts, receive_all
+from tests.integration.conftest import WAIT_S, dispatch_cli, queue_counts, receive_all
 
 ONE_ATTEMPT = Retry(max_attempts=1)
 
@@ -87,6 +88,11 @@ async def test_a_group_of_five_runs_its_callback_once_with_the_results_in_order(
     after = group_progress(total.id)
     assert after is not None and (after["done"], after["callback_sent"]) == (5, True)
     assert group_progress("0" * 32) is None  # no such record: no group
+    for command in ("status", "task"):  # both show the callback's children's progress
+        shown = dispatch_cli(command, total.id, "--json")
+        assert shown.returncode == 0, shown.stderr
+        record = json.loads(shown.stdout)
+        assert (record["status"], record["group"]["done"]) == ("succeeded", 5)
 
 
 async def test_the_async_forms_make_the_same_group_and_chain(

@@ -354,3 +354,53 @@ def test_a_key_holds_at_most_its_room_and_its_share_of_a_full_room() -> None:
             with line.queued("b"):
                 assert not line.may_wait("b", room=10, in_room=11)  # b holds its share
     assert not line.waiting  # counts drop to nothing: no entry per idle key
+
+
+async def test_the_busiest_keys_are_published_and_summed_over_dispatchers() -> None:
+    """Given a keyed line where key a has 3 tasks waiting and 2 running, b 1 running and
+    c nothing left, when the busiest keys are read, then a comes first, then b, then c
+    (by waiting + running, then started); two dispatchers' published rows of one
+    resource are summed by key, the busiest first, and `dispatch status` says so."""
+    from dispatch.throttle.limits import ThrottleSnapshot
+    from dispatch.throttle.status import (
+        ResourceStatus,
+        busiest_first,
+        describe_busiest_keys,
+        publish_params,
+        sum_busiest_keys,
+    )
+
+    line = KeyedLine(ResourceThrottle(CRM), CRM.per_key, horizon_s=5.0, stopping=asyncio.Event())
+    for key in ("a", "a", "b", "c"):
+        line.keys.start(key)
+    line.keys.release("c")
+    line.waiting["a"] = 3
+
+    rows = line.busiest(5)
+
+    assert [(r["key"], r["waiting"], r["in_flight"], r["started"]) for r in rows] == [
+        ("a", 3, 2, 2),
+        ("b", 0, 1, 1),
+        ("c", 0, 0, 1),
+    ]
+    assert [r["key"] for r in line.busiest(1)] == ["a"]
+
+    snapshot = ThrottleSnapshot("crm-api", 100.0, 100.0, 1.0, 3, 40, 3, 4, 0, 0.0, 0)
+    put, _ = publish_params("t", "d1", [snapshot], {}, 1.0, keys={"crm-api": rows})
+    published = json.loads(put["Item"]["resources"]["S"])["crm-api"]["keys"]
+    other = [{"key": "b", "waiting": 9, "in_flight": 0, "started": 0}, {"bad": "row"}]
+    summed = sum_busiest_keys([{"keys": published}, {"keys": other}, {}])
+    assert published == rows
+    assert summed == [
+        {"key": "b", "waiting": 9, "in_flight": 1, "started": 1},
+        {"key": "a", "waiting": 3, "in_flight": 2, "started": 2},
+        {"key": "c", "waiting": 0, "in_flight": 0, "started": 1},
+    ]
+    assert busiest_first(summed, 1) == summed[:1]
+    status = ResourceStatus(
+        "crm-api", 100.0, 100.0, 1.0, 3, 40, None, 3, 0, 0.0, 4, 0, 2, busiest_keys=summed[:2]
+    )
+    assert describe_busiest_keys([status]) == [
+        "busiest keys of crm-api: b (waiting 9, running 1, started 1), "
+        "a (waiting 3, running 2, started 2)"
+    ]

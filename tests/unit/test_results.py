@@ -127,6 +127,18 @@ async def main() -> None:
 count: int = shout.submit(word="hi").result()  # error: assignment
 charge.submit(order_id=42, amount_cents=500)  # error: call-overload
 shout.submit(word="hi").result(30)  # error: call-arg
+
+
+@task
+def sum_totals(results: list[dict[str, int]], currency: str = "EUR") -> int:
+    return sum(sum(r.values()) for r in results)
+
+
+# The contract's own examples: a callback's message leaves out its first argument.
+joined = dispatch.group([charge.message(order_id="1", amount_cents=2)]).then(sum_totals.message())
+reveal_type(sum_totals.message())  # reveal: AwaitingMessage
+reveal_type(charge.message(order_id="1", amount_cents=2).then(shout.message()))  # reveal: Chain
+dispatch.enqueue_many([sum_totals.message()])  # error: list-item
 """
 
 
@@ -168,7 +180,7 @@ def test_mypy_types_the_result_by_the_handlers_return_annotation(tmp_path: Path)
         for n, line in enumerate(lines, start=1)
         if "# error: " in line
     )
-    assert len(expected_reveals) == 7 and len(expected_errors) == 3
+    assert len(expected_reveals) == 9 and len(expected_errors) == 4
     assert revealed == expected_reveals, report
     assert errors == expected_errors, report
     assert status == 1
