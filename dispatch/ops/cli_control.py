@@ -59,9 +59,15 @@ def _show(verb: str, kind: Kind, name: str, change: Change, as_json: bool) -> No
     since = iso(held.since) if held else ""
     if verb == "pause":
         state = "paused" if change.changed else "already paused"
-        click.echo(f"{kind} {name}: {state} (by {held.by if held else '?'} since {since})")
+        click.echo(
+            f"{kind} {name}: {state} (by {held.by if held else '?'} since {since}); "
+            "live dispatchers stop starting it within 5 s"
+        )
     elif change.changed:
-        click.echo(f"{kind} {name}: resumed (paused by {held.by if held else '?'} since {since})")
+        click.echo(
+            f"{kind} {name}: resumed (paused by {held.by if held else '?'} since {since}); "
+            "new messages start within 5 s, those that waited within a minute"
+        )
     else:
         click.echo(f"{kind} {name}: was not paused")
 
