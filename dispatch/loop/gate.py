@@ -39,7 +39,7 @@ from dispatch.core.resource import Resource
 from dispatch.loop.deferrals import Deferrals, hide_for_s
 from dispatch.loop.fairness import KeyedLine
 from dispatch.loop.observe import Observer, Skip
-from dispatch.loop.sqs import SqsActions
+from dispatch.loop.sqs import SqsActions, near_redrive_limit, send_fresh_copy
 from dispatch.throttle.limits import Permit, ResourceThrottle
 
 __all__ = ["ThrottleGate", "Throttles"]
@@ -379,9 +379,8 @@ class ThrottleGate:
         delay_s = hide_for_s(max(at_least_s, self.turn_s(throttle)))
         self._observer.skipped(Skip.DEFERRED)
         bound.debug("task_deferred", reason=reason, delay_s=delay_s)
-        if (delivery.receive_count or 0) >= c.REDRIVE_MAX_RECEIVE_COUNT // 2:
-            if await self._sqs.send_again(delivery, delay_s):
-                await self._sqs.delete(delivery.receipt)
+        if near_redrive_limit(delivery):
+            await send_fresh_copy(self._sqs, delivery, delay_s)
             return
         due_at = self._clock() + delay_s
         # In line from now (the next message deferred counts it ahead of itself), but

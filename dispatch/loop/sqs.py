@@ -17,7 +17,13 @@ from dispatch.core.deadletter import DeadLetter
 from dispatch.core.delivery import Delivery
 from dispatch.store.batcher import Batcher, EntryResult
 
-__all__ = ["SqsActions", "SqsBatchers", "hide_or_send_again"]
+__all__ = [
+    "SqsActions",
+    "SqsBatchers",
+    "hide_or_send_again",
+    "near_redrive_limit",
+    "send_fresh_copy",
+]
 
 log = structlog.get_logger("dispatch.loop.sqs")
 
@@ -114,12 +120,23 @@ def _log_failure(action: str, result: EntryResult) -> None:
         log.warning("sqs_entry_failed", action=action, code=result.code, error=result.message)
 
 
+def near_redrive_limit(delivery: Delivery) -> bool:
+    """Whether a message that must wait has been received often enough that hiding it
+    again risks the queue's redrive limit (each receive counts toward it)."""
+    return (delivery.receive_count or 0) >= c.REDRIVE_MAX_RECEIVE_COUNT // 2
+
+
+async def send_fresh_copy(sqs: SqsActions, delivery: Delivery, delay_s: int) -> None:
+    """Send the message again due in ``delay_s`` (receive count back to 0) and delete
+    the old one, once the copy is sent."""
+    if await sqs.send_again(delivery, delay_s):
+        await sqs.delete(delivery.receipt)
+
+
 async def hide_or_send_again(sqs: SqsActions, delivery: Delivery, delay_s: int) -> None:
-    """Hide a message that must wait (no attempt spent) for ``delay_s``. Each receive
-    counts toward the queue's redrive limit, so a message received many times is sent
-    again as a fresh copy instead (receive count back to 0), and the old one deleted."""
-    if (delivery.receive_count or 0) >= c.REDRIVE_MAX_RECEIVE_COUNT // 2:
-        if await sqs.send_again(delivery, delay_s):
-            await sqs.delete(delivery.receipt)
+    """Hide a message that must wait (no attempt spent) for ``delay_s``; near the
+    redrive limit, a fresh copy instead (:func:`send_fresh_copy`)."""
+    if near_redrive_limit(delivery):
+        await send_fresh_copy(sqs, delivery, delay_s)
         return
     await sqs.hide(delivery.receipt, delay_s)

@@ -26,7 +26,8 @@ from dispatch.core.errors import (
 from dispatch.core.record import Status, TaskRecord
 from dispatch.producer.enqueue import Queue, default_queue
 from dispatch.producer.status import LEAN_NO_RECORD
-from dispatch.store.state import StateStore, SyncStateStore
+from dispatch.producer.status import status as read_record
+from dispatch.store.state import StateStore
 
 __all__ = ["FIRST_PAUSE_S", "MAX_PAUSE_S", "TaskHandle", "handle", "pause_s"]
 
@@ -140,9 +141,7 @@ class TaskHandle(Generic[R_co]):
         return min(pause, left)
 
     def _read(self) -> TaskRecord:
-        queue = self._queue or default_queue()
-        store = SyncStateStore(queue.sync_clients().dynamodb, queue.settings.table)
-        return _found(self.id, store.get(self.id))
+        return read_record(self.id, queue=self._queue)
 
     async def _read_async(self) -> TaskRecord:
         queue = self._queue or default_queue()

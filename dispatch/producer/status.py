@@ -24,6 +24,8 @@ from dispatch.store.state import Status, SyncStateStore, TaskRecord, task_key
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
+    from dispatch.producer.enqueue import Queue
+
 __all__ = ["cancel", "status"]
 
 LEAN_NO_RECORD: Final = (
@@ -33,17 +35,17 @@ LEAN_NO_RECORD: Final = (
 )
 
 
-def status(task_id: str) -> TaskRecord:
+def status(task_id: str, *, queue: Queue | None = None) -> TaskRecord:
     """The record of one task (its ``status``, attempts, last error, result).
 
-    Uses the table and endpoint of the default queue (the environment).
-    Raises TaskNotFoundError when no record exists.
+    Uses the table and endpoint of ``queue`` (default: the default queue, from the
+    environment). Raises TaskNotFoundError when no record exists.
     """
     from dispatch.producer.enqueue import default_queue
 
     if is_lean_task_id(task_id):
         raise TaskNotFoundError(task_id, why=LEAN_NO_RECORD)
-    queue = default_queue()
+    queue = queue or default_queue()
     record = SyncStateStore(queue.sync_clients().dynamodb, queue.settings.table).get(task_id)
     if record is None:
         raise TaskNotFoundError(task_id)
