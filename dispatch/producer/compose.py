@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import Any, Final, Generic, Protocol, TypeVar, overload
 
 from dispatch.core import constants as c
 from dispatch.core.config import Settings
@@ -55,22 +55,32 @@ __all__ = ["AwaitingMessage", "Chain", "Group", "TaskMessage", "group", "task_me
 _GROUP: Final = "group"
 _CHAIN: Final = "chain"
 
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+U = TypeVar("U")
 
-class AwaitingMessage(Protocol):
+
+class AwaitingMessage(Protocol[T_co]):
     """What ``task.message(...)`` is to a type checker when it lacks only the handler's
     first argument (``sum_prices.message()``): a callback for ``.then(...)``, whose first
-    argument is the result it waits for. It is not a :class:`Message`, so passing it to
-    ``enqueue`` is a type error (and, at run time, the binding error)."""
+    argument is the result it waits for, and whose own result is ``T_co``. It is not a
+    :class:`Message`, so passing it to ``enqueue`` is a type error (and, at run time,
+    the binding error)."""
 
     @property
     def task_id(self) -> str:
         """The callback's task id."""
         ...
 
+    def result_of(self) -> T_co:
+        """Typing only: what the handler returns (the handle's result type)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
-class TaskMessage(Message):
-    """A :class:`~dispatch.core.envelope.Message` that can be chained: ``.then(next)``.
+class TaskMessage(Message, Generic[T]):
+    """A :class:`~dispatch.core.envelope.Message` that can be chained: ``.then(next)``;
+    ``T`` is what its handler returns (an async handler's: what it awaits to).
 
     ``awaiting`` is set when the handler's first parameter is left for a result
     (``parse.message()`` for ``def parse(text: str)``): such a message can only be
@@ -79,12 +89,20 @@ class TaskMessage(Message):
 
     awaiting: str | None = field(default=None, compare=False)
 
-    def then(self, message: Message | AwaitingMessage) -> Chain:
+    def result_of(self) -> T:
+        """Typing only (:class:`AwaitingMessage`): a message has no result to give."""
+        raise TypeError("a message has no result: submit it and wait on its handle")
+
+    @overload
+    def then(self, message: TaskMessage[U] | AwaitingMessage[U]) -> Chain[U]: ...
+    @overload
+    def then(self, message: Message) -> Chain[Any]: ...
+    def then(self, message: Message | AwaitingMessage[Any]) -> Chain[Any]:
         """A chain: ``message`` runs with this one's result as its first argument."""
         return Chain((self, _message(message)))
 
 
-def _message(message: Message | AwaitingMessage) -> Message:
+def _message(message: Message | AwaitingMessage[Any]) -> Message:
     """A callback as the message it is (``task.message`` builds one either way)."""
     if not isinstance(message, Message):
         raise TypeError(f"expected a task's message, got {type(message).__name__}")
@@ -116,7 +134,7 @@ class _AwaitingFirst:
 
 def task_message(
     spec: TaskShape, args: Iterable[Any], kwargs: dict[str, Any], options: MessageOptions
-) -> TaskMessage:
+) -> TaskMessage[Any]:
     """``task.message(...)``: the message for one run, or (when the arguments only lack
     the first one) a message awaiting a result, for ``.then(...)``."""
     args = tuple(args)
@@ -253,15 +271,24 @@ class Group:
         children = [_joined(m, group_id) for m in self.messages]
         return _compose_plan(queue.settings, [link], children, time.time()), callback.task_id
 
-    def then(self, callback: Message | AwaitingMessage) -> TaskHandle[Any]:
+    @overload
+    def then(self, callback: TaskMessage[T] | AwaitingMessage[T]) -> TaskHandle[T]: ...
+    @overload
+    def then(self, callback: Message) -> TaskHandle[Any]: ...
+    def then(self, callback: Message | AwaitingMessage[Any]) -> TaskHandle[Any]:
         """Enqueue the children; ``callback`` runs once after all succeeded, with their
-        results (a list, in order) as its first argument. Returns its handle."""
+        results (a list, in order) as its first argument. Returns its handle, typed by
+        the callback's return type."""
         plan, callback_id = self._plan(_message(callback))
         queue = self._queue or default_queue()
         run_sync(plan, queue.sync_clients())
         return TaskHandle(callback_id, queue=self._queue)
 
-    async def then_async(self, callback: Message | AwaitingMessage) -> TaskHandle[Any]:
+    @overload
+    async def then_async(self, callback: TaskMessage[T] | AwaitingMessage[T]) -> TaskHandle[T]: ...
+    @overload
+    async def then_async(self, callback: Message) -> TaskHandle[Any]: ...
+    async def then_async(self, callback: Message | AwaitingMessage[Any]) -> TaskHandle[Any]:
         """:meth:`then` over aiobotocore."""
         plan, callback_id = self._plan(_message(callback))
         queue = self._queue or default_queue()
@@ -275,16 +302,21 @@ def group(messages: Iterable[Message], *, queue: Queue | None = None) -> Group:
 
 
 @dataclass(frozen=True, slots=True)
-class Chain:
+class Chain(Generic[T]):
     """Messages run one after another, each getting the previous one's result as its
-    first argument; nothing is sent until :meth:`enqueue` or :meth:`submit`."""
+    first argument; nothing is sent until :meth:`enqueue` or :meth:`submit`. ``T`` is
+    what the last step returns."""
 
     steps: tuple[Message, ...]
     queue: Queue | None = field(default=None, compare=False)
 
-    def then(self, message: Message | AwaitingMessage) -> Chain:
+    @overload
+    def then(self, message: TaskMessage[U] | AwaitingMessage[U]) -> Chain[U]: ...
+    @overload
+    def then(self, message: Message) -> Chain[Any]: ...
+    def then(self, message: Message | AwaitingMessage[Any]) -> Chain[Any]:
         """The chain with one more step at its end."""
-        return dataclasses.replace(self, steps=(*self.steps, _message(message)))
+        return Chain((*self.steps, _message(message)), self.queue)
 
     def _plan(self) -> Plan[list[str]]:
         if len({m.task_id for m in self.steps}) != len(self.steps):
@@ -326,11 +358,11 @@ class Chain:
         await run_async(self._plan(), await (self.queue or default_queue()).aclients())
         return self.last_id
 
-    def submit(self) -> TaskHandle[Any]:
+    def submit(self) -> TaskHandle[T]:
         """:meth:`enqueue`, returning the last step's handle."""
         return TaskHandle(self.enqueue(), queue=self.queue)
 
-    async def submit_async(self) -> TaskHandle[Any]:
+    async def submit_async(self) -> TaskHandle[T]:
         """:meth:`submit` over aiobotocore."""
         return TaskHandle(await self.enqueue_async(), queue=self.queue)
 

@@ -176,12 +176,22 @@ class Task(Generic[P, R]):
         return f"<Task {self.spec.name!r}>"
 
     @overload
-    def message(self, *args: P.args, **kwargs: P.kwargs) -> TaskMessage: ...
+    def message(
+        self: Task[P, Coroutine[Any, Any, T]], *args: P.args, **kwargs: P.kwargs
+    ) -> TaskMessage[T]: ...
+    @overload
+    def message(self: Task[P, T], *args: P.args, **kwargs: P.kwargs) -> TaskMessage[T]: ...
     @overload
     def message(
-        self: Task[Concatenate[Any, Q], R], *args: Q.args, **kwargs: Q.kwargs
-    ) -> AwaitingMessage: ...
-    def message(self, *args: Any, **kwargs: Any) -> TaskMessage | AwaitingMessage:
+        self: Task[Concatenate[Any, Q], Coroutine[Any, Any, T]],
+        *args: Q.args,
+        **kwargs: Q.kwargs,
+    ) -> AwaitingMessage[T]: ...
+    @overload
+    def message(
+        self: Task[Concatenate[Any, Q], T], *args: Q.args, **kwargs: Q.kwargs
+    ) -> AwaitingMessage[T]: ...
+    def message(self, *args: Any, **kwargs: Any) -> TaskMessage[Any] | AwaitingMessage[Any]:
         """Build the message for one run without sending it (for ``enqueue_many``).
 
         The reserved keywords ``delay_s``, ``idempotency_key`` and ``group`` are
@@ -260,12 +270,22 @@ class BoundTask(Generic[P, R]):
         self._options = options
 
     @overload
-    def message(self, *args: P.args, **kwargs: P.kwargs) -> TaskMessage: ...
+    def message(
+        self: BoundTask[P, Coroutine[Any, Any, T]], *args: P.args, **kwargs: P.kwargs
+    ) -> TaskMessage[T]: ...
+    @overload
+    def message(self: BoundTask[P, T], *args: P.args, **kwargs: P.kwargs) -> TaskMessage[T]: ...
     @overload
     def message(
-        self: BoundTask[Concatenate[Any, Q], R], *args: Q.args, **kwargs: Q.kwargs
-    ) -> AwaitingMessage: ...
-    def message(self, *args: Any, **kwargs: Any) -> TaskMessage | AwaitingMessage:
+        self: BoundTask[Concatenate[Any, Q], Coroutine[Any, Any, T]],
+        *args: Q.args,
+        **kwargs: Q.kwargs,
+    ) -> AwaitingMessage[T]: ...
+    @overload
+    def message(
+        self: BoundTask[Concatenate[Any, Q], T], *args: Q.args, **kwargs: Q.kwargs
+    ) -> AwaitingMessage[T]: ...
+    def message(self, *args: Any, **kwargs: Any) -> TaskMessage[Any] | AwaitingMessage[Any]:
         """The message for one run, with these options (a callback without the first
         argument, as :meth:`Task.message`)."""
         return task_message(self._task.spec, args, dict(kwargs), self._options)

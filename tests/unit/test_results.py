@@ -136,9 +136,16 @@ def sum_totals(results: list[dict[str, int]], currency: str = "EUR") -> int:
 
 # The contract's own examples: a callback's message leaves out its first argument.
 joined = dispatch.group([charge.message(order_id="1", amount_cents=2)]).then(sum_totals.message())
-reveal_type(sum_totals.message())  # reveal: AwaitingMessage
-reveal_type(charge.message(order_id="1", amount_cents=2).then(shout.message()))  # reveal: Chain
+reveal_type(joined.result())  # reveal: int
+reveal_type(sum_totals.message())  # reveal: AwaitingMessage[int]
+reveal_type(charge.message(order_id="1", amount_cents=2))  # reveal: TaskMessage[dict[str, int]]
+first = charge.message(order_id="1", amount_cents=2)
+chain = first.then(shout.message()).then(sum_totals.message())
+reveal_type(chain)  # reveal: Chain[int]
+reveal_type(chain.submit().result())  # reveal: int
 dispatch.enqueue_many([sum_totals.message()])  # error: list-item
+fanned = dispatch.group([shout.message(word="a")])
+late: str = fanned.then(sum_totals.message()).result()  # error: assignment
 """
 
 
@@ -180,7 +187,7 @@ def test_mypy_types_the_result_by_the_handlers_return_annotation(tmp_path: Path)
         for n, line in enumerate(lines, start=1)
         if "# error: " in line
     )
-    assert len(expected_reveals) == 9 and len(expected_errors) == 4
+    assert len(expected_reveals) == 12 and len(expected_errors) == 5
     assert revealed == expected_reveals, report
     assert errors == expected_errors, report
     assert status == 1
