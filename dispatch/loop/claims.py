@@ -176,8 +176,12 @@ class Claims:
             self._observer.skipped(Skip.DUPLICATE)
             # A success whose join may not have been made (its dispatcher died between
             # the record and the delete): the join is made again, counting nothing twice.
+            # A cancelled child can never succeed: its group's callback dies with it.
             done = record.status is Status.SUCCEEDED
-            if done and not await self._settler.joined(envelope, succeeded=True):
+            final = done or record.status is Status.CANCELLED
+            if final and not await self._settler.joined(
+                envelope, succeeded=done, reason=Status.CANCELLED.value
+            ):
                 await self._sqs.hide(delivery.receipt, JOIN_RETRY_S)
                 return
             await self._sqs.delete(delivery.receipt)

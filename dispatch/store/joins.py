@@ -230,12 +230,16 @@ class GroupState:
     def failure_error(self, reasons: dict[str, str]) -> dict[str, str]:
         """The callback's ``last_error``, naming the failed children (and their reasons)."""
         named = ", ".join(f"{child} ({reasons.get(child, 'dead')})" for child in sorted(reasons))
+        then = (
+            "a cancelled child never runs, so the group cannot complete"
+            if "cancelled" in reasons.values()
+            else "redrive them (dispatch dlq redrive) and it runs once they succeed"
+        )
         return {
             "type": "DependencyFailed",
             "message": (
                 f"group {self.group_id}: child task(s) {named} failed, so the callback "
-                f"{self.callback_id} did not run; redrive them (dispatch dlq redrive) and it "
-                "runs once they succeed"
+                f"{self.callback_id} did not run; {then}"
             ),
             "traceback": "",
         }

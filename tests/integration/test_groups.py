@@ -196,6 +196,43 @@ async def test_a_dead_child_kills_the_callback_and_a_redrive_completes_the_group
     assert calls == [["A", "B", "C"]]
 
 
+async def test_a_cancelled_child_kills_the_callback_instead_of_leaving_it_waiting(
+    aws_env: Settings, registry: Registry, queue: Queue, clients: SyncClients
+) -> None:
+    """Given a group of two whose second child is cancelled while queued, when drained,
+    then the first ran, the callback did not, and result() raises TaskFailedError
+    (dependency_failed) naming the cancelled child and saying the group cannot complete,
+    rather than waiting for ever."""
+    calls: list[list[str]] = []
+
+    @task(registry=registry)
+    def step(name: str) -> str:
+        return name.upper()
+
+    @task(registry=registry)
+    def join_names(results: list[str]) -> str:
+        calls.append(results)
+        return "".join(results)
+
+    children = [step.message(name=n) for n in ("a", "b")]
+    handle = dispatch.group(children).then(join_names.message())
+    assert dispatch.handle(children[1].task_id).status() == "queued"
+    cancelled = dispatch_cli("cancel", children[1].task_id)
+    assert cancelled.returncode == 0, cancelled.stderr
+    await _drain(aws_env, registry)
+
+    with pytest.raises(TaskFailedError) as caught:
+        handle.result(timeout_s=5)
+    assert caught.value.reason == DEPENDENCY_FAILED
+    message = caught.value.error_message or ""
+    assert f"{children[1].task_id} (cancelled)" in message
+    assert "cannot complete" in message
+    assert dispatch.handle(children[0].task_id).status() == "succeeded"
+    assert calls == []
+    for url in (aws_env.queue_url, aws_env.dlq_url):  # nothing left waiting, nothing dead
+        assert queue_counts(clients, url) == {"visible": 0, "in_flight": 0, "delayed": 0}
+
+
 async def test_a_dead_step_kills_every_later_step_of_a_chain(
     aws_env: Settings, registry: Registry, queue: Queue
 ) -> None:
