@@ -226,6 +226,10 @@ class Dispatcher:
         """Per resource: configured and effective rate, tokens, in flight vs cap, waits."""
         return self._coordinator.throttle.snapshots()
 
+    async def flush_metrics(self) -> None:
+        """Write the EMF documents now, not at the minute (nothing when metrics are off)."""
+        await self._publisher.flush_metrics()
+
     @property
     def coordination_requests(self) -> int:
         """DynamoDB requests spent on the shared throttle so far."""

@@ -10,7 +10,13 @@ into metrics, with no PutMetricData call and no extra request). Namespace
 - by ``Resource``: ``ThrottleWait`` (Seconds, summed), ``EffectiveRate``
   (Count/Second), ``InFlight`` (Count);
 - by ``Queue``: ``QueueAge`` (Seconds: the age of the oldest message received
-  since the last flush).
+  since the last flush);
+- by ``Resource`` and ``KeyRank`` (a keyed resource's busiest keys here, ``1`` to
+  :data:`KEY_RANKS`): ``KeyWaiting``, ``KeyInFlight`` (Count), with the key itself as
+  the document's ``Key`` property, not a dimension. A key as a dimension would make
+  one CloudWatch metric per tenant ever seen (thousands, each billed); ranks keep it
+  to five per resource, and the ``Key`` property still finds the tenant in Logs
+  Insights (``filter Resource = "crm-api" and KeyRank = "1" | stats count() by Key``).
 
 The deploy template's alarms read these (``DeadLettered``, ``ThrottleWait``).
 Where the documents go: stdout in Lambda (where CloudWatch picks them up); off
@@ -22,8 +28,8 @@ from __future__ import annotations
 import os
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Final
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final
 
 from aws_embedded_metrics.environment import Environment
 from aws_embedded_metrics.logger.metrics_context import MetricsContext
@@ -34,12 +40,14 @@ from aws_embedded_metrics.sinks import Sink
 if TYPE_CHECKING:
     from dispatch.throttle.limits import ThrottleSnapshot
 
-__all__ = ["NAMESPACE", "Metrics", "metrics_from_env"]
+__all__ = ["KEY_RANKS", "NAMESPACE", "Metrics", "metrics_from_env"]
 
 NAMESPACE: Final = "Dispatch"
 FLUSH_EVERY_S: Final = 60.0
 ENV_METRICS: Final = "DISPATCH_METRICS"
 _TASK_COUNTERS: Final = ("Dispatched", "Succeeded", "Retried", "DeadLettered", "Backpressure")
+KEY_RANKS: Final = 5
+"""A keyed resource's busiest keys that get a document each (bounded cardinality)."""
 
 
 class _LineSink(Sink):
@@ -111,8 +119,15 @@ class Metrics:
         logger.set_namespace(NAMESPACE)
         return logger
 
-    async def flush(self, snapshots: Iterable[ThrottleSnapshot], wait_s: dict[str, float]) -> None:
-        """Write one document per task, per resource and for the queue; reset the counts."""
+    async def flush(
+        self,
+        snapshots: Iterable[ThrottleSnapshot],
+        wait_s: dict[str, float],
+        busiest_keys: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+    ) -> None:
+        """Write one document per task, per resource, per busy key rank and for the queue;
+        reset the counts. ``busiest_keys``: per keyed resource, its key rows busiest first
+        (``{"key", "waiting", "in_flight"}``, as ``dispatch status`` shows them)."""
         for task in sorted({task for task, _ in self._counts}):
             logger = self._logger()
             logger.set_dimensions({"Task": task})
@@ -127,6 +142,15 @@ class Metrics:
                 logger.put_metric("EffectiveRate", snapshot.effective_rate_per_s, "Count/Second")
             logger.put_metric("InFlight", snapshot.in_flight, "Count")
             await logger.flush()
+        for resource, rows in sorted((busiest_keys or {}).items()):
+            busy = [row for row in rows if int(row["waiting"]) + int(row["in_flight"]) > 0]
+            for rank, row in enumerate(busy[:KEY_RANKS], start=1):
+                logger = self._logger()
+                logger.set_dimensions({"Resource": resource, "KeyRank": str(rank)})
+                logger.set_property("Key", str(row["key"]))
+                logger.put_metric("KeyWaiting", int(row["waiting"]), "Count")
+                logger.put_metric("KeyInFlight", int(row["in_flight"]), "Count")
+                await logger.flush()
         logger = self._logger()
         logger.set_dimensions({"Queue": self._queue_name})
         logger.put_metric("QueueAge", round(self._oldest_age_s, 3), "Seconds")

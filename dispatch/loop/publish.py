@@ -78,7 +78,9 @@ class Publisher:
         """Write the EMF documents now."""
         if self._metrics is None:
             return
-        await self._metrics.metrics.flush(self._snapshots(), self._metrics.take_waits())
+        await self._metrics.metrics.flush(
+            self._snapshots(), self._metrics.take_waits(), self._busiest_keys()
+        )
 
     async def publish(self) -> None:
         """Log each resource's throttle state; publish it and the per-task activity."""

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
-from dispatch import PermanentError, Resource, task
+from dispatch import KeyLimits, PermanentError, Resource, task
 from dispatch.core.config import Settings
 from dispatch.loop.dispatcher import Dispatcher
 from dispatch.loop.metrics import Metrics
@@ -58,3 +59,63 @@ async def test_a_run_emits_counts_per_task_and_resource_state_as_emf(
     assert per_resource["EffectiveRate"] == 50
     assert per_resource["InFlight"] == 0
     assert metric_values(documents, "Queue", "test-queue")["QueueAge"] >= 0
+
+
+def key_documents(documents: list[dict[str, Any]], resource: str) -> list[dict[str, Any]]:
+    """The per-key-rank documents of ``resource``, by rank."""
+    found = [d for d in documents if d.get("Resource") == resource and "KeyRank" in d]
+    for document in found:
+        (directive,) = document["_aws"]["CloudWatchMetrics"]
+        assert directive["Dimensions"] == [["Resource", "KeyRank"]]  # never the key itself
+    return sorted(found, key=lambda d: int(d["KeyRank"]))
+
+
+async def test_a_keyed_resource_reports_its_busiest_keys_by_rank_not_by_key(
+    aws_env: Settings, registry: Registry, queue: Queue
+) -> None:
+    """Given a keyed resource (one task at a time per key) with 8 tasks of key "big"
+    and one each of six other keys, all blocked in their handlers, when the metrics are
+    flushed, then one document per rank 1..5 names its key as a property (not a
+    dimension, so the metric count stays bounded), "big" first with 1 in flight and
+    others waiting, and no more than five ranks are written."""
+    api = Resource(
+        "emf-keyed", rate_per_s=100, max_concurrency=20, per_key=KeyLimits(max_concurrency=1)
+    )
+    release, all_started = asyncio.Event(), asyncio.Event()
+    started: set[str] = set()
+    others = [f"t{i}" for i in range(6)]
+
+    @task(registry=registry, resource=api, key="tenant")
+    async def sync_contact(tenant: str, n: int) -> None:
+        started.add(tenant)
+        if started == {"big", *others}:
+            all_started.set()
+        await release.wait()
+
+    queue.enqueue_many(
+        [sync_contact.message("big", n) for n in range(8)]
+        + [sync_contact.message(t, 0) for t in others]
+    )
+    lines: list[str] = []
+    async with async_clients(aws_env) as aio:
+        dispatcher = Dispatcher(
+            aws_env,
+            clients=aio,
+            registry=registry,
+            metrics=Metrics(lines.append, queue_name="test-queue"),
+        )
+        running = asyncio.ensure_future(dispatcher.run(until_empty=True))
+        await asyncio.wait_for(all_started.wait(), timeout=30)
+        await dispatcher.flush_metrics()
+        release.set()
+        await running
+        await dispatcher.runner.aclose()
+
+    ranks = key_documents([json.loads(line) for line in lines], "emf-keyed")[:5]
+    assert [d["KeyRank"] for d in ranks] == ["1", "2", "3", "4", "5"]
+    assert ranks[0]["Key"] == "big" and ranks[0]["KeyInFlight"] == 1
+    assert ranks[0]["KeyWaiting"] >= 1
+    assert {d["Key"] for d in ranks[1:]} <= set(others)
+    assert all(d["KeyInFlight"] == 1 and d["KeyWaiting"] == 0 for d in ranks[1:])
+    every = key_documents([json.loads(line) for line in lines], "emf-keyed")
+    assert len(every) == 5  # the final flush, all keys idle, writes none
