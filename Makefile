@@ -6,7 +6,7 @@ VENV := .venv
 PYTEST_WORKERS ?= 2
 BIN := $(VENV)/bin
 
-.PHONY: run test lint typecheck clean deploy-check bench bench-quick bench-throttle chaos
+.PHONY: run test lint typecheck clean deploy-check bench bench-quick bench-throttle chaos browser screens
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,23 @@ lint: $(BIN)/.installed
 typecheck: $(BIN)/.installed
 	$(BIN)/mypy
 
-test: lint typecheck
-	$(BIN)/pytest -n $(PYTEST_WORKERS)
+# The console's browser tests (tests/integration/test_console_browser.py) drive Debian's
+# headless chromium through Playwright; Playwright's own browser download is never used.
+CHROMIUM ?= /usr/bin/chromium
+
+$(CHROMIUM):
+	@if [ "$$(id -u)" = "0" ]; then \
+		apt-get update && apt-get install -y --no-install-recommends chromium; \
+	else \
+		echo "$(CHROMIUM) is missing: the console's browser tests need Debian's chromium."; \
+		echo "Install it (sudo apt-get install -y --no-install-recommends chromium), then run make test again."; \
+		exit 1; \
+	fi
+
+browser: $(CHROMIUM)
+
+test: lint typecheck browser
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup
 
 $(BIN)/.bench-installed: $(BIN)/.installed
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
@@ -46,6 +61,9 @@ bench-throttle: $(BIN)/.bench-installed  # throttle accuracy, coordination cost,
 
 chaos: $(BIN)/.installed  # 3,000 tasks under AWS faults and SIGKILLs; QUICK=1: 300, under a minute
 	$(BIN)/python -m bench.chaos $(if $(QUICK),--quick)
+
+screens: $(BIN)/.installed browser  # docs/console-*.png: the console's pages, for docs/operations.md
+	$(BIN)/python -m tests.integration.console_screens
 
 deploy-check: $(BIN)/.installed
 	$(MAKE) -C deploy check PYTHON=$(abspath $(BIN)/python)

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from dispatch.core.resource import KeyLimits, Resource
     from dispatch.core.retry import Retry
     from dispatch.loop.dispatcher import Dispatcher, DispatcherOptions, RunStats
+    from dispatch.producer.cancelling import cancel
     from dispatch.producer.compose import AwaitingMessage, Chain, Group, TaskMessage, group
     from dispatch.producer.enqueue import Queue, enqueue_many, enqueue_many_async
     from dispatch.producer.handle import TaskHandle, handle
@@ -76,6 +77,7 @@ __all__ = [
     # task state
     "Status",
     "TaskRecord",
+    "cancel",
     "status",
     # results
     "TaskHandle",
@@ -145,6 +147,7 @@ _HOME: dict[str, str] = {
     "Settings": "dispatch.core.config",
     **dict.fromkeys(["Status", "TaskRecord"], "dispatch.core.record"),
     "status": "dispatch.producer.status",
+    "cancel": "dispatch.producer.cancelling",
     **dict.fromkeys(["TaskHandle", "handle"], "dispatch.producer.handle"),
     **dict.fromkeys(
         ["AwaitingMessage", "Chain", "Group", "TaskMessage", "group"],

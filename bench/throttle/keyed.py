@@ -1,11 +1,9 @@
-"""The keyed section of the throttle benchmark: per-key limits and fairness, one dispatcher.
+"""The keyed section of the throttle benchmark: per-key limits and fairness.
 
-``python -m bench.throttle --section keyed [--quick]``. Per-key limits are each
-dispatcher's own in this release (docs/throttle.md, "Per-key limits"), so every
-run here has ONE dispatcher process (:mod:`bench.throttle.keyed_worker`); the
-issue's 2- and 4-dispatcher rows wait for cross-dispatcher key ownership.
+``python -m bench.throttle --section keyed [--quick]``. Every dispatcher is a
+process of its own (:mod:`bench.throttle.keyed_worker`).
 
-1. Noisy neighbour. The dispatcher runs; tenant A enqueues ``flood`` tasks, then
+1. Noisy neighbour. Two dispatchers run; tenant A enqueues ``flood`` tasks, then
    tenants B..K enqueue 100 each (global 100/s burst 10, per key 50/s). The same
    run without A is the baseline. A tenant's *finish* is its last start minus the
    moment its own enqueue began. Targets: each of B..K finishes within 2x its
@@ -13,18 +11,23 @@ issue's 2- and 4-dispatcher rows wait for cross-dispatcher key ownership.
    the span of B..K's starts at least 90 % of ``min(key rate, global - B..K's
    rate)``). The window is fixed: it ends :meth:`KeyedScenario.tail_s` after
    B..K's enqueue (time for A's flood at its own rate and B..K at the global one).
-   Each pair runs with ``max_in_flight`` 64 (the default) and 400 (above A's key
-   room of 200, so the fair line sees the other keys); ``--flood N`` sets A's size.
+   The pair runs with ``max_in_flight`` 64 (the default); ``--flood N`` sets A's size.
 2. Per-key accuracy. ``keys`` tenants backlogged (enqueued round robin before the
    dispatcher starts) at ``KeyLimits(rate_per_s=1, burst=1, max_concurrency=1)``
    under a global 200/s that never binds, for ``seconds``. Every key's starts are
    checked against ``1 * w + 1`` in every window, its rate (intervals between its
    starts from :data:`SETTLE_S` after go) within 5 % of 1/s, its peak concurrency
-   against its cap of 1.
+   against its cap of 1; with 1 dispatcher, and with 2 and 4 with key leases on
+   (``DispatcherOptions(key_leases=True)``).
+3. Coordination. 1,000 keys (1/s each, so the global 200/s binds) and 10 keys
+   (50/s each) backlogged, 4 dispatchers with key leases, 30 s: every DynamoDB
+   request of every dispatcher per task started, over the window and over its
+   second half before the stop (steady state), by operation.
 
 Starts are the handler's own (tenant, start, end), noted in the dispatcher
 process (:mod:`bench.throttle.keyed_tasks`); the backend's arrivals give the
-global windows. Tasks are lean (no record per task), as in the accuracy rows.
+global windows at the backend, the permits' times (noted in each dispatcher) the
+global windows as granted. Tasks are lean (no record per task).
 """
 
 from __future__ import annotations
@@ -61,18 +64,22 @@ SETTLE_S: Final = 5.0
 first receives and sorts the backlog)."""
 NEIGHBOUR_TAIL_S: Final = 15.0
 """Spare time at the end of a noisy-neighbour window (:meth:`KeyedScenario.tail_s`)."""
-NEIGHBOUR_MAX_IN_FLIGHT: Final = (64, 400)
-"""The default ``max_in_flight``, and one above every room (A's key room is 200 at 50/s)."""
+NEIGHBOUR_MAX_IN_FLIGHT: Final = (64,)
+"""The default ``max_in_flight`` (a key holds at most half of it: docs/throttle.md)."""
+NEIGHBOUR_DISPATCHERS: Final = 2
+"""The issue's noisy neighbour runs two dispatcher processes."""
+COORDINATION_SECONDS: Final = 30.0
+"""The coordination rows' window (half of it quick)."""
 NEIGHBOURS: Final = tuple("BCDEFGHIJK")
 NEIGHBOUR_TASKS: Final = 100
 _ENQUEUE_CHUNK: Final = 500
 
-Kind = Literal["neighbour", "accuracy"]
+Kind = Literal["neighbour", "accuracy", "coordination"]
 
 
 @dataclass(frozen=True, slots=True)
 class KeyedScenario:
-    """One keyed run: a resource with per-key limits, one dispatcher."""
+    """One keyed run: a resource with per-key limits, ``dispatchers`` processes."""
 
     name: str
     kind: Kind
@@ -86,6 +93,8 @@ class KeyedScenario:
     seconds: float = 0.0  # accuracy: the window
     work_ms: int = 5
     max_in_flight: int = 64
+    dispatchers: int = 1
+    key_leases: bool = False  # one owner per active key (DispatcherOptions(key_leases=True))
 
     def worker_env(self, backend_url: str) -> dict[str, str]:
         """The ``BENCH_*`` variables :mod:`bench.throttle.keyed_tasks` reads."""
@@ -101,7 +110,7 @@ class KeyedScenario:
 
     def window_s(self) -> float:
         """How long the dispatcher runs after go (the enqueue included)."""
-        if self.kind == "accuracy":
+        if self.kind != "neighbour":
             return self.seconds
         return self.flood / 1000 * 3 + self.tail_s()  # the flood's enqueue, then the tail
 
@@ -113,22 +122,33 @@ class KeyedScenario:
 
 
 def plan(*, quick: bool, flood: int | None = None) -> list[KeyedScenario]:
-    """Per ``max_in_flight`` the baseline, then the flood (A's tasks: ``flood``, by
-    default 3,000, quick 1,000); then the accuracy run."""
+    """The noisy-neighbour pair (A's tasks: ``flood``, by default 3,000, quick 1,000),
+    two dispatchers as configured by default; the per-key accuracy with 1, 2 and 4 dispatchers
+    (quick: 1 and 2); the coordination cost at 200/s over 1,000 and 10 keys, 4
+    dispatchers (quick: 2)."""
     flood = flood or (1000 if quick else 3000)
     keys, seconds = (20, 20.0) if quick else (100, 60.0)
-    neighbour = {"rate_per_s": 100, "burst": 10, "key_rate_per_s": 50, "key_burst": 5}
+    neighbour: dict[str, Any] = {
+        "rate_per_s": 100,
+        "burst": 10,
+        "key_rate_per_s": 50,
+        "key_burst": 5,
+    }
     pairs = [
         KeyedScenario(
-            f"neighbour-{what}-mif{m}", "neighbour", flood=n, max_in_flight=m, **neighbour
+            f"neighbour-{what}-mif{m}",
+            "neighbour",
+            flood=n,
+            max_in_flight=m,
+            dispatchers=NEIGHBOUR_DISPATCHERS,
+            **neighbour,
         )
         for m in NEIGHBOUR_MAX_IN_FLIGHT
         for what, n in (("baseline", 0), (f"flood-{flood}", flood))
     ]
-    return [
-        *pairs,
+    accuracy = [
         KeyedScenario(
-            f"per-key-{keys}x1",
+            f"per-key-{keys}x1-d{d}",
             "accuracy",
             rate_per_s=200,
             burst=20,
@@ -139,8 +159,40 @@ def plan(*, quick: bool, flood: int | None = None) -> list[KeyedScenario]:
             seconds=seconds,
             work_ms=200,
             max_in_flight=max(64, 2 * keys),
-        ),
+            dispatchers=d,
+            key_leases=d > 1,
+        )
+        for d in ((1, 2) if quick else (1, 2, 4))
     ]
+    return [*pairs, *accuracy, *_coordination_plan(quick=quick)]
+
+
+def _coordination_plan(*, quick: bool) -> list[KeyedScenario]:
+    """200/s over 1,000 keys and over 10, 4 dispatchers (quick: 2) with key leases."""
+    d = 2 if quick else 4
+    return [
+        KeyedScenario(
+            f"coordination-{n}keys-d{d}",
+            "coordination",
+            rate_per_s=200,
+            burst=20,
+            key_rate_per_s=key_rate,
+            key_burst=1 if key_rate < 2 else 5,
+            keys=n,
+            seconds=COORDINATION_SECONDS / (2 if quick else 1),
+            max_in_flight=200,
+            dispatchers=d,
+            key_leases=True,
+        )
+        for n, key_rate in ((1000, 1.0), (10, 50.0))
+    ]
+
+
+def _backlog_per_key(s: KeyedScenario) -> int:
+    """Tasks each key gets before the dispatchers start: more than it can start in the
+    window, whether its own rate or its share of the global one binds."""
+    share = min(s.key_rate_per_s, s.rate_per_s / s.keys)
+    return math.ceil(s.seconds * share * 1.2) + 5
 
 
 # --- running -------------------------------------------------------------------------
@@ -160,13 +212,13 @@ def run_keyed(
     workdir: Path,
     template: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """Run one scenario with one dispatcher; the raw starts and enqueue times."""
+    """Run one scenario; the raw starts and enqueue times."""
     resources, settings = fresh_resources(aws, f"bench-keyed-{index}", template=template)
     queue = Queue(settings)
     enqueued: dict[str, list[float]] = {}
     try:
-        if scenario.kind == "accuracy":
-            per_key = math.ceil(scenario.seconds * scenario.key_rate_per_s * 1.2) + 5
+        if scenario.kind != "neighbour":
+            per_key = _backlog_per_key(scenario)
             rows = [(f"k{k:03d}", n) for n in range(per_key) for k in range(scenario.keys)]
             _enqueue(queue, rows)
         with Backend.start(capacity=10_000) as backend:
@@ -175,11 +227,12 @@ def run_keyed(
             directory.mkdir(parents=True)
             window_s = scenario.window_s()
             with WorkerGroup(
-                1,
+                scenario.dispatchers,
                 env=env,
                 directory=directory,
                 max_run_s=window_s + 60,
                 max_in_flight=scenario.max_in_flight,
+                extra_args=("--key-leases",) if scenario.key_leases else (),
                 module="bench.throttle.keyed_worker",
             ) as group:
                 group.wait_ready(timeout_s=READY_TIMEOUT_S)
@@ -258,6 +311,8 @@ def figures(raw: dict[str, Any]) -> dict[str, Any]:
     arrivals = raw["arrivals"]
     stats = [w.get("stats", {}) for w in raw["workers"]]
     glob = metrics.window_bound(arrivals, rate_per_s=s.rate_per_s, burst=s.burst)
+    permits = [t for w in raw["workers"] for t in w.get("permit_times", [])]
+    granted = metrics.window_bound(permits, rate_per_s=s.rate_per_s, burst=s.burst)
     result.update(
         go_at=go_at,
         window_s=round(raw["stop_at"] - go_at, 2),
@@ -266,6 +321,8 @@ def figures(raw: dict[str, Any]) -> dict[str, Any]:
         received=sum(st.get("received", 0) for st in stats),
         global_worst_window=round(glob.worst, 2),
         global_violations=glob.violations,
+        permits_worst_window=round(granted.worst, 2),
+        permits_violations=granted.violations,
         sqs_requests={
             k[4:]: n
             for w in raw["workers"]
@@ -274,10 +331,23 @@ def figures(raw: dict[str, Any]) -> dict[str, Any]:
         },
         notes=raw["notes"],
     )
+    dynamodb = sum(
+        n for w in raw["workers"] for k, n in w.get("requests", {}).items() if "dynamodb." in k
+    )
+    result["dynamodb_requests"] = dynamodb
+    by_operation: dict[str, int] = defaultdict(int)
+    for w in raw["workers"]:
+        for k, n in w.get("requests", {}).items():
+            if "dynamodb." in k:
+                by_operation[k[9:]] += n
+    result["dynamodb_by_operation"] = dict(by_operation)
+    result["dynamodb_per_task"] = round(dynamodb / max(1, result["starts"]), 4)
     if s.kind == "neighbour":
         result.update(_neighbour(s, raw, by_key))
-    else:
+    elif s.kind == "accuracy":
         result.update(_accuracy(s, raw, by_key))
+    else:
+        result.update(_coordination(s, raw, by_key))
     return result
 
 
@@ -395,6 +465,56 @@ def _accuracy(
     }
 
 
+def _coordination(
+    s: KeyedScenario, raw: dict[str, Any], by_key: dict[str, list[tuple[float, float]]]
+) -> dict[str, Any]:
+    go_at, stop_at = raw["go_at"], raw["stop_at"]
+    settle = go_at + SETTLE_S
+    starts = sum(1 for rows in by_key.values() for a, _ in rows if settle <= a <= stop_at)
+    over = sum(_key_window(s, rows).violations for rows in by_key.values())
+    sqs = sum(n for w in raw["workers"] for k, n in w.get("requests", {}).items() if "sqs." in k)
+    total = max(1, sum(len(rows) for rows in by_key.values()))
+    half_at = go_at + s.seconds / 2
+    samples = [x["t"] for w in raw["workers"] for x in w.get("snapshots", [])]
+    last = min(stop_at, max(samples, default=stop_at))
+    later = sum(1 for rows in by_key.values() for a, _ in rows if half_at <= a <= last)
+    return {
+        "dynamodb_per_task_second_half": round(
+            _requests_since(raw["workers"], half_at, stop_at) / max(1, later), 4
+        ),
+        "keys_started": len(by_key),
+        "aggregate_rate_per_s": round(starts / (stop_at - settle), 2),
+        "key_window_violations": over,
+        "peak_key_concurrency": max((_peak_concurrency(r) for r in by_key.values()), default=0),
+        "sqs_per_task": round(sqs / total, 3),
+        "verdict": {"dynamodb_per_task_le_0.1": _dynamodb_per_task(raw, total) <= 0.1},
+    }
+
+
+def _requests_since(workers: Sequence[dict[str, Any]], since: float, until: float) -> int:
+    """DynamoDB requests of every dispatcher from ``since`` to its last sample before
+    ``until`` (the stop: what a stopping dispatcher gives back is not steady state)."""
+    total = 0
+    for w in workers:
+        samples = [
+            (x["t"], x["dynamodb_requests"])
+            for x in w.get("snapshots", [])
+            if x.get("dynamodb_requests") is not None and x["t"] <= until
+        ]
+        before = [n for t, n in samples if t <= since]
+        if samples:
+            total += samples[-1][1] - (before[-1] if before else 0)
+    return total
+
+
+def _dynamodb_per_task(raw: dict[str, Any], starts: int) -> float:
+    """DynamoDB requests of every dispatcher per task started."""
+    dynamodb: int = sum(
+        n for w in raw["workers"] for k, n in w.get("requests", {}).items() if "dynamodb." in k
+    )
+    return dynamodb / max(1, starts)
+
+
 def compare(baseline: dict[str, Any], flood: dict[str, Any]) -> dict[str, Any]:
     """The noisy-neighbour verdicts: B..K with A's flood against B..K alone."""
     rows = []
@@ -427,9 +547,9 @@ def compare(baseline: dict[str, Any], flood: dict[str, Any]) -> dict[str, Any]:
 def markdown(results: Sequence[dict[str, Any]], comparisons: Sequence[dict[str, Any]]) -> list[str]:
     """The keyed tables (markdown lines)."""
     lines = [
-        "## Keyed: per-key limits and fairness (one dispatcher)",
+        "## Keyed: per-key limits and fairness",
         "",
-        "Per-key limits are each dispatcher's own in this release: one dispatcher process. "
+        "Every dispatcher a process of its own. "
         "Lean tasks (no record per task); starts as the handler noted them.",
         "",
     ]
@@ -442,6 +562,7 @@ def markdown(results: Sequence[dict[str, Any]], comparisons: Sequence[dict[str, 
             by_name[comparison["baseline"]], by_name[comparison["flood"]], comparison
         )
     lines += _accuracy_lines(results)
+    lines += _coordination_lines(results)
     return lines
 
 
@@ -452,7 +573,7 @@ def _neighbour_lines(
         f"### Noisy neighbour: A floods {flood['flood']:,}, then B..K 100 each "
         f"(global {flood['rate_per_s']:g}/s burst {flood['burst']}, per key "
         f"{flood['key_rate_per_s']:g}/s burst {flood['key_burst']}, "
-        f"max_in_flight {flood['max_in_flight']})",
+        f"max_in_flight {flood['max_in_flight']}, {flood['dispatchers']} dispatchers)",
         "",
         "Finish = a tenant's last start minus the moment its own enqueue began. "
         f"Target: with A's flood within {FINISH_RATIO_TARGET:g}x of B..K alone.",
@@ -493,6 +614,37 @@ def _neighbour_lines(
     return lines
 
 
+def _coordination_lines(results: Sequence[dict[str, Any]]) -> list[str]:
+    rows = [r for r in results if r["kind"] == "keyed-coordination" and not r.get("error")]
+    if not rows:
+        return []
+    lines = [
+        "### Coordination: DynamoDB requests per task with key leases",
+        "",
+        "Every DynamoDB request of every dispatcher (shared bucket, key leases and "
+        "heartbeats, published status) over every task started, the leases given back "
+        "at the stop included; in brackets, the second half of the window up to the "
+        "stop (steady state: the keys are active). Backlogged keys, lean tasks. "
+        "Target: at most 0.1 at 200/s over 1,000 keys with 4 dispatchers.",
+        "",
+        "| keys | key limit | dispatchers | all keys /s | DynamoDB per task (second half) "
+        "| SQS per task | keys started | key windows over | peak per key |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['keys']} | {r['key_rate_per_s']:g}/s burst {r['key_burst']} "
+            f"| {r['dispatchers']} | {r['aggregate_rate_per_s']} | {r['dynamodb_per_task']} "
+            f"({r['dynamodb_per_task_second_half']}) "
+            f"| {r['sqs_per_task']} | {r['keys_started']} | {r['key_window_violations']} "
+            f"| {r['peak_key_concurrency']} |"
+        )
+    for r in rows:
+        ops = ", ".join(f"{k} {n}" for k, n in sorted(r.get("dynamodb_by_operation", {}).items()))
+        lines.append(f"\n{r['keys']} keys: DynamoDB requests by operation: {ops}.")
+    return [*lines, ""]
+
+
 def _accuracy_lines(results: Sequence[dict[str, Any]]) -> list[str]:
     lines: list[str] = []
     for r in results:
@@ -502,7 +654,8 @@ def _accuracy_lines(results: Sequence[dict[str, Any]]) -> list[str]:
         lines += [
             f"### Per-key accuracy: {r['keys']} keys backlogged at "
             f"{r['key_rate_per_s']:g}/s (burst {r['key_burst']}, cap "
-            f"{r['key_max_concurrency']}), {r['seconds']:g} s",
+            f"{r['key_max_concurrency']}), {r['seconds']:g} s, {r['dispatchers']} "
+            f"dispatcher(s){', key leases' if r['key_leases'] else ''}",
             "",
             f"Rate per key from {SETTLE_S:g} s after go (intervals between its starts); every "
             "window of every key against `rate * w + burst`; peak per key against its cap.",
@@ -576,7 +729,8 @@ def chart(results: Sequence[dict[str, Any]]) -> bytes:
         what = f"A floods {r['flood']:,} first" if r["flood"] else "baseline: B..K alone"
         ax.set_title(
             f"{what}; B..K enqueue 100 each at {arrived:.1f} s (dotted); global "
-            f"{r['rate_per_s']:g}/s, per key {r['key_rate_per_s']:g}/s, one dispatcher, "
+            f"{r['rate_per_s']:g}/s, per key {r['key_rate_per_s']:g}/s, "
+            f"{r['dispatchers']} dispatcher(s), "
             f"max_in_flight {r['max_in_flight']}",
             fontsize=10,
         )

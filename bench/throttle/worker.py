@@ -64,6 +64,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--until-empty", action="store_true", help="drain the queue and return (a backlog run)"
     )
+    parser.add_argument(
+        "--key-leases", action="store_true", help="one owner per active key (DispatcherOptions)"
+    )
     args = parser.parse_args(argv)
     configure_logging(level=os.environ.get("BENCH_LOG_LEVEL", "WARNING"), json=True)
     permit_times: list[float] = []
@@ -136,7 +139,9 @@ async def _run(args: argparse.Namespace, permit_times: list[float]) -> dict[str,
                 settings,
                 clients=clients,
                 registry=default_registry,
-                options=DispatcherOptions(max_in_flight=args.max_in_flight),
+                options=DispatcherOptions(
+                    max_in_flight=args.max_in_flight, key_leases=args.key_leases
+                ),
             )
             try:
                 await dispatcher.check()
@@ -147,7 +152,11 @@ async def _run(args: argparse.Namespace, permit_times: list[float]) -> dict[str,
                 counter.reset()
                 result.update(
                     await _run_dispatcher(
-                        dispatcher, stop, max_run_s=args.max_run_s, until_empty=args.until_empty
+                        dispatcher,
+                        stop,
+                        max_run_s=args.max_run_s,
+                        until_empty=args.until_empty,
+                        counter=counter,
                     )
                 )
                 result["requests"] = {f"{s}.{a}": n for (s, a), n in counter.snapshot().items()}
@@ -161,7 +170,12 @@ async def _run(args: argparse.Namespace, permit_times: list[float]) -> dict[str,
 
 
 async def _run_dispatcher(
-    dispatcher: Dispatcher, stop: asyncio.Event, *, max_run_s: float, until_empty: bool
+    dispatcher: Dispatcher,
+    stop: asyncio.Event,
+    *,
+    max_run_s: float,
+    until_empty: bool,
+    counter: RequestCounter | None = None,
 ) -> dict[str, Any]:
     """Run the loop until stopped (or, ``until_empty``, drained); sample the throttle meanwhile."""
     snapshots: list[dict[str, Any]] = []
@@ -184,6 +198,7 @@ async def _run_dispatcher(
                         "in_flight": snap.in_flight,
                         "started": snap.started,
                         "backpressure_signals": snap.backpressure_signals,
+                        "dynamodb_requests": counter.total("dynamodb") if counter else None,
                     }
                 )
             await asyncio.sleep(SNAPSHOT_EVERY_S)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import getpass
 import os
 import re
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
@@ -12,6 +14,16 @@ from dispatch.core.errors import ConfigurationError
 
 TABLE_NAME = re.compile(r"[A-Za-z0-9_.-]{3,255}")
 """What DynamoDB accepts as a table name."""
+
+
+def current_user() -> str:
+    """``user@host``: who an operator's action (a pause, a cancel) is recorded as made by,
+    unless told."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
 
 
 def queue_name(queue_url: str) -> str:

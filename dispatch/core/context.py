@@ -1,13 +1,16 @@
 """The running task's context, readable from inside a handler.
 
 ``dispatch.current_task()`` tells a handler which task and attempt it is
-running, the way Celery's ``self.request`` does, without a ``bind=True``.
+running, the way Celery's ``self.request`` does, without a ``bind=True``, and
+whether an operator asked to cancel it (``cancel_requested``, set by the
+dispatcher that runs it when ``dispatch cancel`` reaches it).
 """
 
 from __future__ import annotations
 
+import threading
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = ["BatchContext", "TaskContext", "current_task"]
 
@@ -21,11 +24,25 @@ class TaskContext:
     attempt: int
     max_attempts: int
     enqueued_at: float
+    cancel_signal: threading.Event = field(
+        default_factory=threading.Event, compare=False, repr=False, kw_only=True
+    )
 
     @property
     def is_last_attempt(self) -> bool:
         """True when a failure now dead-letters the task."""
         return self.attempt >= self.max_attempts
+
+    @property
+    def cancel_requested(self) -> bool:
+        """True once ``dispatch cancel`` reached the dispatcher running this attempt.
+
+        A sync handler checks it between steps and returns (or raises) early; what
+        it returns then is not kept: the task ends ``cancelled`` whatever it does.
+        Always False in a handler run by a Lambda invoke worker (the request is not
+        sent to the remote worker; its outcome is still recorded ``cancelled``).
+        """
+        return self.cancel_signal.is_set()
 
 
 @dataclass(frozen=True, slots=True)

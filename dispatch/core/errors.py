@@ -24,7 +24,7 @@
     ├── TaskTimeoutError            a handler ran past its timeout_s (retryable)
     └── ResultWaitError             waiting for a result (``TaskHandle.result``) ended without one
         ├── TaskFailedError         the task is dead: reason, error type, message, attempts
-        ├── TaskCancelledError      the task was cancelled before it ran
+        ├── TaskCancelledError      the task was cancelled (before or while it ran)
         └── ResultTimeoutError      the task did not finish within timeout_s
 
 Exceptions carry data (task id, task name, AWS error code) as attributes, so a
@@ -297,7 +297,7 @@ class TaskFailedError(ResultWaitError):
 
 
 class TaskCancelledError(ResultWaitError):
-    """The task was cancelled (``dispatch cancel``) before it ran: it has no result."""
+    """The task was cancelled (``dispatch cancel``), before or while it ran: it has no result."""
 
     def __init__(self, *, task_id: str, task: str) -> None:
         super().__init__(

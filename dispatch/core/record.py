@@ -100,6 +100,13 @@ class TaskRecord:
     result: Any = None
     pending_send: bool = False
     claim_token: str | None = None
+    cancel_requested_by: str | None = None  # ``dispatch cancel`` of a running task: who
+    cancel_requested_at: float | None = None  # and when (the record's ``cancel_requested``)
+
+    @property
+    def cancel_requested(self) -> bool:
+        """True when a cancel of this task was requested while it ran."""
+        return self.cancel_requested_at is not None
 
     @classmethod
     def from_item(cls, item: Mapping[str, Any]) -> TaskRecord:
@@ -112,6 +119,8 @@ class TaskRecord:
 
         error = data.get("last_error")
         result = data.get("result")
+        request = data.get("cancel_requested")
+        request = request if isinstance(request, dict) else {}
         return cls(
             task_id=str(data.get("task_id", str(data[c.TABLE_HASH_KEY])[len(c.TASK_KEY_PREFIX) :])),
             task=str(data.get("task", "")),
@@ -132,6 +141,8 @@ class TaskRecord:
             result=json.loads(result) if isinstance(result, str) else None,
             pending_send=bool(data.get("pending_send", False)),
             claim_token=data.get("claim_token"),
+            cancel_requested_by=str(request["by"]) if "by" in request else None,
+            cancel_requested_at=float(request["at"]) if "at" in request else None,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -162,6 +173,11 @@ class TaskRecord:
             out["last_error"] = self.last_error.to_dict()
         if self.result is not None:
             out["result"] = self.result
+        if self.cancel_requested_at is not None:
+            out["cancel_requested"] = {
+                "by": self.cancel_requested_by or "",
+                "at": iso(self.cancel_requested_at),
+            }
         return out
 
 

@@ -80,8 +80,9 @@ NEXT_STEPS = (
     ),
     (
         "dispatch dev",
-        "the example app on a local AWS with a running dispatcher: enqueue "
-        "from another terminal and watch each task's outcome",
+        "the example app on a local AWS with a running dispatcher and the web "
+        "console (http://127.0.0.1:8321/): enqueue from another terminal and watch "
+        "each task's outcome",
     ),
     ("docs/local.md", "the demo and dispatch dev explained"),
     ("docs/operations.md", "the CLI in production: status, top, the dead-letter queue"),
@@ -151,9 +152,17 @@ def _resource_env(settings: Settings) -> dict[str, str]:
 
 
 def _next_steps(console: Console) -> None:
+    from dispatch.local.dev import CONSOLE_COMMAND
+
     console.print("\n[bold]Next steps[/]")
     for what, why in NEXT_STEPS:
         console.print(f"  [cyan]{what}[/]: {why}", highlight=False)
+    console.print(
+        "\nThis run's local AWS stopped with it. To open the web console on the demo's data: "
+        f"[cyan]dispatch demo --keep[/], paste the export lines it prints into another "
+        f"terminal, then [cyan]{CONSOLE_COMMAND}[/] and open http://127.0.0.1:8321/",
+        highlight=False,
+    )
 
 
 def _keep_running(console: Console, env: dict[str, str], wait: Callable[[], None] | None) -> None:

@@ -74,6 +74,8 @@ __all__ = [
 DEFAULT_TASKS: Final = "dispatch.local.example.app"
 SHUTDOWN_GRACE_S: Final = 10.0
 """On stop, running invocations get this long to stop receiving, settle and release."""
+CONSOLE_COMMAND: Final = "dispatch ui"
+"""The web console (``dispatch.ops.cli_ui``), printed with the export lines."""
 MODES: Final = ("scheduled", "responsive", "service")
 """The template's ``DispatchMode`` values (deploy/template.yaml)."""
 
@@ -128,16 +130,16 @@ def run_dev(
     console: Console | None = None,
     stop: threading.Event | None = None,
     on_ready: Callable[[DevEnvironment], None] | None = None,
+    console_served: bool = False,
 ) -> DevSummary:
     """Boot the local topology and run it until Ctrl-C or ``stop``; see the module doc.
 
     ``tasks`` names the task modules (default ``$DISPATCH_TASKS``, else the
     example app); ``schedule`` is an EventBridge ``rate()``/``cron()``
     expression (default: the template's ``DispatchSchedule``); the first tick
-    fires at once. ``mode`` is the template's ``DispatchMode``: ``service`` runs the
-    dispatcher in this process, as ``lambda_mode=False`` does. ``on_ready`` is called
-    with the environment once it serves.
-    """
+    fires at once. ``mode`` is the template's ``DispatchMode`` (``service``: the
+    dispatcher in this process, as ``lambda_mode=False``). ``on_ready`` gets the
+    environment once it serves; ``console_served``: the caller serves the console."""
     if mode not in MODES:
         raise ValueError(f"mode {mode!r} is not one of {', '.join(MODES)}")
     console = console or Console()
@@ -148,8 +150,11 @@ def run_dev(
     with LocalAWS.start() as aws, contextlib.ExitStack() as extras:
         env = {**_provision(aws, prefix=prefix), c.ENV_TASKS: ",".join(modules)}
         env.update(_example_backend(modules, extras, console))
+        suggest_ui = not console_served
         if not lambda_mode or mode == "service":
-            _serve_in_process(env, registry, console=console, stop=stop, on_ready=on_ready)
+            _serve_in_process(
+                env, registry, console=console, stop=stop, on_ready=on_ready, suggest_ui=suggest_ui
+            )
             return DevSummary()
         topology = Topology(
             prefix=prefix,
@@ -161,7 +166,13 @@ def run_dev(
             lease_cap=lease_cap,
         )
         return _run_lambda_topology(
-            env, topology, registry=registry, console=console, stop=stop, on_ready=on_ready
+            env,
+            topology,
+            registry=registry,
+            console=console,
+            stop=stop,
+            on_ready=on_ready,
+            suggest_ui=suggest_ui,
         )
 
 
@@ -188,10 +199,11 @@ def _serve_in_process(
     console: Console,
     stop: threading.Event,
     on_ready: Callable[[DevEnvironment], None] | None,
+    suggest_ui: bool = True,
 ) -> None:
     """Run the dispatcher loop and the in-process workers here until stopped."""
     with environment(env):
-        print_exports(console, env)
+        print_exports(console, env, suggest_ui=suggest_ui)
         if on_ready is not None:
             on_ready(DevEnvironment(env, None, None, None))
         console.print("dispatcher and in-process workers running; Ctrl-C stops")
@@ -275,6 +287,7 @@ def _run_lambda_topology(
     console: Console,
     stop: threading.Event,
     on_ready: Callable[[DevEnvironment], None] | None,
+    suggest_ui: bool = True,
 ) -> DevSummary:
     """Serve both functions on a local Invoke endpoint and send the dispatcher its
     scheduled events until stopped; then let running invocations settle."""
@@ -285,7 +298,10 @@ def _run_lambda_topology(
         with environment(served.env):
             exports = (c.ENV_WAKE_FUNCTION, ENV_LAMBDA_ENDPOINT_URL)
             print_exports(
-                console, served.env, extra=exports if topology.mode == "responsive" else ()
+                console,
+                served.env,
+                extra=exports if topology.mode == "responsive" else (),
+                suggest_ui=suggest_ui,
             )
             console.print(
                 f"Lambda Invoke endpoint on {endpoint.endpoint_url}: {topology.dispatcher_name} "
@@ -458,8 +474,10 @@ def print_exports(
     *,
     heading: str = "to enqueue and look",
     extra: Sequence[str] = (),
+    suggest_ui: bool = True,
 ) -> None:
-    """The ``cd`` and ``export`` lines that point another terminal at this local AWS."""
+    """The ``cd`` and ``export`` lines that point another terminal at this local AWS
+    (and, unless ``suggest_ui`` is off, the ``dispatch ui`` line that opens the console)."""
     console.print(f"In another terminal, {heading}:")
     # The task modules import from this folder (as with `python -m`): the other
     # terminal's commands must run from it too.
@@ -476,3 +494,11 @@ def print_exports(
         *extra,
     ):
         console.print(f"  export {name}={env[name]}", highlight=False, soft_wrap=True)
+    if not suggest_ui:
+        return
+    console.print(
+        f"  {CONSOLE_COMMAND}   # the web console on this local AWS: http://127.0.0.1:8321/ "
+        "(--allow-actions to pause, redrive, purge from the page)",
+        highlight=False,
+        soft_wrap=True,
+    )

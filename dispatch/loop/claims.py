@@ -4,7 +4,10 @@ A claim is a conditional write on the task's record that starts an attempt for
 one delivery (a lean task, id ``lean-...``, has no record: its attempt is the
 message's receive count). A claim refused is acted on here: a finished task's
 delivery is deleted, a dead one's dead-lettered from its record if this message
-never got its copy, a task running elsewhere hidden until its lease runs out.
+never got its copy, a task running elsewhere hidden until its lease runs out. A
+claim whose record carries a cancel request (``dispatch cancel`` reached a running
+attempt whose dispatcher then stopped or died) settles the task ``cancelled``
+instead of running it.
 Every attempt claimed is then either settled or given back, exactly once.
 """
 
@@ -89,6 +92,10 @@ class Claims:
                 require_record=outlived_its_record(envelope, now),
             )
         )
+        if claim.status is ClaimStatus.CLAIMED and claim.record.cancel_requested:
+            bound.info("task_cancel_found_at_claim")
+            await self._settler.cancel(delivery, envelope, bound)
+            return None
         if claim.status is ClaimStatus.CLAIMED:
             self._claimed[delivery.receipt] = (
                 envelope.id,
@@ -155,7 +162,7 @@ class Claims:
             ),
         )
         await self._transitions.rejected(
-            envelope.id, envelope.task, now=now, reason=Reason.RECORD_EXPIRED.value
+            envelope.id, envelope.task, now=now, reason=Reason.RECORD_EXPIRED.value, error=error
         )
         await self._settler.dead_letter_task(
             delivery,

@@ -26,6 +26,7 @@ from dispatch.loop.gate import ThrottleGate
 from dispatch.loop.groups import GroupLines
 from dispatch.loop.holding import Holding
 from dispatch.loop.join import Joiner
+from dispatch.loop.key_owners import KeyOwners
 from dispatch.loop.metrics import Metrics, metrics_from_env
 from dispatch.loop.observe import ActivityObserver, MetricsObserver, Observers, StatsObserver
 from dispatch.loop.options import DispatcherOptions, RunStats
@@ -38,6 +39,7 @@ from dispatch.loop.settle import Settler
 from dispatch.loop.sqs import SqsBatchers
 from dispatch.loop.transitions import RecordTransitions
 from dispatch.store.aws import AsyncClients, aws_errors
+from dispatch.store.key_leases import KeyLeaseStore
 from dispatch.tasks.registry import Registry, default_registry
 from dispatch.throttle.limits import ThrottleSnapshot
 from dispatch.throttle.shared import Coordinator
@@ -139,7 +141,14 @@ class Dispatcher:
             stopping=self._stopping,
             clock=clock,
             shared_with_others=self._coordinator.shared_with_others,
+            max_in_flight=options.max_in_flight,
         )
+        if options.key_leases:
+            store = KeyLeaseStore(
+                self._clients.dynamodb, table=settings.table, owner=self._coordinator.owner
+            )
+            gate.key_owners = KeyOwners(store, busy=gate.busy, ttl_s=options.key_lease_ttl_s)
+        self.pauses = PauseWatch.of_queue(self._clients.dynamodb, settings, options.pause_refresh_s)
         settler = Settler(
             transitions=self._transitions,
             sqs=self._sqs,
@@ -147,6 +156,7 @@ class Dispatcher:
             queue_url=settings.queue_url,
             clock=clock,
             joiner=self.joiner,
+            cancels=self.pauses.cancels,  # cancel requests ride on the pauses' read
         )
         claims = Claims(
             transitions=self._transitions,
@@ -154,12 +164,6 @@ class Dispatcher:
             settler=settler,
             observer=observers,
             clock=clock,
-        )
-        self.pauses = PauseWatch(
-            self._clients.dynamodb,
-            table=settings.table,
-            queue_url=settings.queue_url,
-            every_s=options.pause_refresh_s,
         )
         self._pipeline = Pipeline(
             pauses=self.pauses,

@@ -11,14 +11,17 @@ per round, whatever its backlog. When the global throttle refuses, the key at th
 front keeps its place: it is first when the next token comes.
 
 The waiting room is shared fairly too: a key may hold at most what its own limits
-can start within the horizon, and once the resource's room is full a key may still
-wait up to its equal share of the room. What is beyond is deferred as backlog,
+can start within the horizon, and at most half the dispatcher's ``max_in_flight``;
+once the resource's room is full a key may still wait up to its equal share of the
+room. What is beyond is deferred as backlog,
 hidden until the key's own turn (a per-key forecast at the key's rate), so one
 key's flood never fills the room other keys need. Waiting is never failing: a
 waiter that gets no start within two horizons is deferred, its attempt given back.
 
 The key's state is per dispatcher: several dispatchers sharing a keyed resource
-each apply the per-key limits on their own (docs/throttle.md, "Per-key limits").
+each apply the per-key limits on their own (docs/throttle.md, "Per-key limits"),
+unless key leases make one of them the owner of each active key
+(:mod:`dispatch.loop.key_owners`); then a key whose lease lapsed here skips its turns.
 """
 
 from __future__ import annotations
@@ -48,6 +51,13 @@ WAIT_ROOM_FILL: Final = 0.8
 """As the gate's room: a key's room holds what it can start within 80 % of the horizon."""
 ASSUMED_HOLD_S: Final = 1.0
 """A key limited by a cap alone is assumed to start one task per slot per second."""
+ELSEWHERE_PACE: Final = 2.0
+"""A key owned by another dispatcher: messages of it received here come back at this
+many times its rate (each reaches its owner with one chance in the dispatchers)."""
+KEY_SHARE_OF_IN_FLIGHT: Final = 0.5
+"""The most of a dispatcher's ``max_in_flight`` one key's waiters may take: the rest
+stays for the other keys (and resources), whose messages a flood would otherwise
+leave unreceived behind its own."""
 
 
 class KeyedLine:
@@ -60,11 +70,15 @@ class KeyedLine:
         *,
         horizon_s: float,
         stopping: asyncio.Event,
+        max_in_flight: int | None = None,
+        owned: Callable[[str], bool] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._owned = owned  # with key owners on: whether a key may start here now
         self._throttle = throttle
         self.keys = KeyLimiter(limits, clock=clock)
         self._horizon_s = horizon_s
+        self._max_in_flight = max_in_flight
         self._stopping = stopping
         self._clock = clock
         self._lines: dict[str, deque[asyncio.Future[Permit | float]]] = {}
@@ -95,13 +109,27 @@ class KeyedLine:
 
     def key_room(self) -> int:
         """How many messages one key may hold here: what its own limits start within
-        most of the horizon (at least one)."""
+        most of the horizon, and at most :data:`KEY_SHARE_OF_IN_FLIGHT` of the
+        dispatcher's ``max_in_flight`` (at least one), so a flooding key never takes
+        every place the dispatcher has and other keys' messages are still received."""
         limits = self.keys.limits
         horizon_s = self._horizon_s * WAIT_ROOM_FILL
         cap = limits.max_concurrency or 0
         if limits.rate_per_s is None:
-            return max(1, math.floor(cap / ASSUMED_HOLD_S * horizon_s) + cap)
-        return max(1, math.floor(limits.rate_per_s * horizon_s) + cap)
+            own = math.floor(cap / ASSUMED_HOLD_S * horizon_s) + cap
+        else:
+            own = math.floor(limits.rate_per_s * horizon_s) + cap
+        if self._max_in_flight is not None:
+            own = min(own, math.floor(self._max_in_flight * KEY_SHARE_OF_IN_FLIGHT))
+        return max(1, own)
+
+    def room(self, resource_room: int) -> int:
+        """The resource's waiting room for keyed messages: ``resource_room``, and never
+        more than ``max_in_flight`` (beyond it, the equal shares of :meth:`may_wait`
+        would be shares of places the dispatcher does not have)."""
+        if self._max_in_flight is None:
+            return resource_room
+        return max(1, min(resource_room, self._max_in_flight))
 
     def may_wait(self, key: str, *, room: int, in_room: int) -> bool:
         """Whether a message of ``key`` may join the room (else it is backlog): its key
@@ -115,14 +143,19 @@ class KeyedLine:
         keys = len(self.waiting) + (0 if mine else 1)
         return mine < max(1, room // keys)
 
-    def backlog_turn_s(self, key: str) -> float:
+    def backlog_turn_s(self, key: str, *, elsewhere: bool = False, shared: bool = False) -> float:
         """Seconds to hide a message of ``key`` deferred as backlog: after the key's
         room has half drained and every message of the key deferred before it, at
         the rate the limits allow the key (its own, or the resource's when lower; a
         cap alone counts one start per slot per second). Not its share among the
         keys waiting now: as for the gate's turn, a message back early is only
         deferred again, where a share measured while others competed would hide it
-        long after they are gone."""
+        long after they are gone.
+
+        With key leases, only some of what comes back reaches the key's owner, so the
+        messages come back at :data:`ELSEWHERE_PACE` times the key's rate: ``shared``
+        (the key is owned here, other dispatchers receive too) after the same lead,
+        ``elsewhere`` (owned by another dispatcher) from now."""
         limits = self.keys.limits
         rate = limits.rate_per_s or (limits.max_concurrency or 1) / ASSUMED_HOLD_S
         resource_rate = self._throttle.limit_rate_per_s()
@@ -131,8 +164,9 @@ class KeyedLine:
         now = self._clock()
         if len(self._due) > 2 * max(1, len(self.waiting)) + 64:
             self._due = {k: due for k, due in self._due.items() if due > now}
-        start = max(now + self.key_room() / 2 / rate, self._due.get(key, -math.inf))
-        due = start + 1.0 / rate
+        lead_s = 0.0 if elsewhere else self.key_room() / 2 / rate
+        start = max(now + lead_s, self._due.get(key, -math.inf))
+        due = start + 1.0 / rate / (ELSEWHERE_PACE if elsewhere or shared else 1.0)
         self._due[key] = due
         return due - now
 
@@ -226,6 +260,8 @@ class KeyedLine:
                 del self._lines[key]
                 continue
             key_wait_s = self.keys.wait_s(key)
+            if self._owned is not None and not self._owned(key):
+                key_wait_s = POLL_S  # its lease lapsed here: fail closed
             if key_wait_s > 0.0:  # saturated: skipped, never in the others' way
                 pause_s = min(pause_s, key_wait_s)
                 self._ring.rotate(-1)
@@ -262,6 +298,6 @@ class KeyedLine:
                 resource=name,
                 detail="another dispatcher shares this resource: its global limits are "
                 "shared, but each dispatcher applies the per-key limits on its own, so a "
-                "key may get up to N times its limits with N dispatchers "
-                "(docs/throttle.md, 'Per-key limits')",
+                "key may get up to N times its limits with N dispatchers, unless "
+                "DispatcherOptions(key_leases=True) (docs/throttle.md, 'Per-key limits')",
             )

@@ -38,6 +38,7 @@ from dispatch.core.delivery import Delivery
 from dispatch.core.resource import Resource
 from dispatch.loop.deferrals import Deferrals, hide_for_s
 from dispatch.loop.fairness import KeyedLine
+from dispatch.loop.key_owners import KeyOwners
 from dispatch.loop.observe import Observer, Skip
 from dispatch.loop.sqs import SqsActions, near_redrive_limit, send_fresh_copy
 from dispatch.throttle.limits import Permit, ResourceThrottle
@@ -86,8 +87,12 @@ class ThrottleGate:
         stopping: asyncio.Event,
         clock: Callable[[], float] = time.time,
         shared_with_others: Callable[[str], bool] | None = None,
+        max_in_flight: int | None = None,
+        key_owners: KeyOwners | None = None,
     ) -> None:
         self._throttles = throttles
+        self._max_in_flight = max_in_flight
+        self.key_owners = key_owners
         self._shared_with_others = shared_with_others
         self._keyed: dict[str, KeyedLine] = {}  # per keyed resource: its fair line
         self._sqs = sqs
@@ -147,11 +152,48 @@ class ThrottleGate:
         line = self._keyed.get(name)
         if line is None:
             line = self._keyed[name] = KeyedLine(
-                throttle, per_key, horizon_s=self._horizon_s, stopping=self._stopping
+                throttle,
+                per_key,
+                horizon_s=self._horizon_s,
+                stopping=self._stopping,
+                max_in_flight=self._max_in_flight,
+                owned=self._owned_here(name),
             )
-        if self._shared_with_others is not None and self._shared_with_others(name):
+        if (
+            self.key_owners is None
+            and self._shared_with_others is not None
+            and self._shared_with_others(name)
+        ):
             line.note_shared(name)
         return line
+
+    def _owned_here(self, name: str) -> Callable[[str], bool] | None:
+        owners = self.key_owners
+        if owners is None:
+            return None
+        return lambda key: owners.owns(name, key)
+
+    def busy(self, name: str, key: str) -> bool:
+        """Whether tasks of ``key`` of keyed resource ``name`` wait or run here."""
+        line = self._keyed.get(name)
+        return line is not None and bool(line.waiting[key] or line.keys.in_flight(key))
+
+    async def elsewhere_s(self, throttle: ResourceThrottle, key: str | None) -> float | None:
+        """With key owners on (:mod:`dispatch.loop.key_owners`): seconds to hide a
+        message whose key another dispatcher owns (or whose lease could not be
+        read), None when it may run here.
+
+        Hidden as the key's backlog would be here, paced for its owner
+        (:meth:`KeyedLine.backlog_turn_s`, at least the owners' own hint): a flooding
+        key's messages that land on a non-owner come back spread out, not all at once
+        every second."""
+        if self.key_owners is None or key is None or throttle.resource.per_key is None:
+            return None
+        hide_s = await self.key_owners.hide_s(throttle.resource.name, key)
+        line = self.keyed_line(throttle)
+        if hide_s is None or line is None:
+            return hide_s
+        return max(hide_s, line.backlog_turn_s(key, elsewhere=True))
 
     def backlog_delay_s(self, throttle: ResourceThrottle, key: str | None = None) -> float | None:
         """Seconds to hide a message that finds the waiting room full (or, for a keyed
@@ -164,10 +206,16 @@ class ThrottleGate:
         room = self.wait_room(throttle.resource, start_rate_per_s)
         line = self.keyed_line(throttle) if key is not None else None
         if line is not None and key is not None:
+            room = line.room(room)
             if line.may_wait(key, room=room, in_room=self.waiting[name]):
                 return None
-            self._backlogged += 1
-            return max(line.backlog_turn_s(key), self.turn_s(throttle))
+            if self.waiting[name] >= room:
+                # Only a full room paces receives: while it has space, the next receive
+                # may bring other keys' messages (a flood of one key sits ahead of
+                # them on a queue without SQS fair queues).
+                self._backlogged += 1
+            shared = self.key_owners is not None
+            return max(line.backlog_turn_s(key, shared=shared), self.turn_s(throttle))
         if self.waiting[name] < room:
             if self.waiting[name] + 1 > room / 2:
                 # Joins a line already half a room long: for pacing receives it counts
@@ -303,6 +351,8 @@ class ThrottleGate:
             await asyncio.gather(*self._recalling.values(), return_exceptions=True)
         for name, count in (await self.deferrals.recall_all()).items():
             self._observer.recalled(name, count)
+        if self.key_owners is not None:
+            await self.key_owners.aclose()
 
     async def acquire(
         self, throttle: ResourceThrottle, key: str | None = None

@@ -41,6 +41,7 @@ class Verdict(StrEnum):
     RETRIED = "Retried"
     BACKPRESSURE = "Backpressure"
     DEAD = "DeadLettered"
+    CANCELLED = "Cancelled"
 
 
 class Skip(StrEnum):
@@ -170,6 +171,8 @@ class StatsObserver(Observer):
             stats.retried += 1
         elif event.verdict is Verdict.BACKPRESSURE:
             stats.backpressure += 1
+        elif event.verdict is Verdict.CANCELLED:
+            stats.cancelled += 1
         else:
             stats.dead += 1
             if event.reason is not None:

@@ -29,6 +29,8 @@ class DispatcherOptions:
     batch_claims: bool = True  # claims and successes in batches of conditional PartiQL UPDATEs
     linger_s: float = 0.0  # until_empty: the queue is empty only once nothing came for this long
     pause_refresh_s: float = 5.0  # how often the pauses (dispatch pause) are read again
+    key_leases: bool = False  # one owner per active key across dispatchers (docs/throttle.md)
+    key_lease_ttl_s: float = 15.0  # a key owner's heartbeat keeps its leases this long
 
     def __post_init__(self) -> None:
         if self.max_in_flight < 1:
@@ -42,6 +44,10 @@ class DispatcherOptions:
         if not 0.1 <= self.pause_refresh_s <= 60:
             raise ConfigurationError(
                 f"pause_refresh_s={self.pause_refresh_s}: must be 0.1 to 60 seconds"
+            )
+        if not 3 <= self.key_lease_ttl_s <= 300:
+            raise ConfigurationError(
+                f"key_lease_ttl_s={self.key_lease_ttl_s}: must be 3 to 300 seconds"
             )
         if not 0 <= self.linger_s <= c.MAX_LINGER_S:
             raise ConfigurationError(f"linger_s={self.linger_s}: must be 0 to {c.MAX_LINGER_S}")
@@ -62,6 +68,7 @@ class RunStats:
     retried: int = 0
     backpressure: int = 0
     dead: int = 0
+    cancelled: int = 0  # attempts that settled cancelled (dispatch cancel while running)
     rejected: int = 0
     duplicates: int = 0
     deferred: int = 0

@@ -8,6 +8,7 @@ one to the next. Micro-batch tasks leave it after admission for the
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Callable, Sequence
 
@@ -16,11 +17,12 @@ from structlog.typing import FilteringBoundLogger
 
 from dispatch.core.context import TaskContext
 from dispatch.core.delivery import Delivery
-from dispatch.core.envelope import Envelope
-from dispatch.core.outcome import Outcome, OutcomeKind
+from dispatch.core.envelope import Envelope, is_lean_task_id
+from dispatch.core.outcome import ErrorInfo, Outcome, OutcomeKind
 from dispatch.core.record import Claim
 from dispatch.core.resource import Resource
 from dispatch.loop.admission import Admitted, Postpone, admit
+from dispatch.loop.cancels import Cancels
 from dispatch.loop.claims import Claims
 from dispatch.loop.gate import ThrottleGate
 from dispatch.loop.holding import Holding
@@ -32,7 +34,7 @@ from dispatch.loop.sqs import SqsActions, hide_or_send_again
 from dispatch.store.pauses import Pause
 from dispatch.tasks.registry import Registry, TaskSpec
 from dispatch.throttle.limits import Permit
-from dispatch_workers.pool import TaskRunner
+from dispatch_workers.pool import TaskRunner, WorkerPool
 
 __all__ = ["PAUSED_HIDE_S", "PAUSED_MAX_HIDE_S", "Pipeline"]
 
@@ -41,6 +43,13 @@ log = structlog.get_logger("dispatch.loop.pipeline")
 PAUSED_HIDE_S = 10
 """A paused task's message is hidden this long the first time, twice that each time after."""
 PAUSED_MAX_HIDE_S = 60
+CANCELLED_OUTCOME = Outcome(
+    kind=OutcomeKind.NOT_RETRYABLE,
+    duration_s=0.0,
+    error=ErrorInfo(type="TaskCancelled", message="cancelled while running (dispatch cancel)"),
+)
+"""What an interrupted attempt reports; its settlement sees the request and records
+the task ``cancelled`` (never this failure)."""
 
 
 class Pipeline:
@@ -63,6 +72,7 @@ class Pipeline:
     ) -> None:
         self.registry = registry
         self.pauses = pauses
+        self.cancels: Cancels | None = settler.cancels  # what cancel requests reach
         self.runner = runner
         self.claims = claims
         self.gate = gate
@@ -135,9 +145,15 @@ class Pipeline:
         throttle = self.gate.throttle(resource)
         self.gate.arrived(resource.name, delivery.message_id)
         keyed = key is not None
-        backlog_s = self.gate.backlog_delay_s(throttle, key)
+        backlog_s = await self.gate.elsewhere_s(throttle, key)  # its key owned elsewhere
+        if backlog_s is None:
+            backlog_s = self.gate.backlog_delay_s(throttle, key)
         if backlog_s is not None:
             at_least_s = backlog_s if keyed else 0.0
+            if keyed:
+                # Its fate is known: the place it held goes to the next receive at once
+                # (not after the batched hide), which may bring other keys' messages.
+                self.holding.settling(delivery.receipt)
             await self.gate.defer(
                 delivery, throttle, bound, reason="backlog", at_least_s=at_least_s, keyed=keyed
             )
@@ -187,7 +203,7 @@ class Pipeline:
         self._observer.started(envelope.task)
         try:
             with self._observer.running(envelope.task):
-                outcome = await self.runner.run(spec, envelope.args, envelope.kwargs, context)
+                outcome = await self._attempt(spec, envelope, context)
         finally:
             if permit is not None:
                 self.gate.release(permit)
@@ -197,6 +213,24 @@ class Pipeline:
             delivery, envelope, retry=spec.retry, claim=claim, outcome=outcome, bound=bound
         )
         return outcome
+
+    async def _attempt(self, spec: TaskSpec, envelope: Envelope, context: TaskContext) -> Outcome:
+        """Run the attempt where a cancel request can reach it: an async handler in this
+        process is interrupted (its CancelledError is the cancel, not a failure); any
+        other sees ``current_task().cancel_requested`` (a sync one) or nothing (a
+        Lambda worker), and its settlement records the cancel whatever it reports."""
+        run = self.runner.run(spec, envelope.args, envelope.kwargs, context)
+        if self.cancels is None or is_lean_task_id(envelope.id):
+            return await run
+        interruptible = spec.is_async and isinstance(self.runner, WorkerPool)
+        task = asyncio.current_task() if interruptible else None
+        with self.cancels.running(envelope.id, context, task=task) as attempt:
+            try:
+                return await run
+            except asyncio.CancelledError:
+                if not attempt.absorb():
+                    raise
+                return CANCELLED_OUTCOME
 
     async def _postpone(self, delivery: Delivery, postpone: Postpone) -> None:
         """A delay longer than SQS's 15 minutes: send the message again, due later."""

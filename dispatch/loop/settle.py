@@ -6,6 +6,12 @@ tenacity's ``iter()``: decide, then drive). :class:`Settler` carries a decision
 out: the record's transition, then the message's (deleted, hidden for the
 backoff, or copied to the DLQ with the reason and deleted), then one
 :class:`~dispatch.loop.observe.Settled` event for every observer.
+
+A task whose cancel was requested while it ran (``dispatch cancel``,
+:mod:`dispatch.loop.cancels`) settles ``cancelled`` whatever its outcome: never
+retried, never dead-lettered, its message deleted. The request is known here
+from the control item, or, when it came too late to be read, from the record
+itself, which refuses the outcome's write (:func:`dispatch.store.state.cancelled_params`).
 """
 
 from __future__ import annotations
@@ -21,19 +27,22 @@ from dispatch.core.deadletter import DeadLetter, Reason
 from dispatch.core.delivery import Delivery
 from dispatch.core.envelope import Envelope, is_lean_task_id
 from dispatch.core.outcome import ErrorInfo, Outcome, OutcomeKind
-from dispatch.core.record import Claim, TaskRecord
+from dispatch.core.record import Claim, Status, TaskRecord
 from dispatch.core.retry import Retry
 from dispatch.loop.admission import Reject
+from dispatch.loop.cancels import Cancels
 from dispatch.loop.join import JOIN_RETRY_S, Joiner
 from dispatch.loop.observe import Observer, Settled, Skip, Verdict
 from dispatch.loop.sqs import SqsActions
 from dispatch.loop.transitions import Transitions
 
-__all__ = ["Dead", "Decision", "Done", "RetryIn", "Settler", "decide"]
+__all__ = ["CANCELLED_REASON", "Dead", "Decision", "Done", "RetryIn", "Settler", "decide"]
 
 log = structlog.get_logger("dispatch.loop.settle")
 
 _UNKNOWN_ERROR = ErrorInfo(type="Unknown", message="")
+CANCELLED_REASON = Status.CANCELLED.value
+"""What a cancelled child of a group tells the join: its callback dies ``dependency_failed``."""
 _DEAD_REASONS = {
     OutcomeKind.PERMANENT: Reason.PERMANENT_ERROR,
     OutcomeKind.NOT_RETRYABLE: Reason.NOT_RETRYABLE,
@@ -92,8 +101,10 @@ class Settler:
         queue_url: str,
         clock: Callable[[], float],
         joiner: Joiner | None = None,
+        cancels: Cancels | None = None,
     ) -> None:
         self.joiner = joiner  # groups and chains: None when the table has none to join
+        self.cancels = cancels  # cancel requests: None when nothing reads them
         self._transitions = transitions
         self._sqs = sqs
         self._observer = observer
@@ -115,11 +126,16 @@ class Settler:
         decision = decide(outcome, attempts=record.attempts, retry=retry)
         tracked = not is_lean_task_id(envelope.id)
         now = self._clock()
+        if tracked and self.cancels is not None and self.cancels.requested(envelope.id):
+            await self.cancel(delivery, envelope, bound)
+            return
         if isinstance(decision, Done):
             if tracked:
-                await self._transitions.succeeded(
+                written = await self._transitions.succeeded(
                     claim, message_id=delivery.message_id, now=now, result=outcome.result
                 )
+                if written is False and await self._refused(delivery, envelope, bound, "done"):
+                    return
             self._observer.settled(Settled(envelope.task, Verdict.SUCCEEDED))
             bound.debug("task_succeeded", duration_s=round(outcome.duration_s, 4))
             if tracked and not await self.joined(envelope, succeeded=True):
@@ -159,7 +175,7 @@ class Settler:
         error = outcome.error or _UNKNOWN_ERROR
         now = self._clock()
         if tracked:
-            await self._transitions.retrying(
+            written = await self._transitions.retrying(
                 envelope.id,
                 message_id=delivery.message_id,
                 now=now,
@@ -167,6 +183,8 @@ class Settler:
                 next_attempt_at=now + decision.delay_s,
                 refund_attempt=decision.backpressure,
             )
+            if written is False and await self._refused(delivery, envelope, bound, "retrying"):
+                return
         verdict = Verdict.BACKPRESSURE if decision.backpressure else Verdict.RETRIED
         self._observer.settled(Settled(envelope.task, verdict))
         event = "task_backpressure" if decision.backpressure else "task_retry"
@@ -187,16 +205,57 @@ class Settler:
         error = outcome.error or _UNKNOWN_ERROR
         now = self._clock()
         if tracked:
-            await self._transitions.dead(
+            written = await self._transitions.dead(
                 envelope.id,
                 message_id=delivery.message_id,
                 now=now,
                 error=error,
                 reason=reason.value,
             )
+            if written is False and await self._refused(delivery, envelope, bound, "dead"):
+                return
         await self.dead_letter_task(
             delivery, envelope, reason=reason, error=error, record=record, now=now, bound=bound
         )
+
+    async def cancel(
+        self, delivery: Delivery, envelope: Envelope, bound: FilteringBoundLogger
+    ) -> None:
+        """End the claimed attempt ``cancelled`` (a cancel was requested): never retried
+        nor dead-lettered; a group's callback dies as ``dependency_failed``."""
+        written = await self._transitions.cancelled(
+            envelope.id, message_id=delivery.message_id, now=self._clock()
+        )
+        if written is False:
+            bound.warning("settled_after_losing_claim", outcome="cancelled")
+        await self._cancelled(delivery, envelope, bound)
+
+    async def _refused(
+        self, delivery: Delivery, envelope: Envelope, bound: FilteringBoundLogger, outcome: str
+    ) -> bool:
+        """The record refused this attempt's outcome: a cancel requested after the last
+        read of the control item makes it ``cancelled`` instead (True: settled here);
+        otherwise another delivery owns the task (logged; the caller goes on)."""
+        cancelled = await self._transitions.cancelled(
+            envelope.id, message_id=delivery.message_id, now=self._clock(), requested_only=True
+        )
+        if cancelled:
+            await self._cancelled(delivery, envelope, bound)
+            return True
+        bound.warning("settled_after_losing_claim", outcome=outcome)
+        return False
+
+    async def _cancelled(
+        self, delivery: Delivery, envelope: Envelope, bound: FilteringBoundLogger
+    ) -> None:
+        self._observer.settled(Settled(envelope.task, Verdict.CANCELLED))
+        bound.info("task_cancelled")
+        if not await self.joined(envelope, reason=CANCELLED_REASON):
+            await self._sqs.hide(delivery.receipt, JOIN_RETRY_S)
+            return  # the claim finds it cancelled and joins again
+        await self._sqs.delete(delivery.receipt)
+        if self.cancels is not None:
+            await self.cancels.done(envelope.id)
 
     async def dead_letter_task(
         self,
@@ -271,8 +330,16 @@ class Settler:
         """Dead-letter a message that can never run, with the reason; never retried."""
         now = self._clock()
         task_id, task, reason = rejection.task_id, rejection.task, rejection.reason
+        error = ErrorInfo(type=type(rejection.error).__name__, message=rejection.error.reason)
         if task_id and not is_lean_task_id(task_id):
-            await self._transitions.rejected(task_id, task, now=now, reason=reason.value)
+            await self._transitions.rejected(
+                task_id, task, now=now, reason=reason.value, error=error
+            )
+        # A group's child or a chain's step that can never run kills what waits on it.
+        envelope = rejection.envelope
+        if envelope is not None and not await self.joined(envelope, reason=reason.value):
+            await self._sqs.hide(delivery.receipt, JOIN_RETRY_S)
+            return
         log.warning(
             "message_rejected",
             reason=reason.value,
@@ -285,7 +352,7 @@ class Settler:
         letter = DeadLetter.of(
             delivery,
             reason=reason,
-            error=ErrorInfo(type=type(rejection.error).__name__, message=rejection.error.reason),
+            error=error,
             source_queue=self._queue_url,
             dead_at=now,
             task_id=task_id,

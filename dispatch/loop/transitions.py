@@ -52,8 +52,9 @@ class Transitions(Protocol):
     ) -> None:
         """Undo a claim that did not run: the attempt is not spent."""
 
-    async def succeeded(self, claim: Claim, *, message_id: str, now: float, result: Any) -> None:
-        """The claimed attempt succeeded with ``result``."""
+    async def succeeded(self, claim: Claim, *, message_id: str, now: float, result: Any) -> bool:
+        """The claimed attempt succeeded with ``result``; False when the record refused it
+        (another owner, or a cancel requested while it ran)."""
 
     async def retrying(
         self,
@@ -64,16 +65,31 @@ class Transitions(Protocol):
         error: ErrorInfo,
         next_attempt_at: float,
         refund_attempt: bool,
-    ) -> None:
-        """The attempt failed; the next one is due at ``next_attempt_at``."""
+    ) -> bool:
+        """The attempt failed; the next one is due at ``next_attempt_at`` (False: refused)."""
 
     async def dead(
         self, task_id: str, *, message_id: str, now: float, error: ErrorInfo, reason: str
-    ) -> None:
-        """The task is dead with ``reason``."""
+    ) -> bool:
+        """The task is dead with ``reason`` (False: refused)."""
 
-    async def rejected(self, task_id: str, task: str | None, *, now: float, reason: str) -> None:
-        """A message that can never run names this task: dead, unless already final."""
+    async def cancelled(
+        self, task_id: str, *, message_id: str, now: float, requested_only: bool = False
+    ) -> bool:
+        """The claimed attempt is cancelled (``requested_only``: if the record asks for
+        it); False when the record refused."""
+
+    async def rejected(
+        self,
+        task_id: str,
+        task: str | None,
+        *,
+        now: float,
+        reason: str,
+        error: ErrorInfo | None = None,
+    ) -> None:
+        """A message that can never run names this task: dead (with why), unless
+        already final."""
 
     async def exhausted(
         self, task_id: str, *, now: float, max_attempts: int, error: ErrorInfo
@@ -211,7 +227,7 @@ class RecordTransitions:
             )
         )
 
-    async def succeeded(self, claim: Claim, *, message_id: str, now: float, result: Any) -> None:
+    async def succeeded(self, claim: Claim, *, message_id: str, now: float, result: Any) -> bool:
         task_id = claim.record.task_id
         if self._batching:
             answer = await self.success_batches.submit(
@@ -224,21 +240,19 @@ class RecordTransitions:
                 ).entry()
             )
             if answer.ok or _settled_already(answer, message_id):
-                return
+                return True
             if answer.code == statements.CONDITION_FAILED:
-                log.warning("settled_after_losing_claim", task_id=task_id, outcome="succeeded")
-                return
+                return False
         elif claim.item:
             item = state.succeeded_item(claim.item, now=now, result=result)
             written = await self._records.submit({"PutRequest": {"Item": item}})
             if written.ok:
-                return
+                return True
         # The batch did not go through: write this one record on its own.
         params = state.succeeded_params(
             self._table, task_id, message_id=message_id, now=now, result=result
         )
-        if not await self.store.update(params):
-            log.warning("settled_after_losing_claim", task_id=task_id, outcome="succeeded")
+        return await self.store.update(params)
 
     async def retrying(
         self,
@@ -249,8 +263,8 @@ class RecordTransitions:
         error: ErrorInfo,
         next_attempt_at: float,
         refund_attempt: bool,
-    ) -> None:
-        await self.store.update(
+    ) -> bool:
+        return await self.store.update(
             state.retrying_params(
                 self._table,
                 task_id,
@@ -264,16 +278,37 @@ class RecordTransitions:
 
     async def dead(
         self, task_id: str, *, message_id: str, now: float, error: ErrorInfo, reason: str
-    ) -> None:
-        await self.store.update(
+    ) -> bool:
+        return await self.store.update(
             state.dead_params(
                 self._table, task_id, message_id=message_id, now=now, error=error, reason=reason
             )
         )
 
-    async def rejected(self, task_id: str, task: str | None, *, now: float, reason: str) -> None:
+    async def cancelled(
+        self, task_id: str, *, message_id: str, now: float, requested_only: bool = False
+    ) -> bool:
+        return await self.store.update(
+            state.cancelled_params(
+                self._table,
+                task_id,
+                message_id=message_id,
+                now=now,
+                requested_only=requested_only,
+            )
+        )
+
+    async def rejected(
+        self,
+        task_id: str,
+        task: str | None,
+        *,
+        now: float,
+        reason: str,
+        error: ErrorInfo | None = None,
+    ) -> None:
         await self.store.update(
-            state.rejected_params(self._table, task_id, task, now=now, reason=reason)
+            state.rejected_params(self._table, task_id, task, now=now, reason=reason, error=error)
         )
 
     async def exhausted(

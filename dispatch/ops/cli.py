@@ -217,16 +217,22 @@ def run(
     if until_empty and for_s is not None:
         raise click.UsageError("--until-empty and --for are alternatives; pass one")
     settings = Settings.from_env()
-    _load_tasks(tasks, why="a dispatcher without them would dead-letter every message")
-    stats = asyncio.run(
-        _run(
-            settings,
-            until_empty=until_empty,
-            for_s=for_s,
-            max_in_flight=max_in_flight,
-            finish_within_s=finish_within_s,
+    try:
+        _load_tasks(tasks, why="a dispatcher without them would dead-letter every message")
+        stats = asyncio.run(
+            _run(
+                settings,
+                until_empty=until_empty,
+                for_s=for_s,
+                max_in_flight=max_in_flight,
+                finish_within_s=finish_within_s,
+            )
         )
-    )
+    except KeyboardInterrupt:
+        # Ctrl-C while starting, before the loop's own handler (a graceful stop) is
+        # installed: nothing was received yet, so nothing is left half-done.
+        click.echo("stopped before the loop started: nothing was received", err=True)
+        return
     click.echo(
         json.dumps(
             {
@@ -627,10 +633,28 @@ def top(interval_s: float, once: bool, as_json: bool) -> None:
     "dispatcher), service runs `dispatch run` in this process, as the container does. "
     "Default: scheduled with --lambda, else service.",
 )
+@click.option(
+    "--ui-port",
+    type=click.IntRange(0, 65_535),
+    default=8321,
+    show_default=True,
+    help="Serve the web console (dispatch ui) on 127.0.0.1 at this port; 0: a free one.",
+)
+@click.option("--no-ui", is_flag=True, help="Do not serve the web console.")
 @_errors
-def dev(lambda_mode: bool, tasks: str | None, schedule: str | None, mode: str | None) -> None:
-    """Run the embedded local AWS and a dispatcher (local workers, or --lambda) until Ctrl-C."""
-    from dispatch.local.dev import run_dev
+def dev(
+    *,
+    lambda_mode: bool,
+    tasks: str | None,
+    schedule: str | None,
+    mode: str | None,
+    ui_port: int,
+    no_ui: bool,
+) -> None:
+    """Run the embedded local AWS and a dispatcher (local workers, or --lambda) until
+    Ctrl-C, with the web console beside it."""
+    from dispatch.local.dev import DevEnvironment, run_dev
+    from dispatch.ops.cli_ui import BesideConsole
 
     if mode == "service" and lambda_mode:
         raise click.UsageError(
@@ -639,18 +663,32 @@ def dev(lambda_mode: bool, tasks: str | None, schedule: str | None, mode: str | 
         )
     if mode is None:
         mode = "scheduled" if lambda_mode else "service"
+    console = Console()
+    beside = None if no_ui else BesideConsole(port=ui_port)
+
+    def ready(dev_env: DevEnvironment) -> None:
+        if beside is not None:
+            beside.start(
+                dev_env.env, lambda line: console.print(line, highlight=False, soft_wrap=True)
+            )
+
     try:
         run_dev(
             lambda_mode=mode != "service",
             tasks=tasks,
             schedule=schedule,
             mode=mode,
-            console=Console(),
+            console=console,
+            on_ready=ready,
+            console_served=beside is not None,
         )
     except KeyboardInterrupt:
         # Ctrl-C before the dispatcher's own handler is installed (the first moment after
         # "running" is printed): the local AWS was stopped on the way out; a clean exit.
         click.echo("stopped", err=True)
+    finally:
+        if beside is not None:
+            beside.stop()
 
 
 def _task_with_group(task_id: str) -> dict[str, Any]:
@@ -685,21 +723,85 @@ def task_record(task_id: str, as_json: bool) -> None:
         click.echo(f"{key:>16}: {json.dumps(value) if isinstance(value, dict) else value}")
 
 
-@cli.command()
-@click.argument("task_id")
-@click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
+@cli.command(
+    epilog=_examples(
+        "dispatch cancel 0b7c2e...",
+        "dispatch cancel --task charge --status queued --dry-run",
+        "dispatch cancel --task charge --status running --since 10m",
+    )
+)
+@click.argument("task_id", required=False)
+@click.option("--task", "task_name", metavar="NAME", help="Bulk: only tasks of this name.")
+@click.option(
+    "--status",
+    "status_name",
+    type=click.Choice(["queued", "retrying", "running"]),
+    help="Bulk: only tasks in this status (default: all three).",
+)
+@click.option(
+    "--since",
+    metavar="WHEN",
+    help="Bulk: only those that entered the status at or after this: a duration ago (2h) "
+    "or an ISO-8601 time (queued: enqueued; retrying: last failed; running: started).",
+)
+@click.option("--dry-run", is_flag=True, help="Bulk: count what matches; cancel nothing.")
+@click.option("--by", metavar="WHO", help="Recorded as who cancelled (default: user@host).")
+@click.option("--json", "as_json", is_flag=True, help="Print the record (bulk: the counts).")
 @_errors
-def cancel(task_id: str, as_json: bool) -> None:
-    """Cancel a queued or retrying task: it will not run (its message is dropped)."""
-    from dispatch.producer.enqueue import default_queue
-    from dispatch.producer.status import cancel as cancel_task
+def cancel(
+    *,
+    task_id: str | None,
+    task_name: str | None,
+    status_name: str | None,
+    since: str | None,
+    dry_run: bool,
+    by: str | None,
+    as_json: bool,
+) -> None:
+    """Cancel a task by id, or every task a filter selects (--task, --status, --since).
 
-    queue = default_queue()
-    record = cancel_task(queue.sync_clients().dynamodb, queue.settings.table, task_id)
-    if as_json:
-        click.echo(json.dumps(record.to_dict()))
-    else:
-        click.echo(f"{task_id}: {record.status.value}")
+    A queued or retrying task is cancelled at once (its message is dropped unrun). A
+    running one is asked to stop: every dispatcher reads the request within 5 s, and
+    the one running it interrupts an async handler, raises a sync handler's
+    current_task().cancel_requested, and records the task cancelled (never retried,
+    never dead-lettered) whatever the handler then returns.
+
+    In bulk, queued tasks are not indexed, so the tasks are found by one Scan of the
+    whole table (it reads every item once: about 1 read unit per 8 KB); each is then
+    cancelled with a conditional write on the status the Scan saw. Interrupted, run it
+    again: what was cancelled no longer matches, nothing is cancelled twice, and a task
+    that left the filter meanwhile is left alone. --dry-run prints the counts first.
+    """
+    import time
+
+    from dispatch.ops.cancelling import cancel_by_filter, cancel_one
+
+    bulk = task_name is not None or status_name is not None
+    if task_id is not None and (bulk or since is not None or dry_run):
+        raise click.UsageError("give a TASK_ID or a filter (--task, --status), not both")
+    if task_id is None and not bulk:
+        raise click.UsageError("give a TASK_ID, or a filter: --task NAME and/or --status S")
+    if task_id is not None:
+        click.echo(cancel_one(task_id, by=by, as_json=as_json))
+        return
+    from dispatch.ops.listing import ListingError, parse_time
+
+    try:
+        since_at = None if since is None else parse_time(since, now=time.time(), option="--since")
+    except ListingError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from exc
+    with _progress(quiet=as_json) as progress:
+        bar = progress.add_task("scanning the table", total=None)
+        shown = cancel_by_filter(
+            task=task_name,
+            status=status_name,
+            since=since_at,
+            by=by,
+            dry_run=dry_run,
+            as_json=as_json,
+            progress=lambda n: progress.advance(bar, n),
+        )
+    click.echo(shown)
 
 
 @cli.group()
@@ -908,8 +1010,10 @@ from dispatch.ops.cli_control import (  # noqa: E402 - commands in their own mod
     resume_command,
 )
 from dispatch.ops.cli_tasks import tasks as _tasks  # noqa: E402 - a command in its own module
+from dispatch.ops.cli_ui import ui as _ui  # noqa: E402 - a command in its own module
 
 cli.add_command(_tasks)
+cli.add_command(_ui)
 for _command in (pause_command, resume_command, pauses_command):
     cli.add_command(_command)
 

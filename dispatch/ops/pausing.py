@@ -9,15 +9,13 @@ resuming what is not, changes nothing and says so.
 
 from __future__ import annotations
 
-import getpass
-import socket
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from dispatch.core.config import Settings
+from dispatch.core.config import Settings, current_user
 from dispatch.core.errors import DispatchError
 from dispatch.store.aws import translate_error
 from dispatch.store.conditional import is_condition_failure
@@ -58,15 +56,6 @@ class Change:
     def to_dict(self) -> dict[str, Any]:
         """JSON for ``--json``."""
         return {"changed": self.changed, "pause": self.pause.to_dict() if self.pause else None}
-
-
-def current_user() -> str:
-    """``user@host``: who a pause is recorded as made by, unless told."""
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = "unknown"
-    return f"{user}@{socket.gethostname()}"
 
 
 def check_name(registry: Registry, kind: Kind, name: str) -> None:

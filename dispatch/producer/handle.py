@@ -82,6 +82,15 @@ class TaskHandle(Generic[R_co]):
         """:meth:`status` over aiobotocore."""
         return (await self._read_async()).status
 
+    def cancel(self, *, by: str | None = None) -> Status:
+        """Cancel the task (:func:`dispatch.cancel`): a queued or retrying one at once
+        (``'cancelled'``); a running one is asked to stop and stays ``'running'`` until
+        its dispatcher records it cancelled, within 5 s. Safe to repeat; a finished task
+        raises DispatchError naming its state."""
+        from dispatch.producer.cancelling import cancel
+
+        return cancel(self.id, queue=self._queue, by=by).status
+
     def result(self, *, timeout_s: float | None = None) -> R_co:
         """Wait until the task finished and return its handler's result.
 

@@ -361,10 +361,45 @@ def _owned_update(
         "TableName": table,
         "Key": task_key(task_id),
         "UpdateExpression": f"SET {set_clause} REMOVE {remove}",
-        "ConditionExpression": "#s = :running AND message_id = :mid",
+        # A cancel requested while the attempt ran (dispatch.store.cancels) refuses
+        # every outcome: the settler then records the task cancelled instead.
+        "ConditionExpression": (
+            "#s = :running AND message_id = :mid AND attribute_not_exists(cancel_requested)"
+        ),
         "ExpressionAttributeNames": {"#s": "status"},
         "ExpressionAttributeValues": _values(
             running=Status.RUNNING.value, mid=message_id, **values
+        ),
+    }
+
+
+def cancelled_params(
+    table: str, task_id: str, *, message_id: str, now: float, requested_only: bool = False
+) -> dict[str, Any]:
+    """UpdateItem: the owning attempt is cancelled (``dispatch cancel`` while it ran).
+
+    ``requested_only``: only if a cancel is requested on the record (a settlement
+    refused by the request's condition writes this instead).
+    """
+    condition = "#s = :running AND message_id = :mid"
+    if requested_only:
+        condition += " AND attribute_exists(cancel_requested)"
+    return {
+        "TableName": table,
+        "Key": task_key(task_id),
+        "UpdateExpression": (
+            "SET #s = :cancelled, finished_at = :now, updated_at = :now, expires_at = :ttl, "
+            f"{c.LISTED_ATTRIBUTE} = :listed REMOVE lease_until, next_attempt_at"
+        ),
+        "ConditionExpression": condition,
+        "ExpressionAttributeNames": {"#s": "status"},
+        "ExpressionAttributeValues": _values(
+            cancelled=Status.CANCELLED.value,
+            running=Status.RUNNING.value,
+            mid=message_id,
+            now=now,
+            ttl=_ttl(now),
+            listed=listed_value(Status.CANCELLED, now),
         ),
     }
 
@@ -522,9 +557,16 @@ def dead_params(
 
 
 def rejected_params(
-    table: str, envelope_id: str, task: str | None, *, now: float, reason: str
+    table: str,
+    envelope_id: str,
+    task: str | None,
+    *,
+    now: float,
+    reason: str,
+    error: ErrorInfo | None = None,
 ) -> dict[str, Any]:
-    """UpdateItem: a message with a task id was refused before running (bad envelope).
+    """UpdateItem: a message with a task id was refused before running (bad envelope),
+    with why (``last_error``, what ``result()`` and ``dispatch task`` show).
 
     Never overwrites a final state: a malformed copy cannot undo a success.
     """
@@ -533,6 +575,7 @@ def rejected_params(
         "Key": task_key(envelope_id),
         "UpdateExpression": (
             "SET #s = :dead, task_id = :id, task = :task, dead_reason = :reason, "
+            "last_error = :error, "
             "finished_at = :now, updated_at = :now, created_at = if_not_exists(created_at, :now), "
             "attempts = if_not_exists(attempts, :zero), expires_at = :ttl, "
             f"{c.LISTED_ATTRIBUTE} = :listed"
@@ -546,6 +589,7 @@ def rejected_params(
             id=envelope_id,
             task=task or c.UNNAMED_TASK,  # a GSI key: never empty
             reason=reason,
+            error=(error or ErrorInfo(type="Rejected", message=reason)).to_dict(),
             now=now,
             zero=0,
             ttl=_ttl(now),

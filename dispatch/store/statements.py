@@ -226,6 +226,7 @@ def claim_statement(table: str, ask: ClaimAsk, *, old: Mapping[str, Any] | None)
         update.where_missing("first_failure_at")
         update.where_missing("last_error")
         update.where_missing("created_at", missing=False)
+        update.where_missing("cancel_requested")  # the claim must see a request: read it
         return update.build()
     for name in ("status", "attempts", "updated_at"):
         _expect(update, old, name)
@@ -267,6 +268,7 @@ def succeeded_statement(
         update.remove("result")
     update.where("status", "=", _s(Status.RUNNING.value))
     update.where("message_id", "=", _s(message_id))
+    update.where_missing("cancel_requested")  # cancelled instead (dispatch.store.cancels)
     return update.build()
 
 

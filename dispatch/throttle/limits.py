@@ -91,10 +91,17 @@ __all__ = [
     "DEFAULT_FLOOR_FRACTION",
     "DEFAULT_RECOVERY_S",
     "MAX_RESOURCE_NAME_LENGTH",
+    "START_JITTER_S",
 ]
 
 Clock: TypeAlias = Callable[[], float]
 """Returns the current time in seconds; only differences between readings matter."""
+
+START_JITTER_S: Final = 0.02
+"""Kept out of a bucket's capacity for what happens between the permit and the call
+reaching the resource (the event loop, the HTTP request): at 200/s, 4 tokens. The
+shared bucket (:mod:`dispatch.throttle.shared`) and the per-key buckets
+(:mod:`dispatch.throttle.per_key`) both keep it."""
 
 CONCURRENCY_RETRY_HINT_S: Final = 0.05
 """Seconds to wait before trying again when a resource is at its concurrency cap.

@@ -66,7 +66,7 @@ from dispatch.store.aws import error_code, translate_error
 from dispatch.store.aws_retry import Backoff
 from dispatch.store.codec import number, read_number
 from dispatch.store.conditional import is_condition_failure, old_item
-from dispatch.throttle.limits import Resource, ResourceThrottle, Throttle
+from dispatch.throttle.limits import START_JITTER_S, Resource, ResourceThrottle, Throttle
 
 if TYPE_CHECKING:
     from types_aiobotocore_dynamodb import DynamoDBClient
@@ -79,9 +79,6 @@ RETRY_HINT_S: Final = 0.02
 """Seconds a task waits before asking again while a lease is on its way."""
 LATE_FLOOR_S: Final = 0.02
 """A leased token stays usable at least this long after its valid time (burst allowing)."""
-START_JITTER_S: Final = 0.02
-"""Kept out of the bucket's capacity for what happens between the permit and the call
-reaching the resource (the event loop, the HTTP request): at 200/s, 4 tokens."""
 _MIN_STEP_S: Final = 0.001
 """Each lease moves the bucket's ``updated_at`` (its version) on by at least this."""
 _RTT_START_S: Final = 0.01

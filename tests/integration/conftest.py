@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -50,6 +52,32 @@ def clients(aws_env: Settings) -> Iterator[SyncClients]:
     yield made
     made.sqs.close()
     made.dynamodb.close()
+
+
+@contextlib.asynccontextmanager
+async def running_dispatcher(
+    settings: Settings,
+    registry: Registry,
+    *,
+    pause_refresh_s: float,
+    finish_within_s: float | None = None,
+) -> AsyncIterator[Dispatcher]:
+    """A dispatcher receiving (1 s polls) until the block ends, reading its control item
+    (pauses, cancel requests) every ``pause_refresh_s``; stopped, then awaited."""
+    async with async_clients(settings) as aio:
+        dispatcher = Dispatcher(
+            settings,
+            clients=aio,
+            registry=registry,
+            options=DispatcherOptions(pause_refresh_s=pause_refresh_s, wait_time_s=1),
+        )
+        run = asyncio.create_task(dispatcher.run())
+        try:
+            yield dispatcher
+        finally:
+            dispatcher.stop(finish_within_s=finish_within_s)
+            await asyncio.wait_for(run, timeout=60)
+            await dispatcher.runner.aclose()
 
 
 async def drain(

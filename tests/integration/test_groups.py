@@ -233,6 +233,39 @@ async def test_a_cancelled_child_kills_the_callback_instead_of_leaving_it_waitin
         assert queue_counts(clients, url) == {"visible": 0, "in_flight": 0, "delayed": 0}
 
 
+async def test_a_step_given_the_wrong_type_is_rejected_with_why_and_kills_the_rest(
+    aws_env: Settings, registry: Registry, queue: Queue
+) -> None:
+    """Given a chain a → b → c where b takes a list but a returns a string, when
+    drained, then b is dead as bad_arguments and its result() says which argument was
+    wrong (not "no error recorded"), c is dead as dependency_failed rather than
+    waiting for ever, and neither b nor c ran."""
+    ran: list[str] = []
+
+    @task(registry=registry)
+    def fetch() -> str:
+        return "text"
+
+    @task(registry=registry)
+    def parse(lines: list[str]) -> int:
+        ran.append("parse")
+        return len(lines)
+
+    b, c = parse.message(), parse.message()
+    last = fetch.message().then(b).then(c).submit()
+    await _drain(aws_env, registry)
+
+    with pytest.raises(TaskFailedError) as caught:
+        dispatch.handle(b.task_id).result(timeout_s=5)
+    assert caught.value.reason == "bad_arguments"
+    assert "lines" in (caught.value.error_message or ""), caught.value
+    with pytest.raises(TaskFailedError) as later:
+        last.result(timeout_s=5)
+    assert later.value.reason == DEPENDENCY_FAILED
+    assert f"{b.task_id} (bad_arguments)" in (later.value.error_message or "")
+    assert ran == []
+
+
 async def test_a_dead_step_kills_every_later_step_of_a_chain(
     aws_env: Settings, registry: Registry, queue: Queue
 ) -> None:

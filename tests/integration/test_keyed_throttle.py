@@ -10,16 +10,22 @@ from collections import Counter, defaultdict
 from typing import Any
 
 import pytest
+from botocore.exceptions import EndpointConnectionError
 from structlog.testing import capture_logs
 
 from dispatch import InvalidArgumentsError, KeyLimits, Resource, current_task, task
 from dispatch.core.config import Settings
 from dispatch.core.deadletter import parse_attributes
+from dispatch.loop.dispatcher import Dispatcher, DispatcherOptions
 from dispatch.producer.enqueue import Queue
-from dispatch.store.aws import SyncClients
+from dispatch.store.aws import SyncClients, async_clients
 from dispatch.tasks.registry import Registry
 from tests.integration.conftest import drain, queue_counts, receive_all
 from tests.integration.test_throttle import max_in_any_window
+
+# Timing-sensitive (start windows against a bucket's bound) or CPU-heavy (a browser):
+# `make test` (--dist loadgroup) runs these modules on one worker, never side by side.
+pytestmark = pytest.mark.xdist_group("timing")
 
 
 async def test_a_flooding_key_does_not_starve_the_others(
@@ -61,6 +67,38 @@ async def test_a_flooding_key_does_not_starve_the_others(
     assert late[-1] < 35, "".join(starts)
     window = starts[late[0] : late[-1] + 1]
     assert window.count("a") <= len(late) // 3 + 3, "".join(starts)
+
+
+async def test_a_flooding_key_leaves_room_for_the_others_in_a_small_dispatcher(
+    aws_env: Settings, registry: Registry, queue: Queue
+) -> None:
+    """Given a dispatcher of max_in_flight 8 and key a's 60 tasks (its own limits would let
+    it hold 40 waiters: 10/s over 4 s), when keys b, c and d enqueue 5 each behind a's
+    backlog, then a holds at most half the dispatcher's places, the rest of a's backlog
+    is deferred, and b..d are received and start long before a is done."""
+    crm = Resource("crm-small", rate_per_s=20, burst=2, per_key=KeyLimits(rate_per_s=10, burst=1))
+    starts: list[str] = []
+    under_way = asyncio.Event()
+
+    @task(registry=registry, resource=crm, key="tenant")
+    async def sync_contact(tenant: str, n: int) -> None:
+        starts.append(tenant)
+        if len(starts) >= 3:
+            under_way.set()
+
+    queue.enqueue_many([sync_contact.message("a", n) for n in range(60)])
+    draining = asyncio.ensure_future(drain(aws_env, registry, max_in_flight=8))
+    await asyncio.wait_for(under_way.wait(), timeout=30)
+    others = [sync_contact.message(t, n) for n in range(5) for t in ("b", "c", "d")]
+    await asyncio.to_thread(queue.enqueue_many, others)
+    stats = await asyncio.wait_for(draining, timeout=90)
+
+    assert stats.succeeded == 75
+    assert stats.deferred > 0
+    late = [i for i, tenant in enumerate(starts) if tenant != "a"]
+    assert len(late) == 15
+    # With a's waiters in all 8 places, b..d would be received after a's 60.
+    assert late[-1] < 30, "".join(starts)
 
 
 async def test_each_key_stays_within_its_cap_and_rate(
@@ -233,3 +271,131 @@ async def test_two_dispatchers_keep_the_global_limits_and_warn_per_key_is_per_di
     warnings = [e for e in logs if e["event"] == "per_key_limits_per_dispatcher"]
     assert 1 <= len(warnings) <= 2
     assert {w["resource"] for w in warnings} == {"keyed-shared"}
+
+
+# --- one owner per active key (DispatcherOptions(key_leases=True)) -------------------
+
+
+async def test_with_key_leases_two_dispatchers_never_run_a_key_beyond_its_cap(
+    aws_env: Settings, registry: Registry, queue: Queue, clients: SyncClients
+) -> None:
+    """Given two dispatchers with key leases on (8 messages in flight each, so both hold
+    some of each key), draining 2 keys of 12 tasks of 0.2 s each whose keys get a cap
+    of 1, when both run at once, then no key ever runs two tasks at
+    once (each key is owned by one dispatcher at a time; without the leases each
+    dispatcher would apply the cap on its own), every task ran once, and once both have
+    stopped no lease is left in the table."""
+    api = Resource(
+        "keyed-leased",
+        rate_per_s=50,
+        burst=5,
+        per_key=KeyLimits(rate_per_s=20, burst=2, max_concurrency=1),
+    )
+    running: Counter[str] = Counter()
+    peak: Counter[str] = Counter()
+    ran: Counter[tuple[str, int]] = Counter()
+
+    @task(registry=registry, resource=api, key="tenant")
+    async def call(tenant: str, n: int) -> None:
+        ran[(tenant, n)] += 1
+        running[tenant] += 1
+        peak[tenant] = max(peak[tenant], running[tenant])
+        await asyncio.sleep(0.2)
+        running[tenant] -= 1
+
+    queue.enqueue_many([call.message(t, i) for i in range(12) for t in ("x", "y")])
+    first, second = await asyncio.wait_for(
+        asyncio.gather(
+            drain(aws_env, registry, key_leases=True, max_in_flight=8),
+            drain(aws_env, registry, key_leases=True, max_in_flight=8),
+        ),
+        timeout=120,
+    )
+
+    assert first.succeeded + second.succeeded == 24
+    assert len(ran) == 24 and set(ran.values()) == {1}
+    assert peak == {"x": 1, "y": 1}
+    leases = [
+        item
+        for item in clients.dynamodb.scan(TableName=aws_env.table)["Items"]
+        if item["pk"]["S"].startswith(("keylease#", "keyowner#"))
+    ]
+    assert leases == []
+
+
+class Partition:
+    """Cuts one dispatcher's clients off the network (every request fails to connect),
+    as when its host dies: nothing it does afterwards reaches AWS."""
+
+    def __init__(self) -> None:
+        self.cut = False
+
+    def attach(self, client: Any) -> None:
+        client.meta.events.register("before-send", self._on_send)
+
+    def _on_send(self, **_: Any) -> None:
+        if self.cut:
+            raise EndpointConnectionError(endpoint_url="partitioned")
+
+
+async def test_a_killed_key_owner_is_taken_over_after_its_lease_lapses(
+    aws_env: Settings, registry: Registry, queue: Queue, clients: SyncClients
+) -> None:
+    """Given dispatcher 1 (key leases on, a 3 s heartbeat TTL) that ran a task of key k
+    and so owns it, when it is killed (cut off the network, its loop cancelled: it gives
+    nothing back) and k's next 5 tasks are enqueued for dispatcher 2, then dispatcher 2
+    waits for 1's heartbeat to lapse (plus the 2 s margin), takes k over from 1 (the
+    epoch moves on), runs all 5, and k never ran two at once (its cap is 1)."""
+    api = Resource("keyed-handover", rate_per_s=20, per_key=KeyLimits(max_concurrency=1))
+    starts: list[float] = []
+    running = peak = 0
+    first_ran = asyncio.Event()
+
+    @task(registry=registry, resource=api, key="tenant")
+    async def call(tenant: str, n: int) -> None:
+        nonlocal running, peak
+        starts.append(time.time())
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.05)
+        running -= 1
+        first_ran.set()
+
+    queue.enqueue(call.message("k", 0))
+    partition = Partition()
+    async with async_clients(aws_env) as aio:
+        partition.attach(aio.sqs)
+        partition.attach(aio.dynamodb)
+        one = Dispatcher(
+            aws_env,
+            clients=aio,
+            registry=registry,
+            options=DispatcherOptions(key_leases=True, key_lease_ttl_s=3.0, wait_time_s=1),
+        )
+        running_one = asyncio.ensure_future(one.run())
+        await asyncio.wait_for(first_ran.wait(), timeout=30)
+        lease_key = {"pk": {"S": "keylease#keyed-handover#k"}}
+        held = clients.dynamodb.get_item(TableName=aws_env.table, Key=lease_key)["Item"]
+        deadline = time.monotonic() + 15
+        while queue_counts(clients, aws_env.queue_url) != {
+            "visible": 0,
+            "in_flight": 0,
+            "delayed": 0,
+        }:
+            assert time.monotonic() < deadline, "the first task's settlement never landed"
+            await asyncio.sleep(0.05)  # its success settles (a delete), then it dies
+        partition.cut = True
+        killed_at = time.time()
+        running_one.cancel()
+        await asyncio.gather(running_one, return_exceptions=True)
+        await one.runner.aclose()
+
+    queue.enqueue_many([call.message("k", n) for n in range(1, 6)])
+    with capture_logs() as logs:
+        stats = await asyncio.wait_for(drain(aws_env, registry, key_leases=True), timeout=90)
+
+    assert stats.succeeded == 5 and len(starts) == 6 and peak == 1
+    taken = [e for e in logs if e["event"] == "key_taken_over"]
+    assert [(e["key"], e["previous"]) for e in taken] == [("k", held["owner"]["S"])]
+    # Not before 1's heartbeat (renewed every second, valid 3 s) lapsed + the 2 s margin.
+    assert min(starts[1:]) >= killed_at + 3.0

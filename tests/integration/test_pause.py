@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import pytest
@@ -17,13 +16,12 @@ from dispatch import Resource, task
 from dispatch.core.config import Settings
 from dispatch.loop import pipeline
 from dispatch.loop.dispatcher import Dispatcher
-from dispatch.loop.options import DispatcherOptions
 from dispatch.ops.pausing import PauseError, check_name, list_pauses, pause, resume
 from dispatch.producer.enqueue import Queue
-from dispatch.store.aws import SyncClients, async_clients
+from dispatch.store.aws import SyncClients
 from dispatch.store.state import Status, SyncStateStore
 from dispatch.tasks.registry import Registry
-from tests.integration.conftest import dispatch_cli, wait_until
+from tests.integration.conftest import dispatch_cli, running_dispatcher, wait_until
 
 REFRESH_S = 0.2  # the dispatcher reads the pauses this often in these tests
 
@@ -35,23 +33,9 @@ def _short_hide(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pipeline, "PAUSED_MAX_HIDE_S", 1)
 
 
-@asynccontextmanager
-async def running(settings: Settings, registry: Registry) -> AsyncIterator[Dispatcher]:
+def running(settings: Settings, registry: Registry) -> AbstractAsyncContextManager[Dispatcher]:
     """A dispatcher receiving until the block ends."""
-    async with async_clients(settings) as aio:
-        dispatcher = Dispatcher(
-            settings,
-            clients=aio,
-            registry=registry,
-            options=DispatcherOptions(pause_refresh_s=REFRESH_S, wait_time_s=1),
-        )
-        run = asyncio.create_task(dispatcher.run())
-        try:
-            yield dispatcher
-        finally:
-            dispatcher.stop()
-            await asyncio.wait_for(run, timeout=30)
-            await dispatcher.runner.aclose()
+    return running_dispatcher(settings, registry, pause_refresh_s=REFRESH_S)
 
 
 def statuses(clients: SyncClients, settings: Settings, ids: list[str]) -> list[Any]:

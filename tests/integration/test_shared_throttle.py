@@ -8,10 +8,16 @@ import random
 import time
 from typing import Any
 
+import pytest
+
 from dispatch.core.config import Settings
 from dispatch.store.aws import async_clients
 from dispatch.throttle.limits import Permit, Resource
 from dispatch.throttle.shared import Coordinator, SharedSlots, SharedTokenSource, _Background
+
+# Timing-sensitive (start windows against a bucket's bound) or CPU-heavy (a browser):
+# `make test` (--dist loadgroup) runs these modules on one worker, never side by side.
+pytestmark = pytest.mark.xdist_group("timing")
 
 # A token is taken and its time read in the same step: no scheduling jitter to allow.
 EPSILON = 1e-6

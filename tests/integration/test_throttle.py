@@ -6,6 +6,8 @@ import asyncio
 import json
 import time
 
+import pytest
+
 from dispatch import Backpressure, Resource, current_task, task
 from dispatch.core import constants as c
 from dispatch.core.config import Settings
@@ -15,6 +17,10 @@ from dispatch.store.aws import RequestCounter, SyncClients, async_clients
 from dispatch.store.state import Status, SyncStateStore
 from dispatch.tasks.registry import Registry
 from tests.integration.conftest import dispatch_cli, drain
+
+# Timing-sensitive (start windows against a bucket's bound) or CPU-heavy (a browser):
+# `make test` (--dist loadgroup) runs these modules on one worker, never side by side.
+pytestmark = pytest.mark.xdist_group("timing")
 
 # Handlers record their start a little after the permit was granted; this much
 # scheduling jitter (30 ms) is allowed when checking starts against the bucket's bound.

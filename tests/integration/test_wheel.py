@@ -96,8 +96,9 @@ def test_the_wheel_holds_only_dispatch_and_dispatch_workers(wheel: Path) -> None
 
 def test_the_wheel_carries_what_the_demo_and_type_checkers_need(wheel: Path) -> None:
     """Given the built wheel, when its files are listed, then the example app, the SAM
-    template the demo provisions from, both ``py.typed`` markers and the ``dispatch``
-    console script pointing at the CLI are in it."""
+    template the demo provisions from, both ``py.typed`` markers, the console's templates
+    and static files (`dispatch ui` works offline) and the ``dispatch`` console script
+    pointing at the CLI are in it."""
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
@@ -108,6 +109,10 @@ def test_the_wheel_carries_what_the_demo_and_type_checkers_need(wheel: Path) -> 
         "dispatch/local/template.yaml",
         "dispatch/py.typed",
         "dispatch_workers/py.typed",
+        "dispatch/ops/console/templates/base.html",
+        "dispatch/ops/console/templates/overview.html",
+        "dispatch/ops/console/static/console.css",
+        "dispatch/ops/console/static/chart.js",
     } <= names
     assert "dispatch = dispatch.ops.cli:main" in scripts
 

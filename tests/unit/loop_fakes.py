@@ -142,12 +142,24 @@ class MemoryTransitions:
         if record is not None:
             self._set(record, status=Status.DEAD, last_error=error, dead_reason=reason)
 
-    async def rejected(self, task_id: str, task: str | None, *, now: float, reason: str) -> None:
+    async def rejected(
+        self,
+        task_id: str,
+        task: str | None,
+        *,
+        now: float,
+        reason: str,
+        error: ErrorInfo | None = None,
+    ) -> None:
         self.calls.append("rejected")
         old = self.records.get(task_id)
         if old is None or not old.status.is_final:
             self.records[task_id] = TaskRecord(
-                task_id=task_id, task=task or "", status=Status.DEAD, dead_reason=reason
+                task_id=task_id,
+                task=task or "",
+                status=Status.DEAD,
+                dead_reason=reason,
+                last_error=error,
             )
 
     async def exhausted(

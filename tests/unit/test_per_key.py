@@ -22,8 +22,13 @@ from dispatch.loop.admission import Admitted, Reject, admit
 from dispatch.loop.fairness import KeyedLine
 from dispatch.producer.enqueue import _entry
 from dispatch.tasks.registry import Registry
-from dispatch.throttle.limits import CONCURRENCY_RETRY_HINT_S, Permit, ResourceThrottle
-from dispatch.throttle.per_key import KeyLimiter
+from dispatch.throttle.limits import (
+    CONCURRENCY_RETRY_HINT_S,
+    START_JITTER_S,
+    Permit,
+    ResourceThrottle,
+)
+from dispatch.throttle.per_key import MAX_SPACING_SHARE, KeyLimiter
 
 CRM = Resource(
     "crm-api",
@@ -188,10 +193,14 @@ def test_the_key_is_the_message_group_on_a_standard_queue_only(registry: Registr
 
 def test_each_key_has_its_own_cap_and_bucket() -> None:
     """Given per-key limits of 1/s, burst 2, cap 2, when key a starts twice, then a waits
-    (its cap, then its rate) while key b may start at once."""
+    (its cap, then its rate) while key b may start at once. The bucket keeps the 20 ms
+    start margin out of its burst: the second start of the burst comes 20 ms after the
+    first."""
     clock = FakeClock()
     keys = KeyLimiter(KeyLimits(rate_per_s=1, burst=2, max_concurrency=2), clock=clock)
     keys.start("a")
+    assert keys.wait_s("a") == pytest.approx(0.02)
+    clock.now += 0.02
     keys.start("a")
     assert keys.wait_s("a") == CONCURRENCY_RETRY_HINT_S
     assert keys.wait_s("b") == 0.0
@@ -241,6 +250,41 @@ def test_a_key_never_starts_more_than_rate_times_window_plus_burst(
     for i, first in enumerate(starts):
         for j in range(i, len(starts)):
             assert j - i + 1 <= rate * (starts[j] - first) + burst + 1e-6
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    rate=st.floats(min_value=0.5, max_value=50),
+    burst=st.integers(min_value=1, max_value=5),
+    steps=st.lists(
+        st.tuples(st.sampled_from([0.0, 0.0, 0.0, 0.3, 1.7]), st.floats(min_value=0, max_value=1)),
+        min_size=1,
+        max_size=100,
+    ),
+)
+def test_a_key_stays_within_its_bound_when_starts_reach_the_resource_late(
+    rate: float, burst: int, steps: list[tuple[float, float]]
+) -> None:
+    """Given a key that starts the moment it may (after pauses now and then), each start
+    reaching the resource up to the start margin (20 ms) after its permit, then in any
+    window w the resource saw at most rate * w + burst of its starts (where the burst
+    spares the margin: else the tokens are spaced by it, up to 2.5 % of an interval,
+    which is what the bound can then absorb)."""
+    clock = FakeClock()
+    keys = KeyLimiter(KeyLimits(rate_per_s=rate, burst=burst), clock=clock)
+    jitter_s = START_JITTER_S
+    if burst - rate * START_JITTER_S < 1:
+        jitter_s = min(START_JITTER_S, MAX_SPACING_SHARE / rate)
+    seen: list[float] = []
+    for pause_s, late in steps:
+        clock.now += keys.wait_s("k")  # exactly when its token is due
+        keys.start("k")
+        seen.append(clock.now + late * jitter_s)
+        clock.now += pause_s
+    seen.sort()
+    for i, first in enumerate(seen):
+        for j in range(i, len(seen)):
+            assert j - i + 1 <= rate * (seen[j] - first) + burst + 1e-6
 
 
 # --- the fair line -------------------------------------------------------------------
@@ -370,9 +414,13 @@ async def test_the_busiest_keys_are_published_and_summed_over_dispatchers() -> N
         sum_busiest_keys,
     )
 
-    line = KeyedLine(ResourceThrottle(CRM), CRM.per_key, horizon_s=5.0, stopping=asyncio.Event())
+    clock = FakeClock()
+    line = KeyedLine(
+        ResourceThrottle(CRM), CRM.per_key, horizon_s=5.0, stopping=asyncio.Event(), clock=clock
+    )
     for key in ("a", "a", "b", "c"):
         line.keys.start(key)
+        clock.now += 0.1
     line.keys.release("c")
     line.waiting["a"] = 3
 
@@ -404,3 +452,27 @@ async def test_the_busiest_keys_are_published_and_summed_over_dispatchers() -> N
         "busiest keys of crm-api: b (waiting 9, running 1, started 1), "
         "a (waiting 3, running 2, started 2)"
     ]
+
+
+def test_a_key_takes_at_most_half_the_dispatchers_places() -> None:
+    """Given a key whose own limits would let it hold 200 messages (50/s over 80 % of a
+    5 s horizon) in a dispatcher of max_in_flight 64, when key a floods, then a holds
+    at most 32 (the rest is backlog) and another key b may still wait beside it; the
+    resource's room for keyed messages is never larger than max_in_flight."""
+    resource = Resource("r", rate_per_s=100, burst=10, per_key=KeyLimits(rate_per_s=50, burst=5))
+    assert resource.per_key is not None
+    unbounded = KeyedLine(
+        ResourceThrottle(resource), resource.per_key, horizon_s=5.0, stopping=asyncio.Event()
+    )
+    line = KeyedLine(
+        ResourceThrottle(resource),
+        resource.per_key,
+        horizon_s=5.0,
+        stopping=asyncio.Event(),
+        max_in_flight=64,
+    )
+    assert unbounded.key_room() == 200 and unbounded.room(400) == 400
+    assert line.key_room() == 32 and line.room(400) == 64
+    with line.queued("a", 32):
+        assert not line.may_wait("a", room=line.room(400), in_room=32)
+        assert line.may_wait("b", room=line.room(400), in_room=32)
