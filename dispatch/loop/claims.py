@@ -26,7 +26,7 @@ from dispatch.core.outcome import ErrorInfo
 from dispatch.core.record import Claim, ClaimAsk, ClaimStatus, Status
 from dispatch.loop.join import JOIN_RETRY_S
 from dispatch.loop.observe import Observer, Skip
-from dispatch.loop.settle import Settler
+from dispatch.loop.settle import CANCELLED_REASON, Settler
 from dispatch.loop.sqs import SqsActions
 from dispatch.loop.transitions import Transitions
 from dispatch.store import state
@@ -187,7 +187,7 @@ class Claims:
             done = record.status is Status.SUCCEEDED
             final = done or record.status is Status.CANCELLED
             if final and not await self._settler.joined(
-                envelope, succeeded=done, reason=Status.CANCELLED.value
+                envelope, succeeded=done, reason=CANCELLED_REASON
             ):
                 await self._sqs.hide(delivery.receipt, JOIN_RETRY_S)
                 return

@@ -215,16 +215,9 @@ def cancel_matching(
 
 def cancel_one(task_id: str, *, by: str | None, as_json: bool) -> str:
     """``dispatch cancel TASK_ID``: what to print (the record as JSON with ``as_json``)."""
-    from dispatch.producer.enqueue import default_queue
+    from dispatch.producer.cancelling import cancel
 
-    queue = default_queue()
-    record = records.cancel(
-        queue.sync_clients().dynamodb,
-        queue.settings.table,
-        task_id,
-        queue_url=queue.settings.queue_url,
-        by=by,
-    )
+    record = cancel(task_id, by=by)
     if as_json:
         return json.dumps(record.to_dict())
     if record.status is Status.RUNNING:

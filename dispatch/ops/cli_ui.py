@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from aiohttp import web
 
     from dispatch.ops.console.app import ConsoleOptions
+    from dispatch.producer.enqueue import Queue
 
 __all__ = ["BesideConsole", "ui"]
 
@@ -87,9 +88,8 @@ def ui(
 ) -> None:
     """Serve the web console (overview, tasks, dead letters, resources) on 127.0.0.1,
     with your AWS credentials and DISPATCH_* settings; read-only unless --allow-actions."""
-    from dispatch.ops.console.app import Backend, ConsoleOptions
-    from dispatch.ops.console.guard import BindRefused, Guard, accepted_hosts
-    from dispatch.ops.console.server import build_app
+    from dispatch.ops.console.app import ConsoleOptions
+    from dispatch.ops.console.guard import BindRefused, accepted_hosts
     from dispatch.producer.enqueue import default_queue
     from dispatch.tasks.registry import default_registry
 
@@ -101,12 +101,22 @@ def ui(
     modules = parse_task_modules(tasks) if tasks else queue.settings.task_modules
     default_registry.import_modules(modules)
     options = ConsoleOptions(host=host, port=port, allow_actions=allow_actions, hosts=hosts)
-    backend = Backend(queue=queue, registry=default_registry, options=options, guard=Guard(hosts))
-    app = build_app(backend)
+    app = _console_app(queue, options)
     try:
         asyncio.run(_serve(app, options))
     finally:
         queue.close()
+
+
+def _console_app(queue: Queue, options: ConsoleOptions) -> web.Application:
+    """The console over ``queue`` and the default registry, guarded for ``options.hosts``."""
+    from dispatch.ops.console.app import Backend
+    from dispatch.ops.console.guard import Guard
+    from dispatch.ops.console.server import build_app
+    from dispatch.tasks.registry import default_registry
+
+    guard = Guard(options.hosts)
+    return build_app(Backend(queue=queue, registry=default_registry, options=options, guard=guard))
 
 
 def _ready(url: str, *, allow_actions: bool) -> None:
@@ -150,19 +160,14 @@ class BesideConsole:
         """Serve on 127.0.0.1 with the settings ``env`` names; ``say`` tells where (or
         why not: a taken port leaves ``dev`` running without its console)."""
         from dispatch.core.config import Settings
-        from dispatch.ops.console.app import Backend, ConsoleOptions
-        from dispatch.ops.console.guard import Guard, accepted_hosts
-        from dispatch.ops.console.server import build_app
+        from dispatch.ops.console.app import ConsoleOptions
+        from dispatch.ops.console.guard import accepted_hosts
         from dispatch.producer.enqueue import Queue
-        from dispatch.tasks.registry import default_registry
 
         queue = Queue(Settings.from_env(env))
         queue.sync_clients()  # made now, while this process's environment names the emulator
         hosts = accepted_hosts("127.0.0.1", allow_remote=False)
-        options = ConsoleOptions(port=self._port, allow_actions=True, hosts=hosts)
-        app = build_app(
-            Backend(queue=queue, registry=default_registry, options=options, guard=Guard(hosts))
-        )
+        app = _console_app(queue, ConsoleOptions(port=self._port, allow_actions=True, hosts=hosts))
 
         async def serve_until_stopped() -> None:
             from dispatch.ops.console.server import serve
@@ -171,8 +176,8 @@ class BesideConsole:
             try:
                 await serve(
                     app,
-                    host=options.host,
-                    port=options.port,
+                    host="127.0.0.1",
+                    port=self._port,
                     stop=self._stop,
                     on_ready=lambda url: say(
                         f"console on {url} (actions allowed; --no-ui: none, --ui-port: another)"

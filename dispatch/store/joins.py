@@ -232,7 +232,7 @@ class GroupState:
         named = ", ".join(f"{child} ({reasons.get(child, 'dead')})" for child in sorted(reasons))
         then = (
             "a cancelled child never runs, so the group cannot complete"
-            if "cancelled" in reasons.values()
+            if Status.CANCELLED.value in reasons.values()
             else "redrive them (dispatch dlq redrive) and it runs once they succeed"
         )
         return {

@@ -10,6 +10,7 @@ non-loopback --host without --allow-remote and prints the URL it serves on.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
@@ -33,8 +34,9 @@ from dispatch.local.demo import run_demo
 from dispatch.ops.pausing import list_pauses
 from dispatch.producer.enqueue import Queue
 from dispatch.store.aws import SyncClients
+from dispatch.store.state import Status, SyncStateStore
 from dispatch.tasks.registry import Registry
-from tests.integration.conftest import REPO, dispatch_cli
+from tests.integration.conftest import REPO, dispatch_cli, running_dispatcher, wait_until
 from tests.integration.console_world import (
     SECRET,
     declare_tasks,
@@ -490,3 +492,51 @@ async def test_every_asset_is_the_consoles_own_so_it_works_offline(
     assert links and all(link.startswith("/") and not link.startswith("//") for link in links)
     assert css[0] == script[0] == 200 and "fetch(" in script[1] and "table" in css[1]
     assert outside[0] == missing[0] == 404
+
+
+async def test_a_running_task_is_cancelled_from_its_page(
+    aws_env: Settings,
+    queue: Queue,
+    registry: Registry,
+    clients: SyncClients,
+    session: aiohttp.ClientSession,
+) -> None:
+    """Given an async task blocked in its handler and a console with --allow-actions,
+    when its page is opened, then it offers Cancel; when that is posted, then the
+    dispatcher running it is asked (as `dispatch cancel` asks: through the control item
+    it reads every refresh) and the record ends cancelled within seconds, and the page
+    no longer offers it."""
+    started = asyncio.Event()
+
+    @task(registry=registry)
+    async def export(n: int) -> None:
+        started.set()
+        await asyncio.Event().wait()  # only a cancel ends it
+
+    task_id = queue.enqueue(export.message(n=1))
+    async with (
+        running_dispatcher(aws_env, registry, pause_refresh_s=0.2, finish_within_s=10),
+        serving(queue, registry, allow_actions=True) as url,
+    ):
+        await asyncio.wait_for(started.wait(), timeout=30)
+        status, page = await fetch(session, "GET", f"{url}tasks/{task_id}")
+        token = TOKEN.search(page)
+        assert status == 200 and 'action="/actions/cancel"' in page and token, page
+        done = await fetch(
+            session,
+            "POST",
+            f"{url}actions/cancel",
+            data={"task_id": task_id, "csrf": token.group(1)},
+            headers={"Origin": url.rstrip("/")},
+        )
+        store = SyncStateStore(clients.dynamodb, aws_env.table)
+        await asyncio.to_thread(
+            wait_until,
+            lambda: (found := store.get(task_id)) is not None and found.status is Status.CANCELLED,
+            what="the running task cancelled within the 0.2 s refresh and the writes",
+            timeout_s=10,  # the request reaches the dispatcher through the control item
+        )
+        _, after = await fetch(session, "GET", f"{url}tasks/{task_id}")
+
+    assert done[0] == 200 and "running" in done[1], done
+    assert 'action="/actions/cancel"' not in after

@@ -99,20 +99,20 @@ async def resume_action(request: web.Request) -> web.Response:
 
 
 async def cancel_action(request: web.Request) -> web.Response:
-    """Cancel a queued or retrying task."""
-    from dispatch.producer.status import cancel
+    """Cancel a task, as ``dispatch cancel`` does: a queued or retrying one at once, a
+    running one by request to the dispatcher running it."""
+    from dispatch.producer.cancelling import cancel
 
     form = await _allowed_form(request)
     if isinstance(form, web.Response):
         return form
     backend = request.app[BACKEND]
     task_id = task_id_field(form.get("task_id", ""))
-    dynamodb, table = backend.queue.sync_clients().dynamodb, backend.queue.settings.table
     try:
-        record = await asyncio.to_thread(cancel, dynamodb, table, task_id)
+        record = await asyncio.to_thread(cancel, task_id, queue=backend.queue)
     except TaskNotFoundError:
         raise
-    except DispatchError as exc:  # running or finished: it cannot be cancelled
+    except DispatchError as exc:  # finished: it cannot be cancelled
         return render(
             request, "error.html", {"title": "Not cancelled", "detail": str(exc)}, status=409
         )

@@ -259,7 +259,8 @@ def task_view(queue: Queue, task_id: str) -> TaskView | None:
         result=None if result is None else json.dumps(redact(result), indent=2, sort_keys=True),
         dead_letter=None if letter is None else _shown_letter(letter),
         group=group_progress(task_id, queue=queue),
-        cancellable=found.status.value in ("queued", "retrying"),
+        cancellable=found.status.value in ("queued", "retrying")
+        or (found.status.value == "running" and not found.cancel_requested),
     )
 
 
