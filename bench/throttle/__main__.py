@@ -123,6 +123,19 @@ def plan(*, quick: bool, seconds: float) -> list[Scenario]:
     return scenarios
 
 
+def _keyed_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--flood",
+        type=int,
+        help="keyed: tenant A's tasks in the noisy neighbour (default 3000, quick 1000)",
+    )
+    parser.add_argument(
+        "--no-key-leases",
+        action="store_true",
+        help="keyed: the noisy-neighbour pair with key leases off (names end -unleased)",
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run every scenario, print the report, write the results."""
     parser = argparse.ArgumentParser(
@@ -147,11 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="steady windows, the backlog drains, or both (default); keyed (per-key "
         "limits, one dispatcher) runs only when named",
     )
-    parser.add_argument(
-        "--flood",
-        type=int,
-        help="keyed: tenant A's tasks in the noisy neighbour (default 3000, quick 1000)",
-    )
+    _keyed_arguments(parser)
     parser.add_argument(
         "--out", type=Path, default=REPO_ROOT / "bench" / "results", help="results directory"
     )
@@ -164,7 +173,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--seconds must be at least 3 (the first second is the burst)")
     scenarios = plan(quick=args.quick, seconds=seconds) if args.section in ("all", "steady") else []
     backlogs = backlog.plan(quick=args.quick) if args.section in ("all", "backlog") else []
-    keyeds = keyed.plan(quick=args.quick, flood=args.flood) if args.section == "keyed" else []
+    keyeds = (
+        keyed.plan(quick=args.quick, flood=args.flood, key_leases=not args.no_key_leases)
+        if args.section == "keyed"
+        else []
+    )
     if args.only:
         wanted = {name.strip() for name in args.only.split(",") if name.strip()}
         names = {s.name for s in scenarios} | {b.name for b in backlogs} | {k.name for k in keyeds}

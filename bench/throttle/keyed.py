@@ -17,8 +17,8 @@ process of its own (:mod:`bench.throttle.keyed_worker`).
    under a global 200/s that never binds, for ``seconds``. Every key's starts are
    checked against ``1 * w + 1`` in every window, its rate (intervals between its
    starts from :data:`SETTLE_S` after go) within 5 % of 1/s, its peak concurrency
-   against its cap of 1; with 1 dispatcher, and with 2 and 4 with key leases on
-   (``DispatcherOptions(key_leases=True)``).
+   against its cap of 1; with 1, 2 and 4 dispatchers (key leases on, the default),
+   and with 2 with key leases off (each dispatcher then applies the limits alone).
 3. Coordination. 1,000 keys (1/s each, so the global 200/s binds) and 10 keys
    (50/s each) backlogged, 4 dispatchers with key leases, 30 s: every DynamoDB
    request of every dispatcher per task started, over the window and over its
@@ -94,7 +94,7 @@ class KeyedScenario:
     work_ms: int = 5
     max_in_flight: int = 64
     dispatchers: int = 1
-    key_leases: bool = False  # one owner per active key (DispatcherOptions(key_leases=True))
+    key_leases: bool = True  # one owner per active key (DispatcherOptions, the default)
 
     def worker_env(self, backend_url: str) -> dict[str, str]:
         """The ``BENCH_*`` variables :mod:`bench.throttle.keyed_tasks` reads."""
@@ -121,9 +121,10 @@ class KeyedScenario:
         return self.flood / self.key_rate_per_s + work + NEIGHBOUR_TAIL_S
 
 
-def plan(*, quick: bool, flood: int | None = None) -> list[KeyedScenario]:
+def plan(*, quick: bool, flood: int | None = None, key_leases: bool = True) -> list[KeyedScenario]:
     """The noisy-neighbour pair (A's tasks: ``flood``, by default 3,000, quick 1,000),
-    two dispatchers as configured by default; the per-key accuracy with 1, 2 and 4 dispatchers
+    two dispatchers as configured by default (``key_leases=False``: with key leases
+    off, the names ending ``-unleased``); the per-key accuracy with 1, 2 and 4 dispatchers
     (quick: 1 and 2); the coordination cost at 200/s over 1,000 and 10 keys, 4
     dispatchers (quick: 2)."""
     flood = flood or (1000 if quick else 3000)
@@ -136,11 +137,12 @@ def plan(*, quick: bool, flood: int | None = None) -> list[KeyedScenario]:
     }
     pairs = [
         KeyedScenario(
-            f"neighbour-{what}-mif{m}",
+            f"neighbour-{what}-mif{m}{'' if key_leases else '-unleased'}",
             "neighbour",
             flood=n,
             max_in_flight=m,
             dispatchers=NEIGHBOUR_DISPATCHERS,
+            key_leases=key_leases,
             **neighbour,
         )
         for m in NEIGHBOUR_MAX_IN_FLIGHT
@@ -148,7 +150,7 @@ def plan(*, quick: bool, flood: int | None = None) -> list[KeyedScenario]:
     ]
     accuracy = [
         KeyedScenario(
-            f"per-key-{keys}x1-d{d}",
+            f"per-key-{keys}x1-d{d}{'' if leases else '-unleased'}",
             "accuracy",
             rate_per_s=200,
             burst=20,
@@ -160,9 +162,13 @@ def plan(*, quick: bool, flood: int | None = None) -> list[KeyedScenario]:
             work_ms=200,
             max_in_flight=max(64, 2 * keys),
             dispatchers=d,
-            key_leases=d > 1,
+            key_leases=leases,
         )
-        for d in ((1, 2) if quick else (1, 2, 4))
+        for d, leases in (
+            ((1, True), (2, True), (2, False))
+            if quick
+            else ((1, True), (2, True), (4, True), (2, False))
+        )
     ]
     return [*pairs, *accuracy, *_coordination_plan(quick=quick)]
 
@@ -232,7 +238,7 @@ def run_keyed(
                 directory=directory,
                 max_run_s=window_s + 60,
                 max_in_flight=scenario.max_in_flight,
-                extra_args=("--key-leases",) if scenario.key_leases else (),
+                extra_args=() if scenario.key_leases else ("--no-key-leases",),
                 module="bench.throttle.keyed_worker",
             ) as group:
                 group.wait_ready(timeout_s=READY_TIMEOUT_S)
@@ -655,7 +661,7 @@ def _accuracy_lines(results: Sequence[dict[str, Any]]) -> list[str]:
             f"### Per-key accuracy: {r['keys']} keys backlogged at "
             f"{r['key_rate_per_s']:g}/s (burst {r['key_burst']}, cap "
             f"{r['key_max_concurrency']}), {r['seconds']:g} s, {r['dispatchers']} "
-            f"dispatcher(s){', key leases' if r['key_leases'] else ''}",
+            f"dispatcher(s){'' if r['key_leases'] else ', key leases off'}",
             "",
             f"Rate per key from {SETTLE_S:g} s after go (intervals between its starts); every "
             "window of every key against `rate * w + burst`; peak per key against its cap.",
@@ -770,12 +776,19 @@ def run_all(
 
 
 def comparisons(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """:func:`compare` for each flood and the baseline of the same ``max_in_flight``."""
+    """:func:`compare` for each flood and the baseline of the same ``max_in_flight``
+    and key leases."""
     ran = [r for r in results if r["kind"] == "keyed-neighbour" and not r.get("error")]
     out = []
     for flood in (r for r in ran if r["flood"]):
         baseline = next(
-            (r for r in ran if not r["flood"] and r["max_in_flight"] == flood["max_in_flight"]),
+            (
+                r
+                for r in ran
+                if not r["flood"]
+                and r["max_in_flight"] == flood["max_in_flight"]
+                and r["key_leases"] == flood["key_leases"]
+            ),
             None,
         )
         if baseline is not None:

@@ -65,7 +65,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--until-empty", action="store_true", help="drain the queue and return (a backlog run)"
     )
     parser.add_argument(
-        "--key-leases", action="store_true", help="one owner per active key (DispatcherOptions)"
+        "--no-key-leases",
+        action="store_true",
+        help="each dispatcher applies per-key limits alone (DispatcherOptions(key_leases=False))",
     )
     args = parser.parse_args(argv)
     configure_logging(level=os.environ.get("BENCH_LOG_LEVEL", "WARNING"), json=True)
@@ -140,7 +142,7 @@ async def _run(args: argparse.Namespace, permit_times: list[float]) -> dict[str,
                 clients=clients,
                 registry=default_registry,
                 options=DispatcherOptions(
-                    max_in_flight=args.max_in_flight, key_leases=args.key_leases
+                    max_in_flight=args.max_in_flight, key_leases=not args.no_key_leases
                 ),
             )
             try:

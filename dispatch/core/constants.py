@@ -65,7 +65,7 @@ TASK_KEY_PREFIX: Final = "task#"
 BUCKET_KEY_PREFIX: Final = "bucket#"  # a shared token bucket, per resource
 SLOTS_KEY_PREFIX: Final = "slots#"  # a shared concurrency cap, per resource
 KEY_LEASE_PREFIX: Final = "keylease#"  # keylease#<resource>#<key>: the key's owning dispatcher
-KEY_OWNER_PREFIX: Final = "keyowner#"  # keyowner#<dispatcher>: its key leases' heartbeat
+KEY_OWNER_PREFIX: Final = "keyowner#"  # keyowner#<queue>: m#<dispatcher> = its heartbeat
 LEASE_KEY_PREFIX: Final = "lease#"
 SCHEDULE_KEY_PREFIX: Final = "sched#"
 GROUP_KEY_PREFIX: Final = "group#"  # a group's join: its children and its callback

@@ -39,7 +39,6 @@ from dispatch.loop.settle import Settler
 from dispatch.loop.sqs import SqsBatchers
 from dispatch.loop.transitions import RecordTransitions
 from dispatch.store.aws import AsyncClients, aws_errors
-from dispatch.store.key_leases import KeyLeaseStore
 from dispatch.tasks.registry import Registry, default_registry
 from dispatch.throttle.limits import ThrottleSnapshot
 from dispatch.throttle.shared import Coordinator
@@ -121,9 +120,7 @@ class Dispatcher:
             batch_claims=options.batch_claims,
         )
         self.joiner = Joiner(clients.dynamodb, clients.sqs, settings, clock=self._clock)
-        # Receive whole batches: while the dispatcher holds work, a receive waits for
-        # room for ten (or half of max_in_flight) instead of asking for one or two.
-        self._receive_at_least = max(1, min(c.SQS_MAX_BATCH_ENTRIES, options.max_in_flight // 2))
+        self._receive_at_least = _whole_batch(options)
         self._holding = Holding(
             max_in_flight=options.max_in_flight,
             visibility_timeout_s=options.visibility_timeout_s,
@@ -144,10 +141,8 @@ class Dispatcher:
             max_in_flight=options.max_in_flight,
         )
         if options.key_leases:
-            store = KeyLeaseStore(
-                self._clients.dynamodb, table=settings.table, owner=self._coordinator.owner
-            )
-            gate.key_owners = KeyOwners(store, busy=gate.busy, ttl_s=options.key_lease_ttl_s)
+            aws, lines, ttl_s = self._clients.dynamodb, gate.keyed_lines, options.key_lease_ttl_s
+            gate.key_owners = KeyOwners.of_queue(aws, settings, self.id, lines, ttl_s)
         self.pauses = PauseWatch.of_queue(self._clients.dynamodb, settings, options.pause_refresh_s)
         settler = Settler(
             transitions=self._transitions,
@@ -208,6 +203,11 @@ class Dispatcher:
         self._periodic = PeriodicEnqueuer(self.registry, settings, clients, clock=clock)
 
     # --- control and views ----------------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        """This dispatcher's id in the table (shared throttle, key leases, status)."""
+        return self._coordinator.owner
 
     @property
     def stats(self) -> RunStats:
@@ -451,3 +451,9 @@ class Dispatcher:
             await self._periodic.tick()
         except DispatchError as exc:
             log.error("periodic_enqueue_failed", error=str(exc))
+
+
+def _whole_batch(options: DispatcherOptions) -> int:
+    """Receive whole batches: while the dispatcher holds work, a receive waits for room
+    for ten (or half of ``max_in_flight``) instead of asking for one or two."""
+    return max(1, min(c.SQS_MAX_BATCH_ENTRIES, options.max_in_flight // 2))

@@ -18,10 +18,11 @@ hidden until the key's own turn (a per-key forecast at the key's rate), so one
 key's flood never fills the room other keys need. Waiting is never failing: a
 waiter that gets no start within two horizons is deferred, its attempt given back.
 
-The key's state is per dispatcher: several dispatchers sharing a keyed resource
-each apply the per-key limits on their own (docs/throttle.md, "Per-key limits"),
-unless key leases make one of them the owner of each active key
-(:mod:`dispatch.loop.key_owners`); then a key whose lease lapsed here skips its turns.
+The key's state is per dispatcher; key leases (on by default) make one dispatcher
+at a time the owner of each active key (:mod:`dispatch.loop.key_owners`), so a key
+not owned here (its lease lapsed or another's) skips its turns. With key leases off,
+several dispatchers sharing a keyed resource each apply the per-key limits on their
+own (docs/throttle.md, "Per-key limits").
 """
 
 from __future__ import annotations
@@ -51,9 +52,8 @@ WAIT_ROOM_FILL: Final = 0.8
 """As the gate's room: a key's room holds what it can start within 80 % of the horizon."""
 ASSUMED_HOLD_S: Final = 1.0
 """A key limited by a cap alone is assumed to start one task per slot per second."""
-ELSEWHERE_PACE: Final = 2.0
-"""A key owned by another dispatcher: messages of it received here come back at this
-many times its rate (each reaches its owner with one chance in the dispatchers)."""
+DEMAND_AHEAD_S: Final = 1.0
+"""A key's demand on the resource's bucket: what it may start now and over this long."""
 KEY_SHARE_OF_IN_FLIGHT: Final = 0.5
 """The most of a dispatcher's ``max_in_flight`` one key's waiters may take: the rest
 stays for the other keys (and resources), whose messages a flood would otherwise
@@ -131,6 +131,16 @@ class KeyedLine:
             return resource_room
         return max(1, min(resource_room, self._max_in_flight))
 
+    def busy(self, key: str) -> bool:
+        """Whether tasks of ``key`` wait or run here, or its bucket has not refilled since
+        its last start here (handing it to another dispatcher then could start it
+        beyond its limits)."""
+        return bool(self.waiting.get(key)) or not self.keys.settled(key)
+
+    def active(self) -> list[str]:
+        """Every key :meth:`busy` here."""
+        return [key for key in {*self.waiting, *self.keys.active_keys()} if self.busy(key)]
+
     def may_wait(self, key: str, *, room: int, in_room: int) -> bool:
         """Whether a message of ``key`` may join the room (else it is backlog): its key
         holds less than its own room, and the resource's room has space or the key
@@ -143,7 +153,7 @@ class KeyedLine:
         keys = len(self.waiting) + (0 if mine else 1)
         return mine < max(1, room // keys)
 
-    def backlog_turn_s(self, key: str, *, elsewhere: bool = False, shared: bool = False) -> float:
+    def backlog_turn_s(self, key: str, *, elsewhere: bool = False, pace: float = 1.0) -> float:
         """Seconds to hide a message of ``key`` deferred as backlog: after the key's
         room has half drained and every message of the key deferred before it, at
         the rate the limits allow the key (its own, or the resource's when lower; a
@@ -153,9 +163,9 @@ class KeyedLine:
         long after they are gone.
 
         With key leases, only some of what comes back reaches the key's owner, so the
-        messages come back at :data:`ELSEWHERE_PACE` times the key's rate: ``shared``
-        (the key is owned here, other dispatchers receive too) after the same lead,
-        ``elsewhere`` (owned by another dispatcher) from now."""
+        messages come back at ``pace`` times the key's rate (the key owners' pace:
+        owned here, after the same lead; ``elsewhere``, owned by another dispatcher,
+        from now)."""
         limits = self.keys.limits
         rate = limits.rate_per_s or (limits.max_concurrency or 1) / ASSUMED_HOLD_S
         resource_rate = self._throttle.limit_rate_per_s()
@@ -166,7 +176,7 @@ class KeyedLine:
             self._due = {k: due for k, due in self._due.items() if due > now}
         lead_s = 0.0 if elsewhere else self.key_room() / 2 / rate
         start = max(now + lead_s, self._due.get(key, -math.inf))
-        due = start + 1.0 / rate / (ELSEWHERE_PACE if elsewhere or shared else 1.0)
+        due = start + 1.0 / rate / pace
         self._due[key] = due
         return due - now
 
@@ -250,6 +260,7 @@ class KeyedLine:
         worth looking again."""
         pause_s = math.inf
         skipped = 0
+        ready: float | None = None
         while self._ring and skipped < len(self._ring):
             key = self._ring[0]
             line = self._lines[key]
@@ -267,7 +278,9 @@ class KeyedLine:
                 self._ring.rotate(-1)
                 skipped += 1
                 continue
-            answer = self._throttle.try_start(max(1, sum(self.waiting.values())))
+            if ready is None:
+                ready = self._ready()
+            answer = self._throttle.try_start(max(1, int(ready)))
             if not isinstance(answer, Permit):
                 if answer > self._horizon_s:  # the resource's own next token is too far
                     self._answer_all(answer)
@@ -278,6 +291,20 @@ class KeyedLine:
             self._ring.rotate(-1)
             skipped = 0
         return pause_s
+
+    def _ready(self) -> float:
+        """How many of the room's messages their keys' own limits let start within the
+        next second: the demand a shared bucket leases for. Not every message: one
+        key's 50 at 1/s want one or two tokens, and tokens leased for the rest would
+        come due long before they may start and be dropped, while another
+        dispatcher's keys wait for them."""
+        rate = self.keys.limits.rate_per_s
+        ahead = math.inf if rate is None else rate * DEMAND_AHEAD_S
+        return sum(
+            min(count, self.keys.may_start(key, count) + ahead)
+            for key, count in self.waiting.items()
+            if self._owned is None or self._owned(key)
+        )
 
     def _answer_all(self, wait_s: float) -> None:
         """Send every waiter away (deferred): stopping, or no token within the horizon."""
@@ -298,6 +325,7 @@ class KeyedLine:
                 resource=name,
                 detail="another dispatcher shares this resource: its global limits are "
                 "shared, but each dispatcher applies the per-key limits on its own, so a "
-                "key may get up to N times its limits with N dispatchers, unless "
-                "DispatcherOptions(key_leases=True) (docs/throttle.md, 'Per-key limits')",
+                "key may get up to N times its limits with N dispatchers: key leases are "
+                "off here (DispatcherOptions(key_leases=False); docs/throttle.md, "
+                "'Per-key limits')",
             )

@@ -28,7 +28,7 @@ import contextlib
 import math
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final, Protocol
 
 from structlog.typing import FilteringBoundLogger
@@ -173,10 +173,10 @@ class ThrottleGate:
             return None
         return lambda key: owners.owns(name, key)
 
-    def busy(self, name: str, key: str) -> bool:
-        """Whether tasks of ``key`` of keyed resource ``name`` wait or run here."""
-        line = self._keyed.get(name)
-        return line is not None and bool(line.waiting[key] or line.keys.in_flight(key))
+    @property
+    def keyed_lines(self) -> Mapping[str, KeyedLine]:
+        """The fair line of each keyed resource seen here, by resource name."""
+        return self._keyed
 
     async def elsewhere_s(self, throttle: ResourceThrottle, key: str | None) -> float | None:
         """With key owners on (:mod:`dispatch.loop.key_owners`): seconds to hide a
@@ -193,7 +193,7 @@ class ThrottleGate:
         line = self.keyed_line(throttle)
         if hide_s is None or line is None:
             return hide_s
-        return max(hide_s, line.backlog_turn_s(key, elsewhere=True))
+        return max(hide_s, line.backlog_turn_s(key, elsewhere=True, pace=self.key_owners.pace()))
 
     def backlog_delay_s(self, throttle: ResourceThrottle, key: str | None = None) -> float | None:
         """Seconds to hide a message that finds the waiting room full (or, for a keyed
@@ -214,8 +214,8 @@ class ThrottleGate:
                 # may bring other keys' messages (a flood of one key sits ahead of
                 # them on a queue without SQS fair queues).
                 self._backlogged += 1
-            shared = self.key_owners is not None
-            return max(line.backlog_turn_s(key, shared=shared), self.turn_s(throttle))
+            pace = 1.0 if self.key_owners is None else self.key_owners.pace()
+            return max(line.backlog_turn_s(key, pace=pace), self.turn_s(throttle))
         if self.waiting[name] < room:
             if self.waiting[name] + 1 > room / 2:
                 # Joins a line already half a room long: for pacing receives it counts

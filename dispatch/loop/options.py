@@ -29,7 +29,7 @@ class DispatcherOptions:
     batch_claims: bool = True  # claims and successes in batches of conditional PartiQL UPDATEs
     linger_s: float = 0.0  # until_empty: the queue is empty only once nothing came for this long
     pause_refresh_s: float = 5.0  # how often the pauses (dispatch pause) are read again
-    key_leases: bool = False  # one owner per active key across dispatchers (docs/throttle.md)
+    key_leases: bool = True  # one owner per active key across dispatchers (docs/throttle.md)
     key_lease_ttl_s: float = 15.0  # a key owner's heartbeat keeps its leases this long
 
     def __post_init__(self) -> None:

@@ -8,9 +8,12 @@ applies them, so each active key is owned by one dispatcher at a time
   ``at``. Written once when a key becomes active here (one conditional UpdateItem),
   deleted when it goes idle or its owner stops (conditional on ``owner`` and
   ``epoch``), taken over only with the ``epoch`` read (so two takers never both win).
-- ``keyowner#<dispatcher>``: ``until``, the owner's heartbeat. A lease is valid
-  while its owner's heartbeat is: no request per key to keep it, one write per
-  dispatcher every few seconds however many keys it owns.
+- ``keyowner#<queue>``: the members of a queue's key ownership, one attribute
+  ``m#<dispatcher>`` each whose value is its heartbeat (``until``, and ``at``, when it
+  was written). A lease is
+  valid while its owner's heartbeat is: no request per key to keep it, one write per
+  dispatcher every few seconds however many keys it owns, and that write's answer is
+  every member's heartbeat (who is alive, and so which dispatcher each key prefers).
 
 Every refusal is an answer (:class:`Held`: who owns it, at which epoch); any other
 failure raises :class:`~dispatch.core.errors.DispatchError` and the caller fails
@@ -20,7 +23,7 @@ closed (the key's messages are deferred as throttled).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -31,9 +34,12 @@ from dispatch.store.aws import aws_errors, translate_error
 from dispatch.store.codec import number, read_number
 from dispatch.store.conditional import is_condition_failure, old_item
 
-__all__ = ["Held", "KeyLease", "KeyLeaseStore", "lease_key"]
+__all__ = ["Held", "KeyLease", "KeyLeaseStore", "Member", "lease_key"]
 
 _NOT_TAKEN: Final = "attribute_not_exists(#pk) OR #owner = :me"
+MEMBER_PREFIX: Final = "m#"
+"""A member's attribute in ``keyowner#<queue>``: ``m#<dispatcher>`` =
+``{until, at, leasing}``."""
 LEASE_TTL_S: Final = 86_400
 """A lease nobody gave back nor took over (its owner died, its key never came back)
 is removed by the table's TTL after a day."""
@@ -46,6 +52,16 @@ class KeyLease:
     resource: str
     key: str
     epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """A member's heartbeat: its leases are valid ``until``; written ``at`` (its clock);
+    ``leasing`` when it runs only leased keys (False: alone, it runs keys unleased)."""
+
+    until: float
+    at: float
+    leasing: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,11 +86,13 @@ class KeyLeaseStore:
         *,
         table: str,
         owner: str,
+        queue: str,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._dynamodb = dynamodb
         self._table = table
         self.owner = owner
+        self._members_key = f"{c.KEY_OWNER_PREFIX}{queue}"
         self._clock = clock
 
     async def acquire(self, resource: str, key: str) -> KeyLease | Held:
@@ -143,32 +161,60 @@ class KeyLeaseStore:
             raise translate_error(exc, "DeleteItem") from exc
         return True
 
-    async def beat(self, until: float) -> None:
-        """This dispatcher's leases are valid until ``until`` (epoch seconds)."""
-        with aws_errors("PutItem"):
-            await self._dynamodb.put_item(
+    async def beat(
+        self, until: float, forget: Collection[str] = (), *, leasing: bool = True
+    ) -> dict[str, Member]:
+        """This dispatcher's leases are valid until ``until`` (epoch seconds): its entry
+        in the queue's members item is set (``leasing``: it runs only leased keys; a
+        member alone runs keys unleased), long-gone members in ``forget`` removed.
+        Returns every member's entry as the write left them (one request)."""
+        names = {"#me": _member(self.owner), "#ttl": c.TABLE_TTL_ATTRIBUTE}
+        names.update({f"#f{i}": _member(owner) for i, owner in enumerate(forget)})
+        expression = "SET #me = :until, #ttl = :ttl"
+        if forget:
+            expression += " REMOVE " + ", ".join(f"#f{i}" for i in range(len(forget)))
+        with aws_errors("UpdateItem"):
+            answer = await self._dynamodb.update_item(
                 TableName=self._table,
-                Item={
-                    c.TABLE_HASH_KEY: {"S": f"{c.KEY_OWNER_PREFIX}{self.owner}"},
-                    "until": number(until),
-                    c.TABLE_TTL_ATTRIBUTE: {"N": str(int(until) + 3600)},
+                Key={c.TABLE_HASH_KEY: {"S": self._members_key}},
+                UpdateExpression=expression,
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues={
+                    ":until": {
+                        "M": {
+                            "until": number(until),
+                            "at": number(self._clock()),
+                            "leasing": {"BOOL": leasing},
+                        }
+                    },
+                    ":ttl": {"N": str(int(until) + LEASE_TTL_S)},
                 },
+                ReturnValues="ALL_NEW",
             )
+        return {
+            name[len(MEMBER_PREFIX) :]: _member_of(value.get("M", {}))
+            for name, value in answer.get("Attributes", {}).items()
+            if name.startswith(MEMBER_PREFIX)
+        }
 
     async def retire(self) -> None:
-        """This dispatcher owns nothing any more: its heartbeat item goes."""
-        with aws_errors("DeleteItem"):
-            await self._dynamodb.delete_item(
+        """This dispatcher owns nothing any more: its entry in the members item goes."""
+        with aws_errors("UpdateItem"):
+            await self._dynamodb.update_item(
                 TableName=self._table,
-                Key={c.TABLE_HASH_KEY: {"S": f"{c.KEY_OWNER_PREFIX}{self.owner}"}},
+                Key={c.TABLE_HASH_KEY: {"S": self._members_key}},
+                UpdateExpression="REMOVE #me",
+                ExpressionAttributeNames={"#me": _member(self.owner)},
             )
 
-    async def alive_until(self, owner: str) -> float:
-        """Until when ``owner``'s leases are valid (0.0: no heartbeat at all)."""
-        with aws_errors("GetItem"):
-            answer = await self._dynamodb.get_item(
-                TableName=self._table,
-                Key={c.TABLE_HASH_KEY: {"S": f"{c.KEY_OWNER_PREFIX}{owner}"}},
-                ConsistentRead=True,
-            )
-        return read_number(answer.get("Item", {}).get("until"))
+
+def _member_of(entry: dict[str, Any]) -> Member:
+    return Member(
+        until=read_number(entry.get("until")),
+        at=read_number(entry.get("at")),
+        leasing=bool(entry.get("leasing", {}).get("BOOL", True)),
+    )
+
+
+def _member(owner: str) -> str:
+    return f"{MEMBER_PREFIX}{owner}"

@@ -81,6 +81,30 @@ class KeyLimiter:
         """The keys whose state is kept now."""
         return list(self._states)
 
+    def may_start(self, key: str, most: int) -> int:
+        """How many of ``most`` tasks of ``key`` its own limits let start now (its
+        bucket's whole tokens, its free slots)."""
+        state = self._states.get(key)
+        rate, burst, cap = (
+            self._limits.rate_per_s,
+            self._limits.burst,
+            self._limits.max_concurrency,
+        )
+        if state is None:
+            tokens = math.inf if rate is None else float(burst or math.ceil(rate))
+            free = math.inf if cap is None else float(cap)
+        else:
+            tokens = math.inf if state.bucket is None else state.bucket.tokens + _TOKEN_SLACK
+            free = math.inf if cap is None else float(cap - state.slots.in_flight)
+        return int(min(float(most), tokens // 1, free))
+
+    def settled(self, key: str) -> bool:
+        """Whether ``key`` is as a new key would be: nothing of it holds a slot and its
+        bucket has refilled (so another dispatcher may start it afresh within its
+        limits)."""
+        state = self._states.get(key)
+        return state is None or _is_fresh(state)
+
     def wait_s(self, key: str) -> float:
         """0.0 when ``key`` may start a task now (a token and a slot of its own), else
         the seconds until it may (:data:`CONCURRENCY_RETRY_HINT_S` at its cap)."""

@@ -87,6 +87,13 @@ _MIN_LEASE_GAP_S: Final = 0.1
 """The lease round trip assumed before one has been measured."""
 OTHERS_ACTIVE_S: Final = 2.0
 """A dispatcher that saw another's lease this recently hands unused tokens back when idle."""
+KEYED_SHARED_HORIZON_S: Final = 0.4
+"""How far ahead a lease of a keyed resource reserves while other dispatchers lease it
+and most of its own tokens lately came due with no key ready to use them."""
+WASTED_SHORT_LEASES: Final = 0.5
+"""The share of tokens dropped unused above which a keyed resource's leases shorten."""
+WASTE_WEIGHT: Final = 0.05
+"""Each token taken or dropped moves the wasted share this far (about the last 20)."""
 IDLE_GIVE_BACK_S: Final = 0.5
 """An idle dispatcher holding this many seconds of tokens gives them back even when it
 has not seen another dispatcher lately (it only sees them when their writes conflict
@@ -180,7 +187,11 @@ class SharedTokenSource:
         self._misses = 0
         self._waiting = 1  # tasks waiting for a token here, as the last take said
         self._others_seen_at = -math.inf  # when another dispatcher's lease was last seen
+        self._wasted = 0.0  # the share of tokens lately dropped unused (a moving average)
         self._giving_back = False
+        # This dispatcher's last lease: the version it wrote and its first token's valid
+        # time. Its tokens are the bucket's last ones while the item keeps that version.
+        self._last_lease: tuple[dict[str, Any], float] | None = None
         self.requests = 0
         self.dropped = 0
 
@@ -207,6 +218,7 @@ class SharedTokenSource:
         if self._valid and self._valid[0] <= now:
             self._valid.popleft()
             self._takes.append(now)
+            self._wasted -= WASTE_WEIGHT * self._wasted
             self._maybe_lease(now)
             return 0.0
         self._misses += 1
@@ -226,11 +238,12 @@ class SharedTokenSource:
         while others wait (the tail of a backlog shared by several dispatchers): when
         it has seen another dispatcher lease lately, or holds half a second of tokens
         or more. A token or two it keeps: giving them back and leasing again would
-        cost a request per lull between tasks."""
-        if not self._valid or self._giving_back:
+        cost a request per lull between tasks. Only the tokens of its last lease can
+        go back, while no other lease followed it (see :meth:`give_back`)."""
+        if not self._valid or self._giving_back or self._last_lease is None:
             return
         many = len(self._valid) >= max(2.0, self._rate * IDLE_GIVE_BACK_S)
-        if not many and self._clock() - self._others_seen_at > OTHERS_ACTIVE_S:
+        if not many and not self._others_active():
             return
         self._giving_back = True
         self._background.start(self._give_back_unused())
@@ -292,13 +305,29 @@ class SharedTokenSource:
         longer, at most ``max_horizon_s`` (half the dispatcher's wait horizon, so
         another dispatcher never waits longer for its share than it is willing to).
         A dispatcher leases again when half of it is left: with N dispatchers that
-        is about ``N / (rate x 1 s)`` requests per task."""
-        return max(0.5, min(self._max_horizon_s, max(1.5, 20.0 / self._rate)))
+        is about ``N / (rate x 1 s)`` requests per task.
+
+        A keyed resource leased by others too, most of whose tokens here came due
+        with no key ready (dropped), reserves :data:`KEYED_SHARED_HORIZON_S` at most:
+        its keys come due sparsely, and one that does while another dispatcher holds
+        a long span waits it out, a delay a key with a burst of 1 never makes up."""
+        horizon_s = max(0.5, min(self._max_horizon_s, max(1.5, 20.0 / self._rate)))
+        if (
+            self.resource.per_key is not None
+            and self._others_active()
+            and self._wasted > WASTED_SHORT_LEASES
+        ):
+            return min(horizon_s, KEYED_SHARED_HORIZON_S)
+        return horizon_s
+
+    def _others_active(self) -> bool:
+        return self._clock() - self._others_seen_at <= OTHERS_ACTIVE_S
 
     def _drop_late(self, now: float) -> None:
         while self._valid and self._valid[0] < now - self.late_s:
             self._valid.popleft()
             self.dropped += 1
+            self._wasted += WASTE_WEIGHT * (1.0 - self._wasted)
 
     def _want(self, now: float) -> int:
         while self._takes and self._takes[0] < now - 1.0:
@@ -453,6 +482,7 @@ class SharedTokenSource:
         # Tokens the bucket holds at `now` are valid then; the rest as it refills them.
         leased = [now if j < ready else now + (j + 1 - level) / self._rate for j in range(take)]
         self._valid = deque(sorted([*self._valid, *leased]))
+        self._last_lease = (values[":now"], leased[0])
         if self._valid:
             # Never pause past the last token in hand: a small lease (others hold the
             # bucket) is followed by another before it runs out, not a second later.
@@ -473,31 +503,52 @@ class SharedTokenSource:
     async def give_back(self) -> None:
         """Return leased tokens not used yet to the bucket (when idle, and on shutdown).
 
-        The bucket then stands as if they had never been leased (a token valid later
-        is one the bucket would have refilled by then). The write also moves the
-        item's version (``updated_at``) on by a millisecond: a lease based on the
-        item as it was fails its condition and reads the tokens given back, instead
-        of overwriting them with a level computed without them.
+        Only the tokens of this dispatcher's last lease go back, and only while that
+        lease is still the bucket's last write (the write's condition: the item's
+        ``updated_at`` is the one that lease wrote). Those are the last tokens the
+        bucket handed out, so adding them to its level stands it as if they had never
+        been leased: the next lease is granted the same times again. Once another
+        dispatcher has leased after it, the bucket's times up to that lease are all
+        handed out; tokens added back would be granted again *after* them, on top of
+        the times that dispatcher already holds (its tokens and the new lease's in the
+        same window), and tokens whose time has passed would come back as new ones.
+        Those tokens stay here instead (used if work comes, else dropped when late).
+
+        The write also moves the item's version (``updated_at``) on by a millisecond: a
+        lease based on the item as it was fails its condition and reads the tokens given
+        back, instead of overwriting them with a level computed without them.
         """
-        unused = len(self._valid)
-        self._valid.clear()
-        if unused == 0 or self._seen is None:
+        last = self._last_lease
+        if last is None or self._seen is None:
             return
-        log.debug("bucket_given_back", resource=self.resource.name, unused=unused)
+        version, first = last
+        returning = [t for t in self._valid if t >= first]
+        if not returning:
+            return
+        self._valid = deque(t for t in self._valid if t < first)
+        self._last_lease = None
+        log.debug("bucket_given_back", resource=self.resource.name, unused=len(returning))
         try:
             self.requests += 1
             await self._client.update_item(
                 TableName=self._table,
                 Key=self._key,
                 UpdateExpression="SET #tokens = #tokens + :unused, #updated = #updated + :step",
+                ConditionExpression="#updated = :version",
                 ExpressionAttributeNames={"#tokens": "tokens", "#updated": "updated_at"},
                 ExpressionAttributeValues={
-                    ":unused": number(float(unused), places=_PLACES),
+                    ":unused": number(float(len(returning)), places=_PLACES),
                     ":step": number(_MIN_STEP_S, places=_PLACES),
+                    ":version": version,
                 },
             )
         except (ClientError, BotoCoreError) as exc:
-            log.warning("bucket_give_back_failed", resource=self.resource.name, error=str(exc))
+            if is_condition_failure(exc):
+                # Another lease came after this one's: not given back, still ours.
+                self._valid = deque(sorted([*self._valid, *returning]))
+            else:
+                # Perhaps written, perhaps not: never use them here too.
+                log.warning("bucket_give_back_failed", resource=self.resource.name, error=str(exc))
 
 
 class SharedSlots:

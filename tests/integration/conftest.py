@@ -159,6 +159,15 @@ def dispatch_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Co
 WAIT_S = 60.0  # the bound on a wait for something a test expects soon; never near it
 
 
+async def until(condition: Callable[[], bool], *, what: str, timeout_s: float = WAIT_S) -> None:
+    """:func:`wait_until` from a coroutine: the event loop (dispatchers on it) runs on."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s:g} s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
 def wait_until(condition: Callable[[], bool], *, what: str, timeout_s: float = WAIT_S) -> None:
     """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout_s`` (a
     bounded wait for a condition, never a sleep that guesses how long it takes)."""

@@ -14,13 +14,13 @@ from botocore.exceptions import EndpointConnectionError
 from structlog.testing import capture_logs
 
 from dispatch import InvalidArgumentsError, KeyLimits, Resource, current_task, task
-from dispatch.core.config import Settings
+from dispatch.core.config import Settings, queue_name
 from dispatch.core.deadletter import parse_attributes
 from dispatch.loop.dispatcher import Dispatcher, DispatcherOptions
 from dispatch.producer.enqueue import Queue
 from dispatch.store.aws import SyncClients, async_clients
 from dispatch.tasks.registry import Registry
-from tests.integration.conftest import drain, queue_counts, receive_all
+from tests.integration.conftest import drain, queue_counts, receive_all, until
 from tests.integration.test_throttle import max_in_any_window
 
 # Timing-sensitive (start windows against a bucket's bound) or CPU-heavy (a browser):
@@ -104,9 +104,10 @@ async def test_a_flooding_key_leaves_room_for_the_others_in_a_small_dispatcher(
 async def test_each_key_stays_within_its_cap_and_rate(
     aws_env: Settings, registry: Registry, queue: Queue
 ) -> None:
-    """Given 4 keys with 10 tasks of 0.1 s each on a resource of 50/s whose keys get
+    """Given 4 keys with 10 tasks of 0.3 s each on a resource of 50/s whose keys get
     4/s, burst 2 and 2 at once, when drained, then no key ever runs more than 2 at once
-    (and reaches 2), and in no window w does a key start more than 4 * w + 2 tasks."""
+    (and reaches 2: its starts 0.25 s apart overlap; without the cap its burst and rate
+    would run 3), and in no window w does a key start more than 4 * w + 2 tasks."""
     api = Resource(
         "tenant-api",
         rate_per_s=50,
@@ -123,7 +124,7 @@ async def test_each_key_stays_within_its_cap_and_rate(
         starts[tenant].append(time.time())
         running[tenant] += 1
         peak[tenant] = max(peak[tenant], running[tenant])
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.3)
         running[tenant] -= 1
 
     keys = [f"k{i}" for i in range(4)]
@@ -230,8 +231,8 @@ async def test_two_dispatchers_keep_the_global_limits_and_warn_per_key_is_per_di
 ) -> None:
     """Given two dispatchers draining 3 keys' tasks on a keyed resource of 10/s (burst 2,
     cap 2), when both run at once, then every task ran once, together they stay within
-    the global rate and cap, and each dispatcher that saw the other warned (once) that
-    per-key limits are applied per dispatcher in this release."""
+    the global rate and cap, and, key leases turned off, each dispatcher that saw the
+    other warned (once) that per-key limits are then applied per dispatcher."""
     api = Resource(
         "keyed-shared",
         rate_per_s=10,
@@ -258,8 +259,8 @@ async def test_two_dispatchers_keep_the_global_limits_and_warn_per_key_is_per_di
     with capture_logs() as logs:
         first, second = await asyncio.wait_for(
             asyncio.gather(
-                drain(aws_env, registry, throttle_horizon_s=1.0),
-                drain(aws_env, registry, throttle_horizon_s=1.0),
+                drain(aws_env, registry, throttle_horizon_s=1.0, key_leases=False),
+                drain(aws_env, registry, throttle_horizon_s=1.0, key_leases=False),
             ),
             timeout=90,
         )
@@ -273,7 +274,7 @@ async def test_two_dispatchers_keep_the_global_limits_and_warn_per_key_is_per_di
     assert {w["resource"] for w in warnings} == {"keyed-shared"}
 
 
-# --- one owner per active key (DispatcherOptions(key_leases=True)) -------------------
+# --- one owner per active key (key leases, on by default) ----------------------------
 
 
 async def test_with_key_leases_two_dispatchers_never_run_a_key_beyond_its_cap(
@@ -284,7 +285,7 @@ async def test_with_key_leases_two_dispatchers_never_run_a_key_beyond_its_cap(
     of 1, when both run at once, then no key ever runs two tasks at
     once (each key is owned by one dispatcher at a time; without the leases each
     dispatcher would apply the cap on its own), every task ran once, and once both have
-    stopped no lease is left in the table."""
+    stopped no lease is left in the table and neither is a member any more."""
     api = Resource(
         "keyed-leased",
         rate_per_s=50,
@@ -306,8 +307,8 @@ async def test_with_key_leases_two_dispatchers_never_run_a_key_beyond_its_cap(
     queue.enqueue_many([call.message(t, i) for i in range(12) for t in ("x", "y")])
     first, second = await asyncio.wait_for(
         asyncio.gather(
-            drain(aws_env, registry, key_leases=True, max_in_flight=8),
-            drain(aws_env, registry, key_leases=True, max_in_flight=8),
+            drain(aws_env, registry, max_in_flight=8),
+            drain(aws_env, registry, max_in_flight=8),
         ),
         timeout=120,
     )
@@ -315,12 +316,16 @@ async def test_with_key_leases_two_dispatchers_never_run_a_key_beyond_its_cap(
     assert first.succeeded + second.succeeded == 24
     assert len(ran) == 24 and set(ran.values()) == {1}
     assert peak == {"x": 1, "y": 1}
-    leases = [
-        item
-        for item in clients.dynamodb.scan(TableName=aws_env.table)["Items"]
-        if item["pk"]["S"].startswith(("keylease#", "keyowner#"))
+    items = clients.dynamodb.scan(TableName=aws_env.table)["Items"]
+    assert [item for item in items if item["pk"]["S"].startswith("keylease#")] == []
+    members = [
+        name
+        for item in items
+        if item["pk"]["S"].startswith("keyowner#")
+        for name in item
+        if name.startswith("m#")
     ]
-    assert leases == []
+    assert members == []
 
 
 class Partition:
@@ -341,61 +346,73 @@ class Partition:
 async def test_a_killed_key_owner_is_taken_over_after_its_lease_lapses(
     aws_env: Settings, registry: Registry, queue: Queue, clients: SyncClients
 ) -> None:
-    """Given dispatcher 1 (key leases on, a 3 s heartbeat TTL) that ran a task of key k
-    and so owns it, when it is killed (cut off the network, its loop cancelled: it gives
-    nothing back) and k's next 5 tasks are enqueued for dispatcher 2, then dispatcher 2
-    waits for 1's heartbeat to lapse (plus the 2 s margin), takes k over from 1 (the
-    epoch moves on), runs all 5, and k never ran two at once (its cap is 1)."""
-    api = Resource("keyed-handover", rate_per_s=20, per_key=KeyLimits(max_concurrency=1))
-    starts: list[float] = []
-    running = peak = 0
-    first_ran = asyncio.Event()
+    """Given dispatchers 1 and 2 (3 s heartbeats) that ran 12 keys' tasks, so that each
+    holds the leases of the keys that prefer it, when 1 is killed (cut off the network,
+    its loop cancelled: it gives nothing back) and 5 more tasks of each of 1's keys are
+    enqueued, then 2 runs them only once 1's heartbeat lapsed plus the 2 s margin (then
+    alone on the queue, it says so in its heartbeat and runs every key), and no key ever
+    ran two at once (their cap is 1)."""
+    api = Resource("keyed-handover", rate_per_s=50, per_key=KeyLimits(max_concurrency=1))
+    starts: defaultdict[str, list[float]] = defaultdict(list)
+    running: Counter[str] = Counter()
+    peak: Counter[str] = Counter()
 
     @task(registry=registry, resource=api, key="tenant")
     async def call(tenant: str, n: int) -> None:
-        nonlocal running, peak
-        starts.append(time.time())
-        running += 1
-        peak = max(peak, running)
+        starts[tenant].append(time.time())
+        running[tenant] += 1
+        peak[tenant] = max(peak[tenant], running[tenant])
         await asyncio.sleep(0.05)
-        running -= 1
-        first_ran.set()
+        running[tenant] -= 1
 
-    queue.enqueue(call.message("k", 0))
+    keys = [f"t{i}" for i in range(12)]
+    options = DispatcherOptions(key_lease_ttl_s=3.0, wait_time_s=1)
     partition = Partition()
-    async with async_clients(aws_env) as aio:
-        partition.attach(aio.sqs)
-        partition.attach(aio.dynamodb)
-        one = Dispatcher(
-            aws_env,
-            clients=aio,
-            registry=registry,
-            options=DispatcherOptions(key_leases=True, key_lease_ttl_s=3.0, wait_time_s=1),
+    async with async_clients(aws_env) as aio_one, async_clients(aws_env) as aio_two:
+        partition.attach(aio_one.sqs)
+        partition.attach(aio_one.dynamodb)
+        one, two = (
+            Dispatcher(aws_env, clients=aio, registry=registry, options=options)
+            for aio in (aio_one, aio_two)
         )
         running_one = asyncio.ensure_future(one.run())
-        await asyncio.wait_for(first_ran.wait(), timeout=30)
-        lease_key = {"pk": {"S": "keylease#keyed-handover#k"}}
-        held = clients.dynamodb.get_item(TableName=aws_env.table, Key=lease_key)["Item"]
-        deadline = time.monotonic() + 15
-        while queue_counts(clients, aws_env.queue_url) != {
-            "visible": 0,
-            "in_flight": 0,
-            "delayed": 0,
-        }:
-            assert time.monotonic() < deadline, "the first task's settlement never landed"
-            await asyncio.sleep(0.05)  # its success settles (a delete), then it dies
-        partition.cut = True
-        killed_at = time.time()
-        running_one.cancel()
-        await asyncio.gather(running_one, return_exceptions=True)
-        await one.runner.aclose()
+        running_two = asyncio.ensure_future(two.run())
+        try:
+            queue.enqueue_many([call.message(k, n) for n in range(4) for k in keys])
+            await until(lambda: sum(map(len, starts.values())) == 48, what="the first 48 tasks")
+            held_by_one = _keys_held_by(clients, aws_env, one.id)
+            assert held_by_one, "dispatcher 1 holds no key: nothing to take over"
+            partition.cut = True
+            killed_at = time.time()
+            running_one.cancel()
+            await asyncio.gather(running_one, return_exceptions=True)
+            before = {k: len(starts[k]) for k in held_by_one}
+            queue.enqueue_many([call.message(k, n) for n in range(4, 9) for k in held_by_one])
+            await until(
+                lambda: all(len(starts[k]) == before[k] + 5 for k in held_by_one),
+                what="the killed owner's keys' 5 tasks each",
+            )
+            key = {"pk": {"S": f"keyowner#{queue_name(aws_env.queue_url)}"}}
+            members = clients.dynamodb.get_item(TableName=aws_env.table, Key=key)["Item"]
+        finally:
+            two.stop()
+            await asyncio.wait_for(running_two, timeout=60)
+            for d in (one, two):
+                await d.runner.aclose()
 
-    queue.enqueue_many([call.message("k", n) for n in range(1, 6)])
-    with capture_logs() as logs:
-        stats = await asyncio.wait_for(drain(aws_env, registry, key_leases=True), timeout=90)
-
-    assert stats.succeeded == 5 and len(starts) == 6 and peak == 1
-    taken = [e for e in logs if e["event"] == "key_taken_over"]
-    assert [(e["key"], e["previous"]) for e in taken] == [("k", held["owner"]["S"])]
+    assert max(peak.values()) == 1
+    assert all(len(starts[k]) == 4 for k in keys if k not in held_by_one)
+    assert members[f"m#{two.id}"]["M"]["leasing"] == {"BOOL": False}  # 2 alone, says so
+    assert float(members[f"m#{one.id}"]["M"]["until"]["N"]) < killed_at + 3.0
     # Not before 1's heartbeat (renewed every second, valid 3 s) lapsed + the 2 s margin.
-    assert min(starts[1:]) >= killed_at + 3.0
+    assert min(min(starts[k][4:]) for k in held_by_one) >= killed_at + 3.0
+
+
+def _keys_held_by(clients: SyncClients, settings: Settings, owner: str) -> set[str]:
+    prefix = "keylease#keyed-handover#"
+    items = clients.dynamodb.scan(TableName=settings.table)["Items"]
+    return {
+        item["pk"]["S"][len(prefix) :]
+        for item in items
+        if item["pk"]["S"].startswith(prefix) and item["owner"]["S"] == owner
+    }

@@ -476,3 +476,31 @@ def test_a_key_takes_at_most_half_the_dispatchers_places() -> None:
     with line.queued("a", 32):
         assert not line.may_wait("a", room=line.room(400), in_room=32)
         assert line.may_wait("b", room=line.room(400), in_room=32)
+
+
+async def test_the_demand_asked_of_the_bucket_is_the_keys_that_may_start_now() -> None:
+    """Given key a with 20 waiters at its own 1/s (burst 1) and key b with one, when the
+    line asks the resource for tokens, then it asks for what they may start within a
+    second (a: 1 now + 1, b: 1), never for 21: a shared bucket leasing for every
+    waiter would take tokens that come due before a's waiters may start (dropped),
+    while other dispatchers' keys wait for them."""
+    asked: list[int] = []
+
+    class Recording(ResourceThrottle):
+        def try_start(self, waiting: int = 1) -> Permit | float:
+            asked.append(waiting)
+            return super().try_start(waiting)
+
+    resource = Resource("slow-keys", rate_per_s=100, per_key=KeyLimits(rate_per_s=1, burst=1))
+    assert resource.per_key is not None
+    line = KeyedLine(
+        Recording(resource), resource.per_key, horizon_s=30.0, stopping=asyncio.Event()
+    )
+    line.waiting.update({"a": 20, "b": 1})  # the room, as the gate counts it
+    waiters = [asyncio.ensure_future(line.acquire(k)) for k in ["a"] * 20 + ["b"]]
+    done, _ = await asyncio.wait(waiters, timeout=0.5)
+    assert {w.result().__class__ for w in done} == {Permit}
+    assert max(asked) == 3
+    for w in waiters:
+        w.cancel()
+    await asyncio.gather(*waiters, return_exceptions=True)
