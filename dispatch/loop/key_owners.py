@@ -142,6 +142,7 @@ class KeyOwners:
         self._claiming: asyncio.Task[None] | None = None
         self._asking: dict[Key, asyncio.Future[None]] = {}
         self._beating: asyncio.Task[None] | None = None
+        self._beat_lock = asyncio.Lock()
 
     @classmethod
     def of_queue(
@@ -301,7 +302,15 @@ class KeyOwners:
 
     async def _beat(self) -> None:
         """Renew our heartbeat (one write, whose answer is every member's), and follow
-        the members: alone, keys run unleased; beside others, only leased keys run."""
+        the members: alone, keys run unleased; beside others, only leased keys run.
+        One at a time: a caller that finds a beat under way waits for its answer."""
+        if self._beat_lock.locked():
+            async with self._beat_lock:
+                return
+        async with self._beat_lock:
+            await self._follow_members()
+
+    async def _follow_members(self) -> None:
         members = await self._write_beat()
         others = any(o != self._me and self._looks_alive(o) for o in members)
         claiming = self._claiming is not None and not self._claiming.done()

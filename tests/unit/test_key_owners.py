@@ -87,6 +87,7 @@ class FakeStore:
         self, until: float, forget: Collection[str] = (), *, leasing: bool = True
     ) -> dict[str, Member]:
         self._request()
+        await asyncio.sleep(0)  # a round trip: another beat may start meanwhile
         self.table.beats[self.owner] = until
         self.table.leasing[self.owner] = leasing
         for owner in forget:
@@ -341,3 +342,14 @@ async def test_an_owner_missing_from_an_older_read_is_not_taken_for_dead() -> No
     assert three.owns("crm", k) and not two.owns("crm", k)
     for o in (one, two, three):
         await o.aclose()
+
+
+async def test_heartbeats_asked_for_at_once_are_written_once() -> None:
+    """Given a lone dispatcher's heartbeat under way, when another part of it asks for a
+    heartbeat at the same moment, then it waits for the one under way: the member goes
+    alone once (two writes: the beat, then `leasing: false`), not twice."""
+    table, clock = TableOfLeases(), FakeClock()
+    one = owners(table, "d1", clock)
+    await asyncio.gather(one._beat(), one._beat(), one._beat())
+    assert table.requests == 2 and table.leasing == {"d1": False}
+    assert one.owns("crm", "any")
