@@ -253,13 +253,14 @@ async def test_values_a_handler_would_not_get_back_are_refused_by_every_enqueue(
 def test_the_cli_takes_a_finite_delay_and_refuses_nan_as_a_usage_error(
     aws_env: Settings, clients: SyncClients
 ) -> None:
-    """Given `dispatch enqueue` with --delay-s 1.5, then nan, then inf, when each runs,
+    """Given `dispatch enqueue` with --delay-s 120.5, then nan, then inf, when each runs,
     then the first enqueues a delayed task and the others exit with the usage status 2
-    naming --delay-s, sending nothing."""
+    naming --delay-s, sending nothing. (A delay long enough to outlast the two other
+    commands' start-up on a loaded machine: 1.5 s once ran out before the count.)"""
     common = ["enqueue", "send_receipt", "--tasks", "dispatch.local.example.app"]
     args = ["--args", '{"order_id": "1", "email": "a@example.com"}']
 
-    delayed = dispatch_cli(*common, *args, "--delay-s", "1.5")
+    delayed = dispatch_cli(*common, *args, "--delay-s", "120.5")
     refused = [dispatch_cli(*common, *args, "--delay-s", value) for value in ("nan", "inf")]
 
     assert delayed.returncode == 0, delayed.stderr

@@ -7,6 +7,7 @@ import asyncio
 import json
 import time
 from collections import Counter, defaultdict
+from functools import partial
 from typing import Any
 
 import pytest
@@ -346,12 +347,13 @@ class Partition:
 async def test_a_killed_key_owner_is_taken_over_after_its_lease_lapses(
     aws_env: Settings, registry: Registry, queue: Queue, clients: SyncClients
 ) -> None:
-    """Given dispatchers 1 and 2 (3 s heartbeats) that ran 12 keys' tasks, so that each
-    holds the leases of the keys that prefer it, when 1 is killed (cut off the network,
-    its loop cancelled: it gives nothing back) and 5 more tasks of each of 1's keys are
-    enqueued, then 2 runs them only once 1's heartbeat lapsed plus the 2 s margin (then
-    alone on the queue, it says so in its heartbeat and runs every key), and no key ever
-    ran two at once (their cap is 1)."""
+    """Given two dispatchers (3 s heartbeats), both members of the queue and leasing,
+    that ran 12 keys' tasks, so that each holds the leases of the keys that prefer it,
+    when the one holding more is killed (cut off the network, its loop cancelled: it
+    gives nothing back) and 5 more tasks of each of its keys are enqueued, then the
+    other runs them only once the dead one's heartbeat lapsed plus the 2 s margin
+    (then alone on the queue, it says so in its heartbeat and runs every key), and no
+    key ever ran two at once (their cap is 1)."""
     api = Resource("keyed-handover", rate_per_s=50, per_key=KeyLimits(max_concurrency=1))
     starts: defaultdict[str, list[float]] = defaultdict(list)
     running: Counter[str] = Counter()
@@ -367,27 +369,37 @@ async def test_a_killed_key_owner_is_taken_over_after_its_lease_lapses(
 
     keys = [f"t{i}" for i in range(12)]
     options = DispatcherOptions(key_lease_ttl_s=3.0, wait_time_s=1)
-    partition = Partition()
-    async with async_clients(aws_env) as aio_one, async_clients(aws_env) as aio_two:
-        partition.attach(aio_one.sqs)
-        partition.attach(aio_one.dynamodb)
-        one, two = (
-            Dispatcher(aws_env, clients=aio, registry=registry, options=options)
-            for aio in (aio_one, aio_two)
-        )
-        running_one = asyncio.ensure_future(one.run())
-        running_two = asyncio.ensure_future(two.run())
+    cuts = {0: Partition(), 1: Partition()}
+    async with async_clients(aws_env) as aio_0, async_clients(aws_env) as aio_1:
+        pair = []
+        for i, aio in enumerate((aio_0, aio_1)):
+            cuts[i].attach(aio.sqs)
+            cuts[i].attach(aio.dynamodb)
+            pair.append(Dispatcher(aws_env, clients=aio, registry=registry, options=options))
+        runs = [asyncio.ensure_future(d.run()) for d in pair]
         try:
-            queue.enqueue_many([call.message(k, n) for n in range(4) for k in keys])
-            await until(lambda: sum(map(len, starts.values())) == 48, what="the first 48 tasks")
-            held_by_one = _keys_held_by(clients, aws_env, one.id)
-            assert held_by_one, "dispatcher 1 holds no key: nothing to take over"
-            partition.cut = True
+            # Warm up until both are members that lease (the first one alone ran keys
+            # unleased, then leased them once it saw the other).
+            rounds = 0
+            while not _both_leasing(clients, aws_env, pair):
+                queue.enqueue_many([call.message(k, rounds) for k in keys])
+                rounds += 1
+                expected = 12 * rounds
+                await until(partial(_ran, starts, expected), what="the warm-up round")
+            queue.enqueue_many(
+                [call.message(k, m) for m in range(rounds, rounds + 4) for k in keys]
+            )
+            await until(partial(_ran, starts, 12 * (rounds + 4)), what="48 more tasks")
+            held = [_keys_held_by(clients, aws_env, d.id) for d in pair]
+            victim = 0 if len(held[0]) >= len(held[1]) else 1
+            one, two, held_by_one = pair[victim], pair[1 - victim], held[victim]
+            assert held_by_one, "no dispatcher holds a key: nothing to take over"
+            cuts[victim].cut = True
             killed_at = time.time()
-            running_one.cancel()
-            await asyncio.gather(running_one, return_exceptions=True)
-            before = {k: len(starts[k]) for k in held_by_one}
-            queue.enqueue_many([call.message(k, n) for n in range(4, 9) for k in held_by_one])
+            runs[victim].cancel()
+            await asyncio.gather(runs[victim], return_exceptions=True)
+            before = {k: len(starts[k]) for k in keys}
+            queue.enqueue_many([call.message(k, m) for m in range(100, 105) for k in held_by_one])
             await until(
                 lambda: all(len(starts[k]) == before[k] + 5 for k in held_by_one),
                 what="the killed owner's keys' 5 tasks each",
@@ -396,16 +408,26 @@ async def test_a_killed_key_owner_is_taken_over_after_its_lease_lapses(
             members = clients.dynamodb.get_item(TableName=aws_env.table, Key=key)["Item"]
         finally:
             two.stop()
-            await asyncio.wait_for(running_two, timeout=60)
-            for d in (one, two):
+            await asyncio.wait_for(runs[1 - victim], timeout=60)
+            for d in pair:
                 await d.runner.aclose()
 
     assert max(peak.values()) == 1
-    assert all(len(starts[k]) == 4 for k in keys if k not in held_by_one)
-    assert members[f"m#{two.id}"]["M"]["leasing"] == {"BOOL": False}  # 2 alone, says so
+    assert members[f"m#{two.id}"]["M"]["leasing"] == {"BOOL": False}  # alone, says so
     assert float(members[f"m#{one.id}"]["M"]["until"]["N"]) < killed_at + 3.0
     # Not before 1's heartbeat (renewed every second, valid 3 s) lapsed + the 2 s margin.
-    assert min(min(starts[k][4:]) for k in held_by_one) >= killed_at + 3.0
+    assert min(starts[k][before[k]] for k in held_by_one) >= killed_at + 3.0
+
+
+def _ran(starts: dict[str, list[float]], expected: int) -> bool:
+    return sum(map(len, starts.values())) == expected
+
+
+def _both_leasing(clients: SyncClients, settings: Settings, pair: list[Dispatcher]) -> bool:
+    key = {"pk": {"S": f"keyowner#{queue_name(settings.queue_url)}"}}
+    item = clients.dynamodb.get_item(TableName=settings.table, Key=key).get("Item", {})
+    entries = [item.get(f"m#{d.id}", {}).get("M") for d in pair]
+    return all(e is not None and e["leasing"]["BOOL"] for e in entries)
 
 
 def _keys_held_by(clients: SyncClients, settings: Settings, owner: str) -> set[str]:
