@@ -248,18 +248,25 @@ class KeyOwners:
             ):
                 return ELSEWHERE_HIDE_S  # held by a live owner that gives it back when idle
         asked_at = self._clock()
-        answer = await self._store.acquire(resource, key)
-        if isinstance(answer, Held) and not await self._alive_now(answer.owner, since=asked_at):
-            held = answer
-            answer = await self._store.take_over(resource, key, answer)
-            if isinstance(answer, KeyLease):
-                log.info("key_taken_over", resource=resource, key=key, previous=held.owner)
+        answer = await self._take(k)
         if isinstance(answer, Held):
             self._elsewhere[k] = (answer, asked_at)
             return ELSEWHERE_HIDE_S
         self._elsewhere.pop(k, None)
         self._owned[k] = answer
         return self._use(k)
+
+    async def _take(self, k: Key) -> KeyLease | Held:
+        """Ask for ``k``'s lease (one conditional write); a holder whose heartbeat
+        lapsed past the margin is taken over, conditional on the epoch it held."""
+        asked_at = self._clock()
+        answer = await self._store.acquire(*k)
+        if isinstance(answer, Held) and not await self._alive_now(answer.owner, since=asked_at):
+            held = answer
+            answer = await self._store.take_over(*k, held)
+            if isinstance(answer, KeyLease):
+                log.info("key_taken_over", resource=k[0], key=k[1], previous=held.owner)
+        return answer
 
     async def _alive_now(self, owner: str, *, since: float) -> bool:
         """Whether ``owner``'s heartbeat is fresh, with :data:`TAKEOVER_MARGIN_S` to
@@ -348,11 +355,7 @@ class KeyOwners:
         async def claim(k: Key) -> None:
             async with gate:
                 try:
-                    answer = await self._store.acquire(*k)
-                    if isinstance(answer, Held) and not await self._alive_now(
-                        answer.owner, since=self._clock()
-                    ):
-                        answer = await self._store.take_over(*k, answer)
+                    answer = await self._take(k)
                 except DispatchError as exc:
                     log.warning("key_lease_failed", resource=k[0], key=k[1], error=str(exc))
                     return

@@ -29,6 +29,28 @@ from tests.integration.test_throttle import max_in_any_window
 pytestmark = pytest.mark.xdist_group("timing")
 
 
+class KeyedCalls:
+    """A keyed task ``call(tenant, n)`` that holds for ``hold_s``, and what it saw: each
+    tenant's start times, its peak of calls at once, and how often each call ran."""
+
+    def __init__(self, registry: Registry, resource: Resource, *, hold_s: float) -> None:
+        self.starts: defaultdict[str, list[float]] = defaultdict(list)
+        self.peak: Counter[str] = Counter()
+        self.ran: Counter[tuple[str, int]] = Counter()
+        running: Counter[str] = Counter()
+
+        @task(registry=registry, resource=resource, key="tenant")
+        async def call(tenant: str, n: int) -> None:
+            self.starts[tenant].append(time.time())
+            self.ran[(tenant, n)] += 1
+            running[tenant] += 1
+            self.peak[tenant] = max(self.peak[tenant], running[tenant])
+            await asyncio.sleep(hold_s)
+            running[tenant] -= 1
+
+        self.call = call
+
+
 async def test_a_flooding_key_does_not_starve_the_others(
     aws_env: Settings, registry: Registry, queue: Queue
 ) -> None:
@@ -116,17 +138,8 @@ async def test_each_key_stays_within_its_cap_and_rate(
         max_concurrency=20,
         per_key=KeyLimits(rate_per_s=4, burst=2, max_concurrency=2),
     )
-    starts: defaultdict[str, list[float]] = defaultdict(list)
-    running: Counter[str] = Counter()
-    peak: Counter[str] = Counter()
-
-    @task(registry=registry, resource=api, key="tenant")
-    async def call(tenant: str, n: int) -> None:
-        starts[tenant].append(time.time())
-        running[tenant] += 1
-        peak[tenant] = max(peak[tenant], running[tenant])
-        await asyncio.sleep(0.3)
-        running[tenant] -= 1
+    calls = KeyedCalls(registry, api, hold_s=0.3)
+    call, starts, peak = calls.call, calls.starts, calls.peak
 
     keys = [f"k{i}" for i in range(4)]
     queue.enqueue_many([call.message(k, n) for n in range(10) for k in keys])
@@ -293,17 +306,8 @@ async def test_with_key_leases_two_dispatchers_never_run_a_key_beyond_its_cap(
         burst=5,
         per_key=KeyLimits(rate_per_s=20, burst=2, max_concurrency=1),
     )
-    running: Counter[str] = Counter()
-    peak: Counter[str] = Counter()
-    ran: Counter[tuple[str, int]] = Counter()
-
-    @task(registry=registry, resource=api, key="tenant")
-    async def call(tenant: str, n: int) -> None:
-        ran[(tenant, n)] += 1
-        running[tenant] += 1
-        peak[tenant] = max(peak[tenant], running[tenant])
-        await asyncio.sleep(0.2)
-        running[tenant] -= 1
+    calls = KeyedCalls(registry, api, hold_s=0.2)
+    call, peak, ran = calls.call, calls.peak, calls.ran
 
     queue.enqueue_many([call.message(t, i) for i in range(12) for t in ("x", "y")])
     first, second = await asyncio.wait_for(
@@ -355,17 +359,8 @@ async def test_a_killed_key_owner_is_taken_over_after_its_lease_lapses(
     (then alone on the queue, it says so in its heartbeat and runs every key), and no
     key ever ran two at once (their cap is 1)."""
     api = Resource("keyed-handover", rate_per_s=50, per_key=KeyLimits(max_concurrency=1))
-    starts: defaultdict[str, list[float]] = defaultdict(list)
-    running: Counter[str] = Counter()
-    peak: Counter[str] = Counter()
-
-    @task(registry=registry, resource=api, key="tenant")
-    async def call(tenant: str, n: int) -> None:
-        starts[tenant].append(time.time())
-        running[tenant] += 1
-        peak[tenant] = max(peak[tenant], running[tenant])
-        await asyncio.sleep(0.05)
-        running[tenant] -= 1
+    calls = KeyedCalls(registry, api, hold_s=0.05)
+    call, starts, peak = calls.call, calls.starts, calls.peak
 
     keys = [f"t{i}" for i in range(12)]
     options = DispatcherOptions(key_lease_ttl_s=3.0, wait_time_s=1)
