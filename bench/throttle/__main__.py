@@ -51,6 +51,7 @@ from bench.throttle.harness import (
     run_scenario,
 )
 from dispatch.core.errors import DispatchError
+from dispatch.local import moto_patches
 from dispatch.local.emulator import LocalAWS, environment
 from dispatch.local.provision import load_template
 
@@ -134,6 +135,19 @@ def _keyed_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="keyed: the noisy-neighbour pair with key leases off (names end -unleased)",
     )
+    parser.add_argument(
+        "--no-fair-queues",
+        action="store_true",
+        help="the local AWS delivers in send order, not as an SQS fair queue (docs/local.md)",
+    )
+
+
+def _prepare(args: argparse.Namespace) -> None:
+    # SIGTERM unwinds like Ctrl-C: every `with` and `finally` stops what it started.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    signal.signal(signal.SIGINT, _exit_on_signal)
+    if args.no_fair_queues:  # read by the emulator this process starts
+        os.environ[moto_patches.FAIR_QUEUES_ENV] = "0"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -165,9 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--out", type=Path, default=REPO_ROOT / "bench" / "results", help="results directory"
     )
     args = parser.parse_args(argv)
-    # SIGTERM unwinds like Ctrl-C: every `with` and `finally` stops what it started.
-    signal.signal(signal.SIGTERM, _exit_on_signal)
-    signal.signal(signal.SIGINT, _exit_on_signal)
+    _prepare(args)
     seconds = args.seconds or (QUICK_SECONDS if args.quick else DEFAULT_SECONDS)
     if seconds < 3:
         parser.error("--seconds must be at least 3 (the first second is the burst)")
@@ -187,6 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         scenarios, backlogs, keyeds = _only(wanted, scenarios, backlogs, keyeds)
     meta: dict[str, Any] = {
         "benchmark": "throttle",
+        "fair_queues": not args.no_fair_queues,
         "mode": "quick" if args.quick else "full",
         "seconds": seconds,
         "started_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),

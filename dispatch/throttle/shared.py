@@ -47,6 +47,7 @@ rate never holds back its own recovery.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import os
 import random
@@ -67,6 +68,7 @@ from dispatch.store.aws_retry import Backoff
 from dispatch.store.codec import number, read_number
 from dispatch.store.conditional import is_condition_failure, old_item
 from dispatch.throttle.limits import START_JITTER_S, Resource, ResourceThrottle, Throttle
+from dispatch.throttle.slices import MIN_SLICED_BURST, RateSlices
 
 if TYPE_CHECKING:
     from types_aiobotocore_dynamodb import DynamoDBClient
@@ -911,18 +913,26 @@ class Coordinator:
         self._clock = clock
         self._slot_ttl_s = slot_ttl_s
         self._background = _Background()
-        self.buckets: dict[str, SharedTokenSource] = {}
+        self.buckets: dict[str, SharedTokenSource | RateSlices] = {}
         self.slots: dict[str, SharedSlots] = {}
         self._maintenance: asyncio.Task[None] | None = None
         self.throttle = Throttle(
             token_source_factory=self._bucket_for, slot_source_factory=self._slots_for
         )
 
-    def _bucket_for(self, resource: Resource) -> SharedTokenSource:
+    def _bucket_for(self, resource: Resource) -> SharedTokenSource | RateSlices:
         def adopt(rate: float) -> None:
             self.throttle.for_resource(resource).adopt_rate(rate)
 
-        source = SharedTokenSource(
+        # A keyed resource's keys come due one token at a time on every dispatcher:
+        # a slice of the rate each, not runs of one sequence of tokens (slices.py).
+        sliced = resource.per_key is not None and (resource.burst or 0) >= MIN_SLICED_BURST
+        make: Callable[..., SharedTokenSource | RateSlices] = (
+            RateSlices
+            if sliced
+            else functools.partial(SharedTokenSource, max_horizon_s=self._lease_horizon_s)
+        )
+        source = make(
             resource,
             client=self._client,
             table=self._table,
@@ -930,7 +940,6 @@ class Coordinator:
             background=self._background,
             clock=self._clock,
             on_remote_rate=adopt,
-            max_horizon_s=self._lease_horizon_s,
         )
         self.buckets[resource.name] = source
         return source
@@ -976,6 +985,9 @@ class Coordinator:
         while True:
             await asyncio.sleep(period)
             now = self._clock()
+            for bucket in list(self.buckets.values()):
+                if isinstance(bucket, RateSlices):
+                    bucket.maintain()
             for slots in list(self.slots.values()):
                 idle = slots.granted - slots.in_flight
                 # Holding slots busy, others may be waiting: renew every period and

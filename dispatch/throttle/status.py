@@ -262,6 +262,10 @@ def _combine(
         if bucket:
             tokens = read_number(bucket["tokens"])
             effective = read_number(bucket["rate"])
+        elif (sliced := _get(client, table, f"{c.SLICES_KEY_PREFIX}{name}")) and "rate" in sliced:
+            # A keyed resource's rate is divided into slices (slices.py): each
+            # dispatcher's tokens are its own, so there is no shared level to show.
+            effective = read_number(sliced["rate"])
     arrivals = sum(int(p.get("arrivals", 0)) for p in parts)
     share = arrivals / admitted if admitted else 0.0
     holds = [float(p["mean_hold_s"]) for p in parts if p.get("mean_hold_s") is not None]

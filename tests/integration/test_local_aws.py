@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +35,7 @@ from cfnlint.api import lint_file
 
 from dispatch.core.config import Settings
 from dispatch.core.errors import ConfigurationError, DispatchError
-from dispatch.local import moto_patches
+from dispatch.local import emulator, moto_patches
 from dispatch.local.emulator import LocalAWS
 from dispatch.local.provision import load_template, provision
 from dispatch.local.server import READY_PREFIX
@@ -434,6 +434,76 @@ def test_fifo_groups_and_deduplication(sqs: Any, aws_env: Settings) -> None:
     assert (again["Body"], again["Attributes"]["ApproximateReceiveCount"]) == ("a2", "2")
 
 
+def _send_group(sqs: Any, url: str, group: str | None, bodies: list[str]) -> None:
+    for start in range(0, len(bodies), 10):
+        entries = [
+            {"Id": str(n), "MessageBody": body, **({"MessageGroupId": group} if group else {})}
+            for n, body in enumerate(bodies[start : start + 10])
+        ]
+        sqs.send_message_batch(QueueUrl=url, Entries=entries)
+
+
+def _hold(sqs: Any, url: str, receives: int) -> list[str]:
+    bodies: list[str] = []
+    for _ in range(receives):
+        bodies += [m["Body"] for m in receive(sqs, url, VisibilityTimeout=600)]
+    return bodies
+
+
+def _fair_queue_scenario(sqs: Any, url: str) -> list[list[str]]:
+    """Tenant a sends 100 and 40 are taken (a noisy neighbour: every message in
+    flight, 40 >= 30); then b sends 3 and 2 come without a group. Returns what
+    the receives got: 10 next, then 40 after c sent 50, then 4."""
+    _send_group(sqs, url, "a", [f"a{n:03d}" for n in range(100)])
+    assert _hold(sqs, url, 4) == [f"a{n:03d}" for n in range(40)]
+    _send_group(sqs, url, "b", ["b0", "b1"])
+    _send_group(sqs, url, None, ["x0"])
+    _send_group(sqs, url, "b", ["b2"])
+    _send_group(sqs, url, None, ["x1"])
+    first = [m["Body"] for m in receive(sqs, url, VisibilityTimeout=600)]
+    # Now a has 45 in flight. c sends 50: quiet, every receive takes c's (it
+    # is noisy from 30 in flight on, and then the noisy tenant with fewer).
+    _send_group(sqs, url, "c", [f"c{n:03d}" for n in range(50)])
+    held = _hold(sqs, url, 4)
+    second = [m["Body"] for m in receive(sqs, url, MaxNumberOfMessages=4, VisibilityTimeout=600)]
+    return [first, held, second]
+
+
+def test_fair_queue_delivers_quiet_tenants_before_a_noisy_one(sqs: Any, aws_env: Settings) -> None:
+    """Given a standard queue where tenant a (MessageGroupId) holds 40 of the
+    40 messages in flight, when tenant b and group-less messages arrive behind
+    a's backlog, then the next receive returns them first, in send order, and
+    only then a's next ones; with two noisy tenants, the one with fewer in
+    flight comes first (AWS fair queues' concurrency-share rule)."""
+    url = sqs.create_queue(QueueName="fair")["QueueUrl"]
+    first, held, second = _fair_queue_scenario(sqs, url)
+    assert first == ["b0", "b1", "x0", "b2", "x1", "a040", "a041", "a042", "a043", "a044"]
+    assert held == [f"c{n:03d}" for n in range(40)]
+    assert second == ["c040", "c041", "c042", "c043"]  # c: 40-43 in flight, a: 45
+
+
+def test_fair_queue_reordering_can_be_turned_off() -> None:
+    """Given an emulator started with DISPATCH_LOCAL_FAIR_QUEUES=0, then the
+    same receives come in send order, as from moto."""
+    with emulator.environment({moto_patches.FAIR_QUEUES_ENV: "0"}):
+        aws = LocalAWS.start()
+    try:
+        client = boto3.client(
+            "sqs",
+            endpoint_url=aws.endpoint_url,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",  # noqa: S106
+        )
+        url = client.create_queue(QueueName="fair-off")["QueueUrl"]
+        first, held, second = _fair_queue_scenario(client, url)
+    finally:
+        aws.stop()
+    assert first == [f"a{n:03d}" for n in range(40, 50)]
+    assert held == [f"a{n:03d}" for n in range(50, 90)]
+    assert second == [f"a{n:03d}" for n in range(90, 94)]
+
+
 @dataclass
 class _ModelMessage:
     body: str
@@ -443,9 +513,41 @@ class _ModelMessage:
     delayed: bool = False
 
 
+def _model_receive(
+    live: list[_ModelMessage], dead: list[str], *, fifo: bool, limit: int, release: bool
+) -> list[_ModelMessage]:
+    """What one receive returns from the model (and its effect on it)."""
+    flying = Counter(m.group for m in live if m.in_flight)
+    total = sum(flying.values())
+    if fifo:
+        skip = set(flying)
+    else:  # a fair queue's noisy tenants: > 10 % of the messages in flight, and >= 30
+        skip = {g for g, n in flying.items() if g and n >= 30 and n > 0.1 * total}
+    noisy = set() if fifo else skip
+    expected: list[_ModelMessage] = []
+    while len(expected) < limit:
+        ready = [m for m in live if not m.in_flight and not m.delayed and m not in expected]
+        quiet = [m for m in ready if m.group not in skip]
+        later = sorted(
+            (m for m in ready if m.group in noisy), key=lambda m: (flying[m.group], m.group)
+        )
+        pick = (quiet or later or [None])[0]
+        if pick is None:
+            break
+        if pick.receives >= 3:
+            live.remove(pick)
+            dead.append(pick.body)
+            continue
+        pick.receives += 1
+        flying[pick.group] += 1
+        pick.in_flight = not release
+        expected.append(pick)
+    return expected
+
+
 @pytest.mark.parametrize("fifo", [False, True], ids=["standard", "fifo"])
 def test_sqs_semantics_match_a_reference_model(sqs: Any, aws_env: Settings, fifo: bool) -> None:
-    """Given 150 random sends, batch sends, receives (held or released), deletes,
+    """Given 300 random sends, batch sends, receives (held or released), deletes,
     visibility releases and counter reads on a queue with a DLQ (maxReceiveCount
     3), then every answer matches a plain model of SQS: receives return messages
     in send order, skip in-flight and delayed ones and, on FIFO queues, every
@@ -476,16 +578,19 @@ def test_sqs_semantics_match_a_reference_model(sqs: Any, aws_env: Settings, fifo
             group = rnd.choice("abc")
             dedup = rnd.choice([body, f"dup-{rnd.randint(0, 15)}"])
             options = {"MessageGroupId": group, "MessageDeduplicationId": dedup}
-        elif rnd.random() < 0.2:
-            delayed = True
-            options = {"DelaySeconds": 900}
+        else:
+            group = rnd.choice(["a", "a", "b", None])  # tenants of a fair queue
+            options = {"MessageGroupId": group} if group else {}
+            if rnd.random() < 0.2:
+                delayed = True
+                options["DelaySeconds"] = 900
         if dedup is None or dedup not in dedup_ids:
             live.append(_ModelMessage(body, group, delayed=delayed))
         if dedup is not None:
             dedup_ids.add(dedup)
         return options
 
-    for step in range(150):
+    for step in range(300):
         action = rnd.choice(["send", "batch", "receive", "receive", "delete", "release", "count"])
         if action == "send":
             body = f"m{step}"
@@ -496,20 +601,7 @@ def test_sqs_semantics_match_a_reference_model(sqs: Any, aws_env: Settings, fifo
             sqs.send_message_batch(QueueUrl=url, Entries=entries)
         elif action == "receive":
             limit, release = rnd.randint(1, 10), rnd.random() < 0.2
-            blocked = {m.group for m in live if m.in_flight}
-            expected: list[_ModelMessage] = []
-            for m in list(live):
-                if len(expected) == limit:
-                    break
-                if m.in_flight or m.delayed or (fifo and m.group in blocked):
-                    continue
-                if m.receives >= 3:
-                    live.remove(m)
-                    dead.append(m.body)
-                    continue
-                m.receives += 1
-                m.in_flight = not release
-                expected.append(m)
+            expected = _model_receive(live, dead, fifo=fifo, limit=limit, release=release)
             got = receive(
                 sqs, url, MaxNumberOfMessages=limit, VisibilityTimeout=0 if release else 600
             )
