@@ -215,7 +215,7 @@ class ThrottleGate:
                 # them on a queue without SQS fair queues).
                 self._backlogged += 1
             pace = 1.0 if self.key_owners is None else self.key_owners.pace()
-            return max(line.backlog_turn_s(key, pace=pace), self.turn_s(throttle))
+            return line.backlog_turn_s(key, pace=pace)  # its key's turn (see defer)
         if self.waiting[name] < room:
             if self.waiting[name] + 1 > room / 2:
                 # Joins a line already half a room long: for pacing receives it counts
@@ -419,14 +419,15 @@ class ThrottleGate:
     ) -> None:
         """Hide a message the throttle cannot start soon, until its turn (at least
         ``at_least_s``); no attempt is spent. It may be recalled before then, except
-        a ``keyed`` one: hidden for its key's turn, it comes back then (a recall by
-        resource would bring back the flooding key's messages ahead of the others').
+        a ``keyed`` one: hidden for its key's turn (``at_least_s``; the resource's
+        line, a flood's messages included, is not ahead of its key), it comes back
+        then (a recall by resource would bring the flood back ahead of the others).
 
         Each receive counts toward the queue's redrive limit, so a message deferred
         many times is sent again as a fresh copy instead (receive count back to 0).
         """
         name = throttle.resource.name
-        delay_s = hide_for_s(max(at_least_s, self.turn_s(throttle)))
+        delay_s = hide_for_s(at_least_s if keyed else max(at_least_s, self.turn_s(throttle)))
         self._observer.skipped(Skip.DEFERRED)
         bound.debug("task_deferred", reason=reason, delay_s=delay_s)
         if near_redrive_limit(delivery):

@@ -12,7 +12,7 @@ import asyncio
 
 import pytest
 
-from dispatch.core.resource import Resource
+from dispatch.core.resource import KeyLimits, Resource
 from dispatch.loop.deferrals import RECALL_MARGIN_S
 from dispatch.loop.gate import RECALL_QUIET_S
 from dispatch.tasks.registry import Registry, task
@@ -187,3 +187,33 @@ async def test_a_receive_lines_up_before_the_throttle_is_asked(registry: Registr
 
     assert asked[0] == 6
     assert loop.stats.deferred == 0  # a burst of 6: every one started
+
+
+async def test_a_keyed_message_is_hidden_for_its_keys_turn_not_behind_a_flood(
+    registry: Registry,
+) -> None:
+    """Given a keyed resource (10/s, each key 1/s) whose room holds 60 of key a's
+    messages (the resource's line: 4.4 s of work beyond half a room), when key b's 6
+    messages arrive behind b's full room of 4, then they are hidden for b's own turns
+    (due 3 s out, then a second more each: half b's room, then b's rate), not for the
+    resource's line: keys start round robin, so a's messages are not ahead of b's
+    (hidden for the line, a neighbour's last tasks came long after a flood's)."""
+    api = Resource("keyed-api", rate_per_s=RATE, burst=2, per_key=KeyLimits(rate_per_s=1, burst=1))
+
+    @task(registry=registry, resource=api, key="tenant")
+    def call(tenant: str, n: int) -> None: ...
+
+    loop = Loop(registry, horizon_s=HORIZON_S)
+    later = [delivery_of(call.message(tenant="b", n=n), n=n) for n in range(6)]  # type: ignore[attr-defined]
+    throttle = loop.gate.throttle(api)
+    assert loop.gate.keyed_line(throttle) is not None
+    with loop.gate.queued(api.name, 60, key="a"), loop.gate.queued(api.name, 4, key="b"):
+        line_s = loop.gate.turn_s(throttle)
+        for delivery in later:
+            await loop.pipeline.process(delivery)
+        hidden_b = [loop.sqs.hidden[d.receipt] for d in later]
+    await loop.aclose()
+
+    assert line_s == pytest.approx((64 - ROOM / 2) / RATE)
+    # Due 3, 4, ... 8 s out; hidden for whole seconds never past due (rounded down).
+    assert hidden_b == [3, 3, 4, 5, 6, 7]
