@@ -442,8 +442,6 @@ class MessageTable:
             lane = self._lanes.get(group)
             if not lane or lane[0][0] != seq:
                 heapq.heappop(self._heads)  # superseded: the lane's head has its own entry
-                if lane is not None and not lane:
-                    del self._lanes[group]
                 continue
             if self._current(*lane[0]):
                 return seq, group

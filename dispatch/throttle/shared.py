@@ -68,7 +68,7 @@ from dispatch.store.aws_retry import Backoff
 from dispatch.store.codec import number, read_number
 from dispatch.store.conditional import is_condition_failure, old_item
 from dispatch.throttle.limits import START_JITTER_S, Resource, ResourceThrottle, Throttle
-from dispatch.throttle.slices import MIN_SLICED_BURST, RateSlices
+from dispatch.throttle.slices import MIN_SLICED_BURST, RateSlices, lower_rate_by_another
 
 if TYPE_CHECKING:
     from types_aiobotocore_dynamodb import DynamoDBClient
@@ -414,11 +414,11 @@ class SharedTokenSource:
         # unchanged would let a writer holding the previous state lease again.
         now = max(now, last + _MIN_STEP_S)
         level = min(self.capacity, read_number(seen.get("tokens")) + (now - last) * rate)
-        by = seen.get("by", {}).get("S")
-        if by != self._owner:
+        if seen.get("by", {}).get("S") != self._owner:
             self._others_seen_at = self._clock()
-        if by != self._owner and rate < self._rate * 0.999 and self._on_remote_rate:
-            self._on_remote_rate(rate)  # another dispatcher slowed the resource down
+        lower = lower_rate_by_another(seen, self._owner, self._rate)
+        if lower is not None and self._on_remote_rate:
+            self._on_remote_rate(lower)  # another dispatcher slowed the resource down
         return now, level, "#updated = :seen", {":seen": seen["updated_at"]}
 
     def _wait_for_refill(self, now: float, level: float) -> None:

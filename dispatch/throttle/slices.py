@@ -55,7 +55,15 @@ from dispatch.throttle.limits import START_JITTER_S, Resource
 if TYPE_CHECKING:
     from types_aiobotocore_dynamodb import DynamoDBClient
 
-__all__ = ["MARGIN_S", "MIN_SLICED_BURST", "PROBE_S", "SLICE_TTL_S", "RateSlices", "divide"]
+__all__ = [
+    "MARGIN_S",
+    "MIN_SLICED_BURST",
+    "PROBE_S",
+    "SLICE_TTL_S",
+    "RateSlices",
+    "divide",
+    "lower_rate_by_another",
+]
 
 log = structlog.get_logger("dispatch.throttle.slices")
 
@@ -69,7 +77,7 @@ PROBE_S: Final = 1.0
 """Short of tokens, a dispatcher whose fair part (by the item it last saw) is bigger
 than its slice writes this often; one that only wants more than it holds, every
 ``2 * PROBE_S`` (the others may have shrunk since it last saw them)."""
-REFRESH_S: Final = 1.0
+WAITING_HOLDS_S: Final = 1.0
 """What a take said of the tasks waiting counts this long."""
 MARGIN_S: Final = 1.0
 """A lapsed slice still counts this long past its ``until`` (clock skew between hosts)."""
@@ -113,6 +121,15 @@ def divide(rate: float, wants: Mapping[str, float]) -> dict[str, float]:
         left -= want
         pending.pop(0)
     return shares
+
+
+def lower_rate_by_another(seen: Mapping[str, Any], owner: str, own_rate: float) -> float | None:
+    """The rate a shared item (``bucket#`` or ``slices#``) says another dispatcher
+    runs the resource at, when lower than ``own_rate``: to adopt (its own earlier
+    rate never holds back this dispatcher's recovery). None otherwise."""
+    rate = read_number(seen.get("rate"), own_rate)
+    by = seen.get("by", {}).get("S")
+    return rate if by != owner and rate < own_rate * 0.999 else None
 
 
 class RateSlices:
@@ -180,7 +197,7 @@ class RateSlices:
         if n != 1.0:
             raise ValueError("a rate slice hands out one token per task")
         now = self._clock()
-        if now - self._waiting_at > REFRESH_S or waiting >= self._waiting:
+        if now - self._waiting_at > WAITING_HOLDS_S or waiting >= self._waiting:
             self._waiting, self._waiting_at = waiting, now
         self._refill(now)
         if now < self._until and self._level >= 1.0 - _TOKEN_SLACK:
@@ -240,7 +257,7 @@ class RateSlices:
         used = len(self._takes) / IDLE_AFTER_S
         # Tasks waiting for a token now (a keyed line counts those its keys may start
         # within a second): a rate, over that second.
-        recent = now - self._waiting_at <= REFRESH_S
+        recent = now - self._waiting_at <= WAITING_HOLDS_S
         return max(used, float(self._waiting) if recent else 0.0)
 
     def _maybe_refresh(self, now: float, *, short: bool = False) -> None:
@@ -256,7 +273,8 @@ class RateSlices:
             published = self._published_want
             due = abs(want - published) > WANT_CHANGE * max(published, 1.0)
             if short and not due:
-                due = (since >= PROBE_S and self._fair(now, want) > rate * GROW_BY) or (
+                fair = self._fair(self._wants(self._others(now), now, want))
+                due = (since >= PROBE_S and fair > rate * GROW_BY) or (
                     since >= 2 * PROBE_S and want > rate * GROW_BY
                 )
         if not due:
@@ -292,26 +310,28 @@ class RateSlices:
             self._others_seen_at = now
         return others
 
-    def _wants(self, now: float, want: float) -> dict[str, float]:
+    def _wants(
+        self, others: Mapping[str, Mapping[str, Any]], now: float, want: float
+    ) -> dict[str, float]:
         """What every dispatcher holding a slice now wants, this one's ``want`` included."""
         wants = {
             o: read_number(f.get("w"), 0.0)
-            for o, f in self._others(now).items()
+            for o, f in others.items()
             if read_number(f.get("u"), 0.0) > now
         }
         wants[self._owner] = want
         return wants
 
-    def _fair(self, now: float, want: float) -> float:
-        """This dispatcher's fair part of the rate, by the item last seen."""
-        return divide(self._rate, self._wants(now, want))[self._owner] if want > 0 else 0.0
+    def _fair(self, wants: Mapping[str, float]) -> float:
+        """This dispatcher's fair part of the rate, given every holder's want."""
+        return divide(self._rate, wants)[self._owner] if wants[self._owner] > 0 else 0.0
 
     def _divide(self, now: float, want: float) -> tuple[float, float]:
         """The slice to hold next: this dispatcher's fair part, within what the
         others' slices leave free now."""
         others = self._others(now)
-        wants = self._wants(now, want)
-        fair = divide(self._rate, wants)[self._owner] if want > 0 else 0.0
+        wants = self._wants(others, now, want)
+        fair = self._fair(wants)
         held_rate = sum(read_number(f.get("r"), 0.0) for f in others.values())
         held_burst = sum(read_number(f.get("b"), 0.0) for f in others.values())
         rate = max(0.0, min(fair, self._rate - held_rate))
@@ -374,11 +394,9 @@ class RateSlices:
         return True
 
     def _adopt_remote_rate(self) -> None:
-        seen = self._seen or {}
-        rate = read_number(seen.get("rate"), self._rate)
-        by = seen.get("by", {}).get("S")
-        if by != self._owner and rate < self._rate * 0.999 and self._on_remote_rate:
-            self._on_remote_rate(rate)  # another dispatcher slowed the resource down
+        lower = lower_rate_by_another(self._seen or {}, self._owner, self._rate)
+        if lower is not None and self._on_remote_rate:
+            self._on_remote_rate(lower)  # another dispatcher slowed the resource down
 
     async def _write(
         self, now: float, *, rate: float, burst: float, want: float, until: float

@@ -16,6 +16,7 @@ from dispatch.core.config import Settings
 from dispatch.store.aws import async_clients
 from dispatch.throttle.shared import _Background
 from dispatch.throttle.slices import MARGIN_S, SLICE_TTL_S, RateSlices, divide
+from tests.integration.test_shared_throttle import worst_excess
 
 # Start windows against the global bound: on one xdist worker with the other timing tests.
 pytestmark = pytest.mark.xdist_group("timing")
@@ -179,16 +180,6 @@ async def take_greedily(source: RateSlices, until: float, taken: list[float]) ->
         else:
             await asyncio.sleep(min(wait_s, 0.02) * random.uniform(0.5, 1.5))
         source.maintain()
-
-
-def worst_excess(times: list[float], rate: float) -> float:
-    """The largest ``count - rate * window`` over every window of the times."""
-    ordered = sorted(times)
-    worst = 0.0
-    for i, start in enumerate(ordered):
-        for j in range(i, len(ordered)):
-            worst = max(worst, (j - i + 1) - rate * (ordered[j] - start))
-    return worst
 
 
 async def test_four_dispatchers_slicing_one_rate_stay_within_rate_and_burst(

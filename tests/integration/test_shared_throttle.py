@@ -29,8 +29,6 @@ def worst_excess(times: list[float], rate: float) -> float:
     worst = 0.0
     for i, start in enumerate(ordered):
         for j in range(i, len(ordered)):
-            if ordered[j] - start > 3.0:
-                break
             worst = max(worst, (j - i + 1) - rate * (ordered[j] - start))
     return worst
 
